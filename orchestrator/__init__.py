@@ -1,0 +1,1 @@
+"""Command line, specs, sweeps, MLflow, aggregator and export around the XGD trainer."""
