@@ -11,7 +11,8 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 quickstart: $(VENV)/.installed
-	$(PY) -m orchestrator quickstart
+	$(PY) -m orchestrator train search_spaces/quickstart_teacher.yaml
+	$(PY) -m orchestrator train search_spaces/quickstart_student.yaml
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -12,7 +12,7 @@ import importlib.util
 import os
 import sys
 
-COMMANDS = ("quickstart", "train", "sweep", "ablate", "report", "export", "ui", "bench")
+COMMANDS = ("train", "sweep", "ablate", "report", "export", "ui", "bench")
 
 
 class UserError(Exception):

@@ -1,0 +1,137 @@
+"""What every dataset kind shares: the Source protocol, the Dataset around it, and safe file readers.
+
+A *source* knows where samples live and how to load one as raw uint8 arrays (image HxWx3, mask
+HxW with 255 = ignore); `SegDataset` checks the pair and applies the transform. Keeping sources
+free of torch makes them cheap to test and lets every kind share one error path.
+"""
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from trainables.data import DataError
+
+IGNORE = 255
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# PIL raises a zoo of types for broken files; all of them become one DataError naming the file.
+_PIL_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+Transform = Callable[[tv_tensors.Image, tv_tensors.Mask], tuple[torch.Tensor, torch.Tensor]]
+
+
+class Source(Protocol):
+    classes: list[str]
+
+    def __len__(self) -> int: ...
+
+    def name(self, i: int) -> str:
+        """The file (or synthetic id) of sample i, for error messages."""
+        ...
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Raw sample i: image uint8 HxWx3, mask uint8 HxW (class ids, 255 = ignore)."""
+        ...
+
+
+class SegDataset(Dataset):
+    """(image FloatTensor 3xHxW normalised, mask LongTensor HxW) from a source and a transform."""
+
+    def __init__(self, source: Source, transform: Transform):
+        self.source = source
+        self.transform = transform
+        self.classes = list(source.classes)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for a dataset of {len(self)}")
+        img, mask = self.source.load(i)
+        if img.shape[:2] != mask.shape:
+            raise DataError(
+                f"{self.source.name(i)}: image is {img.shape[1]}x{img.shape[0]} (WxH) "
+                f"but its mask is {mask.shape[1]}x{mask.shape[0]}"
+            )
+        image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1))
+        target = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)))
+        x, y = self.transform(image, target)
+        return x.as_subclass(torch.Tensor), y.as_subclass(torch.Tensor).long()
+
+
+# ---------------------------------------------------------------- readers
+
+
+def require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise DataError(f"{what} {str(path)!r} does not exist or is not a directory")
+    return path
+
+
+def read_image(path: Path, exif: bool = False) -> np.ndarray:
+    """RGB uint8 HxWx3; `exif` applies the EXIF orientation (as LabelMe does when annotating)."""
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im) if exif else im
+            return np.array(im.convert("RGB"))
+    except FileNotFoundError:
+        raise DataError(f"image {str(path)!r} does not exist") from None
+    except _PIL_ERRORS as e:
+        raise DataError(f"image {str(path)!r} cannot be read ({type(e).__name__}: {e})") from None
+
+
+def read_index_mask(path: Path, num_classes: int) -> np.ndarray:
+    """A PNG of class indices (mode P, L or I) as uint8; ids must be < num_classes or 255."""
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("P", "L", "I", "I;16"):
+                raise DataError(
+                    f"mask {str(path)!r} has mode {im.mode}; expected a palette (P) or grayscale (L) "
+                    "PNG of class indices"
+                )
+            arr = np.array(im)
+    except FileNotFoundError:
+        raise DataError(f"mask {str(path)!r} does not exist") from None
+    except _PIL_ERRORS as e:
+        raise DataError(f"mask {str(path)!r} cannot be read ({type(e).__name__}: {e})") from None
+    ids = np.unique(arr)
+    bad = ids[(ids >= num_classes) & (ids != IGNORE)]
+    if bad.size:
+        raise DataError(
+            f"mask {str(path)!r} holds class id {int(bad[0])}; allowed 0..{num_classes - 1} or {IGNORE} (ignore)"
+        )
+    return arr.astype(np.uint8, copy=False)
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+
+
+def strip_ext(name: str) -> str:
+    """'a/b/x.jpg' -> 'x', 'x.json' -> 'x', 'x' -> 'x' (only known extensions are removed)."""
+    base = Path(name.replace("\\", "/")).name
+    stem, ext = Path(base).stem, Path(base).suffix.lower()
+    return stem if ext in IMAGE_EXTS + (".json",) else base
+
+
+class MaskCache:
+    """Masks built once per image, kept zlib-compressed: a 4K TTPLA mask is 8 MB raw, ~50 kB packed."""
+
+    def __init__(self) -> None:
+        self._store: dict[int, tuple[bytes, tuple[int, int]]] = {}
+
+    def get(self, key: int, build: Callable[[], np.ndarray]) -> np.ndarray:
+        hit = self._store.get(key)
+        if hit is None:
+            mask = build()
+            self._store[key] = (zlib.compress(mask.tobytes(), 1), mask.shape)
+            return mask
+        data, shape = hit
+        return np.frombuffer(bytearray(zlib.decompress(data)), dtype=np.uint8).reshape(shape)

@@ -1,0 +1,37 @@
+"""Segmentation metrics from one confusion matrix accumulated over the whole split.
+
+mIoU averages IoU over classes present in the ground truth or the prediction; a class absent
+from both has no IoU (NaN) and is excluded, never counted as 1 (defect 5 of the published code).
+"""
+from __future__ import annotations
+
+import torch
+
+IGNORE = 255
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(K, K) int64 counts, rows = ground truth, cols = prediction; IGNORE pixels skipped."""
+    valid = target != IGNORE
+    idx = target[valid].long() * num_classes + pred[valid].long()
+    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def iou_per_class(cm: torch.Tensor) -> torch.Tensor:
+    """IoU of each class as float64; NaN where the class is absent from both GT and prediction."""
+    cm = cm.double()
+    tp = cm.diag()
+    union = cm.sum(0) + cm.sum(1) - tp
+    return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+
+
+def summarize(cm: torch.Tensor, class_names: list[str], prefix: str = "val_") -> dict[str, float]:
+    """miou, pixel_acc and iou_<class> (NaN classes are left out of the dict and of the mean)."""
+    iou = iou_per_class(cm)
+    present = ~torch.isnan(iou)
+    out = {
+        f"{prefix}miou": float(iou[present].mean()) if present.any() else float("nan"),
+        f"{prefix}pixel_acc": float(cm.diag().sum() / cm.sum().clamp(min=1)),
+    }
+    out.update({f"{prefix}iou_{name}": float(v) for name, v, p in zip(class_names, iou, present) if p})
+    return out

@@ -1,0 +1,132 @@
+"""XGD's saliency term: differentiable CAMs of teacher and student for segmentation targets.
+
+Target (pytorch-grad-cam's SemanticSegmentationTarget): score_k = sum over pixels of
+logits[:, k] * mask_k, with mask_k the one-hot map of class k in the ground truth (ignore pixels
+in no mask) or in the teacher's argmax.
+
+`reduce='sum'` (default) gives one map per image, from the gradient of sum_k score_k: where the
+model looks to produce the labelled segmentation as a whole. It costs one backward for the whole
+batch whatever the number of classes K, and it is a gradient the student can follow. Per-image
+scores are independent in eval mode, so one autograd.grad of the batch sum gives each image's own
+gradient; in train mode BatchNorm layers after the CAM layer couple the images through batch
+statistics, which adds small cross-image terms to the student's gradients. We accept them: they
+are what the student's forward pass actually computes, and avoiding them would mean B backwards
+or switching BatchNorm to eval mid-training (the published code's defect 3).
+
+`reduce='per_class'` gives K maps per image (B, K, h, w) with ONE batched vector-Jacobian
+product (autograd.grad(..., is_grads_batched=True)); it supports create_graph for smp's
+DeepLabV3+/PSPNet in train mode (tests/test_cams.py checks it). Cost and memory grow with K.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from trainables.cams import cam, check_method
+
+IGNORE = 255
+NORM_EPS = 1e-7  # pytorch-grad-cam's scale_cam_image: img / (1e-7 + max)
+
+
+def _one_hot(index: Tensor, num_classes: int) -> Tensor:
+    """(B, H, W) long -> (B, K, H, W) float; values outside [0, K) (IGNORE) match no class.
+
+    A comparison with arange rather than F.one_hot: no range check, hence no host sync.
+    """
+    classes = torch.arange(num_classes, device=index.device).view(1, -1, 1, 1)
+    return (index.unsqueeze(1) == classes).float()
+
+
+def _gt_masks(labels: Tensor, t_logits: Optional[Tensor], num_classes: int) -> Tensor:
+    return _one_hot(labels, num_classes)
+
+
+def _teacher_masks(labels: Tensor, t_logits: Optional[Tensor], num_classes: int) -> Tensor:
+    # the teacher's prediction exists at every pixel (as for PI), so ignore pixels are kept
+    if t_logits is None:
+        raise ValueError("cam_target 'teacher' needs teacher logits; none were given")
+    return _one_hot(t_logits.detach().argmax(dim=1), num_classes)
+
+
+MASKS: dict[str, Callable[[Tensor, Optional[Tensor], int], Tensor]] = {
+    "gt": _gt_masks,
+    "teacher": _teacher_masks,
+}
+
+
+def class_masks(labels: Tensor, t_logits: Optional[Tensor], num_classes: int, source: str = "gt") -> Tensor:
+    """(B, K, H, W) float one-hot class masks from labels ('gt') or the teacher's argmax ('teacher')."""
+    if source not in MASKS:
+        raise ValueError(f"unknown cam_target {source!r}; allowed: {', '.join(MASKS)}")
+    return MASKS[source](labels, t_logits, num_classes)
+
+
+def _scores(logits: Tensor, masks: Tensor) -> Tensor:
+    """(K,) segmentation-target scores summed over the batch."""
+    if logits.shape != masks.shape:
+        raise ValueError(f"CAM target masks {tuple(masks.shape)} do not match logits {tuple(logits.shape)}")
+    return (logits.float() * masks).sum(dim=(0, 2, 3))
+
+
+def cam_maps(logits: Tensor, acts: Tensor, masks: Tensor, method: str = "gradcam",
+             reduce: str = "sum", create_graph: bool = False) -> Tensor:
+    """(B, M, h, w) CAMs at `acts` (M = 1 for 'sum', K for 'per_class'); see the module docstring.
+
+    `create_graph=True` keeps the gradients in the graph so a loss on the maps trains the model;
+    the graph behind `logits` is kept either way (other loss terms still need it).
+    """
+    check_method(method)
+    scores = _scores(logits, masks)
+    if reduce == "sum":
+        (grads,) = torch.autograd.grad(scores.sum(), acts, retain_graph=True, create_graph=create_graph)
+        return cam(method, acts, grads).unsqueeze(1)
+    if reduce == "per_class":
+        k = scores.shape[0]
+        eye = torch.eye(k, device=scores.device, dtype=scores.dtype)
+        (grads,) = torch.autograd.grad(scores, acts, grad_outputs=eye, is_grads_batched=True,
+                                       retain_graph=True, create_graph=create_graph)  # (K, B, C, h, w)
+        b, c, h, w = acts.shape
+        grads = grads.transpose(0, 1).reshape(b * k, c, h, w)
+        acts_k = acts.unsqueeze(1).expand(b, k, c, h, w).reshape(b * k, c, h, w)
+        return cam(method, acts_k, grads).view(b, k, h, w)
+    raise ValueError(f"unknown cam_reduce {reduce!r}; allowed: sum, per_class")
+
+
+def normalize_maps(maps: Tensor, eps: float = NORM_EPS) -> Tensor:
+    """Per-map min-max to [0, 1] over the last two dims; a constant map becomes 0 (no NaN)."""
+    flat = maps.flatten(-2)
+    lo = flat.amin(dim=-1, keepdim=True)
+    hi = flat.amax(dim=-1, keepdim=True)
+    return ((flat - lo) / (hi - lo + eps)).view_as(maps)
+
+
+def saliency_mse(s_maps: Tensor, t_maps: Tensor) -> Tensor:
+    """Mean squared difference of normalised maps, both resized (bilinear) to the larger size."""
+    size = (max(s_maps.shape[-2], t_maps.shape[-2]), max(s_maps.shape[-1], t_maps.shape[-1]))
+
+    def fit(m: Tensor) -> Tensor:
+        return m if tuple(m.shape[-2:]) == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+
+    return F.mse_loss(normalize_maps(fit(s_maps)), normalize_maps(fit(t_maps)))
+
+
+def xgd_saliency_loss(step, cfg: dict) -> Tensor:
+    """L_sa of XGD for one step (trainables.losses.Step): teacher maps fixed, student maps trainable.
+
+    cfg keys (distill): cam (method), cam_target ('gt' | 'teacher'), cam_reduce ('sum' | 'per_class').
+    """
+    t0 = time.perf_counter()
+    method = cfg.get("cam") or "gradcam"
+    reduce = cfg.get("cam_reduce") or "sum"
+    num_classes = step.s_logits.shape[1]
+    masks = class_masks(step.labels, step.t_logits, num_classes, cfg.get("cam_target") or "gt")
+    with torch.enable_grad():
+        t_maps = cam_maps(step.t_logits, step.t_feats["cam"], masks, method, reduce, create_graph=False).detach()
+        s_maps = cam_maps(step.s_logits, step.s_feats["cam"], masks, method, reduce, create_graph=True)
+        loss = saliency_mse(s_maps, t_maps)
+    step.timings["saliency"] = step.timings.get("saliency", 0.0) + time.perf_counter() - t0
+    return loss

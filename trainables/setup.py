@@ -1,0 +1,127 @@
+"""What the worker loop needs before its first step: device, seeds, models, loaders, optimizer,
+schedule, AMP and the extra trainable modules the loss terms ask for."""
+from __future__ import annotations
+
+import math
+import random
+from contextlib import nullcontext
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from trainables import checkpoint
+from trainables.data import build_dataset, class_names, pad_collate
+from trainables.losses import Term
+from trainables.models import model_from_config
+from trainables.taps import tap
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("run.device='cuda' but no CUDA device is visible (allowed: auto, cpu, cuda)")
+    if name == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def load_teacher(teacher_cfg: Optional[dict], classes: list[str], device: torch.device) -> Optional[nn.Module]:
+    """The frozen teacher in eval mode (it never switches to train mode), or None."""
+    if not teacher_cfg:
+        return None
+    state = checkpoint.load(teacher_cfg["checkpoint"])
+    if list(state["classes"]) != list(classes):
+        raise ValueError(f"teacher checkpoint {teacher_cfg['checkpoint']!r} was trained on classes "
+                         f"{list(state['classes'])}, but the data has {classes}")
+    teacher = model_from_config(state["model_cfg"], len(classes))
+    teacher.load_state_dict(state["model"])
+    teacher.to(device).eval().requires_grad_(False)
+    return teacher
+
+
+def make_loaders(config: dict, device: torch.device, seed: int) -> tuple[DataLoader, DataLoader, list[str]]:
+    data = config["data"]
+    train_set = build_dataset(data, data["train_split"], train=True)
+    val_set = build_dataset(data, data["val_split"], train=False)
+    gen = torch.Generator().manual_seed(seed)
+    workers = data["workers"]
+    common = dict(num_workers=workers, collate_fn=pad_collate, pin_memory=device.type == "cuda",
+                  persistent_workers=workers > 0)
+    train = DataLoader(train_set, batch_size=data["batch_size"], shuffle=True, drop_last=len(train_set) > data["batch_size"],
+                       generator=gen, worker_init_fn=_seed_worker, **common)
+    val = DataLoader(val_set, batch_size=data["batch_size"], shuffle=False, **common)
+    return train, val, class_names(data)
+
+
+def _seed_worker(worker_id: int) -> None:
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def make_optimizer(optim: dict, params: list[nn.Parameter], total_steps: int):
+    if optim["name"] == "sgd":
+        opt = torch.optim.SGD(params, lr=optim["lr"], momentum=optim["momentum"], weight_decay=optim["weight_decay"])
+    else:
+        opt = torch.optim.AdamW(params, lr=optim["lr"], weight_decay=optim["weight_decay"])
+    total = max(1, total_steps)
+    schedules = {
+        "poly": lambda it: (1 - min(it, total) / total) ** 0.9,
+        "cosine": lambda it: 0.5 * (1 + math.cos(math.pi * min(it, total) / total)),
+        "constant": lambda it: 1.0,
+    }
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedules[optim["schedule"]])
+
+
+def amp_setup(amp: str, device: torch.device):
+    """(autocast context factory, GradScaler) for the configured precision."""
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "off"
+    if amp == "off":
+        return nullcontext, torch.amp.GradScaler(enabled=False)
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return (lambda: torch.autocast(device.type, dtype=dtype)), torch.amp.GradScaler(enabled=amp == "fp16")
+
+
+def collect_taps(terms: list[tuple[str, Term, float]], distill: dict, student: nn.Module,
+                 teacher: Optional[nn.Module]) -> tuple[dict[str, str], dict[str, str], bool]:
+    """Union of the dotted paths the active terms tap, and whether the teacher needs CAM grads."""
+    s_paths: dict[str, str] = {}
+    t_paths: dict[str, str] = {}
+    for _, term, _ in terms:
+        if term.student_taps:
+            s_paths.update(term.student_taps(distill, student))
+        if term.teacher_taps and teacher is not None:
+            t_paths.update(term.teacher_taps(distill, teacher))
+    return s_paths, t_paths, any(t.teacher_grad for _, t, _ in terms)
+
+
+@torch.no_grad()
+def build_extras(terms, distill: dict, student: nn.Module, teacher: Optional[nn.Module],
+                 s_paths: dict[str, str], t_paths: dict[str, str], sample: torch.Tensor) -> nn.ModuleDict:
+    """Trainable modules (connectors, attention) that terms build from the tapped feature shapes."""
+    builders = [(name, term) for name, term, _ in terms if term.build]
+    if not builders:
+        return nn.ModuleDict()
+    was = student.training
+    student.eval()
+    with tap(student, s_paths) as s_feats:
+        student(sample)
+    student.train(was)
+    t_feats: dict[str, Any] = {}
+    if teacher is not None:
+        with tap(teacher, t_paths) as t_feats:
+            teacher(sample)
+    s_shapes = {k: v.shape for k, v in s_feats.items()}
+    t_shapes = {k: v.shape for k, v in t_feats.items()}
+    return nn.ModuleDict({name: term.build(s_shapes, t_shapes, distill) for name, term in builders})
