@@ -57,7 +57,7 @@ def train_loop(config: dict) -> dict:
 
     out: dict = {}
     for epoch in range(start, optim["epochs"]):
-        _set_epoch(train_dl, epoch)
+        _set_epoch(train_dl, epoch, config["seed"])
         student.train()
         sums = torch.zeros(len(terms) + 1, device=device)
         sal_time, t0 = 0.0, time.perf_counter()
@@ -159,7 +159,10 @@ def _distribute(student, train_dl):
     return model, ray.train.torch.prepare_data_loader(train_dl, move_to_device=False)
 
 
-def _set_epoch(loader, epoch: int) -> None:
+def _set_epoch(loader, epoch: int, seed: int) -> None:
+    """Shuffle order is a function of (seed, epoch), so a resumed run sees the same batches."""
+    if loader.generator is not None:
+        loader.generator.manual_seed(seed * 100_003 + epoch)
     sampler = getattr(loader, "sampler", None)
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
