@@ -86,10 +86,17 @@ class DistillSpec(Strict):
 
     @model_validator(mode="after")
     def _check(self):
-        from trainables.losses import METHODS
+        from trainables.baselines import HYPERPARAMS
+        from trainables.losses import METHODS, TERMS
 
         if self.method not in METHODS:
             raise ValueError(f"distill.method {self.method!r} is not one of {sorted(METHODS)}")
+        allowed = set(TERMS) | set(HYPERPARAMS)
+        for key in self.weights:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, sorted(allowed), n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(sorted(allowed))}"
+                raise ValueError(f"distill.weights has unknown key {key!r}; {hint}")
         return self
 
 

@@ -1,6 +1,7 @@
 """The worker loop as plain Python on tiny synthetic data: determinism, exact resume, and
 that the saliency term really trains the student (the published code's beta trained nothing)."""
 import json
+import math
 
 import pytest
 import torch
@@ -85,3 +86,11 @@ def test_run_training_writes_checkpoints_and_metrics(tmp_path):
     assert 0 <= m["val_miou"] <= 1 and m["params"] > 1e6 and m["gflops"] > 0 and m["latency_ms"] > 0
     best = checkpoint.load(out["checkpoint"])
     assert best["classes"][1] == "cable" and best["model_cfg"]["encoder"] == "resnet18"
+
+
+@pytest.mark.parametrize("method", ["xgd+cwd", "attnfd", "skd"])
+def test_baseline_methods_train_through_the_loop(tmp_path, teacher, method):
+    out = train_loop(spec(tmp_path, method.replace("+", "_"), teacher={"checkpoint": teacher},
+                          distill__method=method, optim__epochs=1, run__max_steps_per_epoch=1))
+    assert math.isfinite(out["train_loss"]) and "val_miou" in out
+    assert any(k.startswith("train_") and k not in ("train_loss", "train_seg", "train_pi") for k in out)

@@ -25,6 +25,7 @@ BAD = [
     ({"data": {"crop": 8}}, "data.crop"),
     ({"name": "../escape"}, "name"),
     ({"run": {"device": "tpu"}}, "run.device"),
+    ({"distill": {"weights": {"cwd_tua": 4}}}, "did you mean 'cwd_tau'"),
 ]
 
 

@@ -33,8 +33,9 @@ def train_loop(config: dict) -> dict:
     distill, optim, run = config["distill"], config["optim"], config["run"]
     terms = active_terms(distill, teacher is not None)
     needs_teacher = teacher is not None and any(t.needs_teacher for _, t, _ in terms)
-    s_paths, t_paths, t_grad = collect_taps(terms, distill, student, teacher)
-    extras = build_extras(terms, distill, student, teacher, s_paths, t_paths, next(iter(val_dl))[0][:2].to(device)).to(device)
+    s_paths, t_paths, t_leaf = collect_taps(terms, distill, student, teacher)
+    sample = next(iter(val_dl))[0][:2].to(device)
+    extras = build_extras(terms, distill, student, teacher, s_paths, {**t_paths, **t_leaf}, sample).to(device)
     steps = min(len(train_dl), run["max_steps_per_epoch"] or len(train_dl))
     opt, sched = make_optimizer(optim, [*student.parameters(), *extras.parameters()], steps * optim["epochs"])
     autocast, scaler = amp_setup(optim["amp"], device)
@@ -53,7 +54,7 @@ def train_loop(config: dict) -> dict:
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         start, best_miou = state["epoch"] + 1, state["best_miou"]
-    model, train_dl = _distribute(student, train_dl)
+    model, train_dl, sync_extras = _distribute(student, extras, train_dl)
 
     out: dict = {}
     for epoch in range(start, optim["epochs"]):
@@ -70,13 +71,17 @@ def train_loop(config: dict) -> dict:
                     s_logits = model(x)
                 t_logits, t_feats = None, {}
                 if needs_teacher:
-                    with (torch.enable_grad() if t_grad else torch.no_grad()), tap(teacher, t_paths, leaf=t_grad) as t_feats:
+                    # frozen teacher: a graph exists only from its CAM-layer leaves to its logits
+                    with torch.set_grad_enabled(bool(t_leaf)), tap(teacher, t_paths) as t_feats, \
+                            tap(teacher, t_leaf, leaf=True) as t_leaves:
                         t_logits = teacher(x)
+                    t_feats = {**t_feats, **t_leaves}
                 step = Step(x, y, s_logits, t_logits, s_feats, t_feats, dict(extras.items()))
                 losses = torch.stack([term.fn(step, distill) for _, term, _ in terms])
                 loss = (losses * losses.new_tensor([w for _, _, w in terms])).sum()
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            sync_extras()
             if optim["grad_clip"]:
                 scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(opt.param_groups[0]["params"], optim["grad_clip"])
@@ -145,18 +150,28 @@ def _model_state(student, config: dict, classes: list[str], epoch: int, metrics:
                       "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
 
 
-def _distribute(student, train_dl):
-    """DDP and a distributed sampler under Ray Train with several workers; taps stay on the
-    unwrapped module; val runs whole on every rank (exact metrics, no padded shards)."""
+def _distribute(student, extras, train_dl):
+    """DDP and a distributed sampler under Ray Train with several workers; the terms' extras
+    (connectors, attention) get their gradients averaged across ranks. Taps stay on the
+    unwrapped modules; val runs whole on every rank (exact metrics, no padded shards)."""
     if not in_ray_train():
-        return student, train_dl
+        return student, train_dl, lambda: None
     import ray.train
     import ray.train.torch
+    import torch.distributed as dist
 
-    if ray.train.get_context().get_world_size() == 1:
-        return student, train_dl
+    world = ray.train.get_context().get_world_size()
+    if world == 1:
+        return student, train_dl, lambda: None
+
+    def sync_extras():
+        for p in extras.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= world
+
     model = ray.train.torch.prepare_model(student, move_to_device=False)
-    return model, ray.train.torch.prepare_data_loader(train_dl, move_to_device=False)
+    return model, ray.train.torch.prepare_data_loader(train_dl, move_to_device=False), sync_extras
 
 
 def _set_epoch(loader, epoch: int, seed: int) -> None:

@@ -133,3 +133,6 @@ def _sa(step: Step, cfg: dict) -> torch.Tensor:
     from trainables.saliency import xgd_saliency_loss
 
     return xgd_saliency_loss(step, cfg)
+
+
+import trainables.baselines  # noqa: E402,F401  (registers the baseline terms and methods)

@@ -94,16 +94,19 @@ def amp_setup(amp: str, device: torch.device):
 
 
 def collect_taps(terms: list[tuple[str, Term, float]], distill: dict, student: nn.Module,
-                 teacher: Optional[nn.Module]) -> tuple[dict[str, str], dict[str, str], bool]:
-    """Union of the dotted paths the active terms tap, and whether the teacher needs CAM grads."""
+                 teacher: Optional[nn.Module]) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """Union of the dotted paths the active terms tap: student, teacher, and the teacher taps that
+    must be autograd leaves (CAM gradients). Only those are cut: cutting the graph at a plain
+    feature tap (e.g. the decoder output) would disconnect a CAM layer below it from the logits."""
     s_paths: dict[str, str] = {}
     t_paths: dict[str, str] = {}
+    t_leaf: dict[str, str] = {}
     for _, term, _ in terms:
         if term.student_taps:
             s_paths.update(term.student_taps(distill, student))
         if term.teacher_taps and teacher is not None:
-            t_paths.update(term.teacher_taps(distill, teacher))
-    return s_paths, t_paths, any(t.teacher_grad for _, t, _ in terms)
+            (t_leaf if term.teacher_grad else t_paths).update(term.teacher_taps(distill, teacher))
+    return s_paths, {k: v for k, v in t_paths.items() if k not in t_leaf}, t_leaf
 
 
 @torch.no_grad()

@@ -1,0 +1,274 @@
+"""Explaining a distillation: does the student look where the teacher looks? (seeds 002, 004)
+
+Pure functions on tensors, then one `explanation_metrics` that runs a student and its teacher
+over the validation split. Metric keys:
+
+- expl_sal_spearman / expl_sal_pearson: per-image rank / linear correlation between the
+  student's and the teacher's CAM maps (XGD's CAM method, layers and targets; both resized to
+  the label size), averaged over images (seed 004's explanation alignment).
+- expl_topk_iou: IoU of the two maps' top-k% pixels (k = 20 by default).
+- expl_focus: share of the student's attribution mass inside the teacher's top-k% region (seed
+  004's focus; a uniform student map scores k/100, a student looking only there scores 1).
+- expl_logit_spearman: mean over pixels of the Spearman correlation between student and teacher
+  class-probability vectors (seed 004's logit alignment; softmax keeps ranks, so logits are ranked).
+- expl_fss: FSS of seed 002 = mean over batches of the bias-corrected (U-centred) squared
+  distance correlation R^2 between flattened student and teacher decoder features (batches of
+  at least 4 images; smaller batches are pooled until they are).
+- with a `base` model (the student's architecture trained without KD): expl_fss_base (student
+  vs base) and expl_pdcor (partial dCor of student and teacher features given the base's: the
+  teacher similarity the base model does not already explain).
+
+UniCAM (seed 002, github gadhane/UniCAM): `unicam_map` is the Grad-CAM of the score
+R^2(P_removal(P(student), P(base)), P(target)); saving UniCAM images is not done here.
+Spearman ties get average ranks (as scipy.stats.spearmanr); constant maps have no correlation
+and are left out of the means (NaN if nothing is left).
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from typing import Iterable, Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# --------------------------------------------------------------------------- rank statistics
+
+
+def rankdata(x: Tensor) -> Tensor:
+    """Average ranks (1-based, float64) along the last dim, ties averaged (scipy's 'average')."""
+    n = x.shape[-1]
+    flat = x.reshape(-1, n)
+    vals, order = flat.sort(dim=-1)
+    new = torch.ones_like(vals, dtype=torch.bool)
+    new[:, 1:] = vals[:, 1:] != vals[:, :-1]
+    group = new.long().cumsum(dim=-1) - 1  # tie-group id of each sorted position
+    pos = torch.arange(n, device=x.device).expand_as(group)
+    first = torch.zeros_like(group).scatter_reduce(-1, group, pos, "amin", include_self=False)
+    last = torch.zeros_like(group).scatter_reduce(-1, group, pos, "amax", include_self=False)
+    avg = (first + last).double() / 2 + 1
+    return torch.empty_like(avg).scatter_(-1, order, avg.gather(-1, group)).view(x.shape)
+
+
+def pearson_rows(a: Tensor, b: Tensor) -> Tensor:
+    """(N,) Pearson correlation of matching rows of (N, L); NaN where a row is constant."""
+    a = a.double() - a.double().mean(dim=-1, keepdim=True)
+    b = b.double() - b.double().mean(dim=-1, keepdim=True)
+    den = (a.pow(2).sum(-1) * b.pow(2).sum(-1)).sqrt()
+    return torch.where(den > 0, (a * b).sum(-1) / den, torch.full_like(den, float("nan")))
+
+
+def spearman_rows(a: Tensor, b: Tensor) -> Tensor:
+    return pearson_rows(rankdata(a), rankdata(b))
+
+
+def topk_mask(maps: Tensor, frac: float) -> Tensor:
+    """(N, L) bool: each row's k = max(1, round(frac * L)) largest entries (ties broken by topk)."""
+    k = max(1, round(frac * maps.shape[-1]))
+    idx = maps.topk(k, dim=-1).indices
+    return torch.zeros_like(maps, dtype=torch.bool).scatter_(-1, idx, True)
+
+
+def topk_iou(a: Tensor, b: Tensor, frac: float = 0.2) -> Tensor:
+    ma, mb = topk_mask(a, frac), topk_mask(b, frac)
+    return (ma & mb).sum(-1).double() / (ma | mb).sum(-1).double()
+
+
+def focus(s_maps: Tensor, t_maps: Tensor, frac: float = 0.2) -> Tensor:
+    """(N,) share of the student's non-negative attribution mass inside the teacher's top-k region."""
+    s = s_maps.double().clamp_min(0)
+    mass = s.sum(-1)
+    inside = (s * topk_mask(t_maps, frac)).sum(-1)
+    return torch.where(mass > 0, inside / mass, torch.full_like(mass, float("nan")))
+
+
+def logit_alignment(s_logits: Tensor, t_logits: Tensor) -> Tensor:
+    """(B*H*W,) Spearman correlation of the per-pixel class vectors of (B, K, H, W) logits."""
+    k = s_logits.shape[1]
+    rows = lambda z: z.detach().movedim(1, -1).reshape(-1, k)  # noqa: E731
+    return spearman_rows(rows(s_logits), rows(t_logits))
+
+
+# --------------------------------------------------------------------------- distance correlation
+
+
+def distance_matrix(x: Tensor, eps: float = 1e-18) -> Tensor:
+    """(n, n) Euclidean distances between the rows of x flattened to (n, D), in float64.
+
+    From the Gram matrix (no (n, n, D) tensor); eps inside the root keeps gradients finite at 0.
+    """
+    x = x.reshape(x.shape[0], -1).double()
+    sq = x.pow(2).sum(dim=1)
+    d2 = (sq[:, None] + sq[None, :] - 2 * x @ x.T).clamp_min(0)
+    return (d2 + eps).sqrt()
+
+
+def double_centered(d: Tensor) -> Tensor:
+    return d - d.mean(dim=0, keepdim=True) - d.mean(dim=1, keepdim=True) + d.mean()
+
+
+def u_centered(d: Tensor) -> Tensor:
+    """U-centring (UniCAM eq. 2, Szekely & Rizzo 2014): the bias-corrected P matrix, zero diagonal."""
+    n = d.shape[0]
+    if n < 4:
+        raise ValueError(f"U-centred distance statistics need at least 4 samples, got {n}")
+    p = d - d.sum(dim=0, keepdim=True) / (n - 2) - d.sum(dim=1, keepdim=True) / (n - 2) + d.sum() / ((n - 1) * (n - 2))
+    return p - torch.diag_embed(torch.diagonal(p))
+
+
+def bracket(a: Tensor, b: Tensor) -> Tensor:
+    """<A, B> = sum_{i != j} A_ij B_ij / (n (n - 3)) for U-centred A, B (UniCAM eq. 4)."""
+    n = a.shape[0]
+    return (a * b).sum() / (n * (n - 3))
+
+
+def p_removal(a: Tensor, c: Tensor) -> Tensor:
+    """A minus its projection on C (UniCAM eq. 3): what A holds that C does not."""
+    den = bracket(c, c)
+    coef = torch.where(den > 0, bracket(a, c) / den.clamp_min(1e-300), torch.zeros_like(den))
+    return a - coef * c
+
+
+def u_correlation(a: Tensor, b: Tensor) -> Tensor:
+    """<A, B> / sqrt(<A, A> <B, B>); 0 when either is degenerate (as the dcor package)."""
+    den = bracket(a, a) * bracket(b, b)
+    return torch.where(den > 0, bracket(a, b) / den.clamp_min(1e-300).sqrt(), torch.zeros_like(den))
+
+
+def dcor_u(x: Tensor, y: Tensor) -> Tensor:
+    """Bias-corrected squared distance correlation R^2 (dcor.u_distance_correlation_sqr)."""
+    return u_correlation(u_centered(distance_matrix(x)), u_centered(distance_matrix(y)))
+
+
+def dcor_v(x: Tensor, y: Tensor) -> Tensor:
+    """Distance correlation with double centring, the V-statistic (dcor.distance_correlation)."""
+    a, b = double_centered(distance_matrix(x)), double_centered(distance_matrix(y))
+    den = ((a * a).mean() * (b * b).mean()).sqrt()
+    return torch.where(den > 0, ((a * b).mean() / den.clamp_min(1e-300)).clamp_min(0).sqrt(), torch.zeros_like(den))
+
+
+def pdcor(x: Tensor, y: Tensor, z: Tensor) -> Tensor:
+    """Partial distance correlation of x and y given z (dcor.partial_distance_correlation)."""
+    c = u_centered(distance_matrix(z))
+    return u_correlation(p_removal(u_centered(distance_matrix(x)), c), p_removal(u_centered(distance_matrix(y)), c))
+
+
+def unicam_map(acts: Tensor, feats: Tensor, other_feats: Tensor, target: Tensor) -> Tensor:
+    """(B, h, w) UniCAM: Grad-CAM at `acts` of R^2(P_removal(P(feats), P(other_feats)), P(target)).
+
+    `feats` must be computed from `acts` (one forward); `other_feats` is the other model's
+    features (base model for distilled features, or swap the roles for residual ones);
+    `target` (B, ...) encodes the labels, e.g. class-area fractions per image.
+    """
+    removed = p_removal(u_centered(distance_matrix(feats)), u_centered(distance_matrix(other_feats.detach())))
+    score = u_correlation(removed, u_centered(distance_matrix(target.detach().float())))
+    grads = torch.autograd.grad(score, acts, retain_graph=True)[0]
+    return (grads.mean(dim=(2, 3), keepdim=True) * acts).sum(dim=1).clamp_min(0).detach()
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+@contextmanager
+def _inference(model: nn.Module) -> Iterator[None]:
+    """Eval mode and no parameter gradients (CAMs differentiate w.r.t. tapped leaves only); restored after."""
+    was, flags = model.training, [p.requires_grad for p in model.parameters()]
+    model.eval().requires_grad_(False)
+    try:
+        yield
+    finally:
+        model.train(was)
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+
+
+def _forward(model: nn.Module, x: Tensor, cam_layer: str, feat_layer: str) -> tuple[Tensor, Tensor, Tensor]:
+    from trainables.taps import tap
+
+    with tap(model, {"cam": cam_layer}, leaf=True) as cam, tap(model, {"feat": feat_layer}) as feat:
+        logits = model(x)
+    return logits, cam["cam"], feat["feat"]
+
+
+def _maps(logits: Tensor, acts: Tensor, masks: Tensor, method: str, size: tuple[int, int]) -> Tensor:
+    from trainables.saliency import cam_maps
+
+    m = cam_maps(logits, acts, masks, method, reduce="sum", create_graph=False).detach()
+    return F.interpolate(m, size=size, mode="bilinear", align_corners=False).flatten(1)
+
+
+class _Means:
+    """Running means of the finite entries per key, kept on the device (one sync at the end)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, list[Tensor]] = {}
+
+    def add(self, key: str, values: Tensor) -> None:
+        v = values.detach().flatten().double()
+        ok = torch.isfinite(v)
+        self.sums.setdefault(key, []).append(torch.stack([torch.where(ok, v, 0).sum(), ok.sum().double()]))
+
+    def mean(self, key: str) -> float:
+        if key not in self.sums:
+            return float("nan")
+        total, count = torch.stack(self.sums[key]).sum(dim=0).tolist()
+        return total / count if count else float("nan")
+
+
+def explanation_metrics(student: nn.Module, teacher: nn.Module, loader: Iterable, cfg: dict,
+                        max_batches: Optional[int] = None, topk: float = 0.2,
+                        base: Optional[nn.Module] = None) -> dict[str, float]:
+    """Explanation metrics of `student` against `teacher` over (images, labels) batches.
+
+    cfg: the trial config or its `distill` section (cam, cam_target, student_layer,
+    teacher_layer). Models are put in eval mode and restored; nothing is trained.
+    """
+    from trainables.baselines import decoder_output
+    from trainables.models import default_cam_layer
+    from trainables.saliency import class_masks
+
+    distill = cfg.get("distill", cfg)
+    method, source = distill.get("cam") or "gradcam", distill.get("cam_target") or "gt"
+    if not 0 < topk <= 1:
+        raise ValueError(f"topk = {topk} is not allowed; use a fraction in (0, 1]")
+    models = {"s": student, "t": teacher, **({"b": base} if base is not None else {})}
+    layers = {"s": distill.get("student_layer") or default_cam_layer(student),
+              "t": distill.get("teacher_layer") or default_cam_layer(teacher),
+              "b": default_cam_layer(base) if base is not None else ""}
+    device = next(student.parameters()).device
+    acc = _Means()
+    pool: dict[str, list[Tensor]] = {k: [] for k in models}
+
+    def flush() -> None:
+        f = {k: torch.cat(v) for k, v in pool.items()}
+        acc.add("fss", dcor_u(f["s"], f["t"]))
+        if base is not None:
+            acc.add("fss_base", dcor_u(f["s"], f["b"]))
+            acc.add("pdcor", pdcor(f["s"], f["t"], f["b"]))
+        for v in pool.values():
+            v.clear()
+
+    with ExitStack() as stack, torch.enable_grad():
+        for m in models.values():
+            stack.enter_context(_inference(m))
+        for i, (x, y) in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            x, y = x.to(device), y.to(device)
+            out = {k: _forward(m, x, layers[k], decoder_output(m)) for k, m in models.items()}
+            (s_logits, s_acts, s_feat), (t_logits, t_acts, t_feat) = out["s"], out["t"]
+            masks = class_masks(y, t_logits.detach(), s_logits.shape[1], source)
+            size = tuple(y.shape[-2:])
+            ms, mt = _maps(s_logits, s_acts, masks, method, size), _maps(t_logits, t_acts, masks, method, size)
+            acc.add("sal_spearman", spearman_rows(ms, mt))
+            acc.add("sal_pearson", pearson_rows(ms, mt))
+            acc.add("topk_iou", topk_iou(ms, mt, topk))
+            acc.add("focus", focus(ms, mt, topk))
+            acc.add("logit_spearman", logit_alignment(s_logits, t_logits))
+            for k, (_, _, feat) in out.items():
+                pool[k].append(feat.detach().flatten(1))
+            if sum(len(p) for p in pool["s"]) >= 4:
+                flush()
+    keys = ["sal_spearman", "sal_pearson", "topk_iou", "logit_spearman", "focus", "fss"]
+    keys += ["fss_base", "pdcor"] if base is not None else []
+    return {f"expl_{k}": acc.mean(k) for k in keys}
