@@ -118,6 +118,7 @@ class RunSpec(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     channels_last: bool = True  # CUDA only
     max_steps_per_epoch: Optional[int] = Field(None, ge=1)
+    explain: bool = True  # explanation metrics (CAM/logit alignment, focus, FSS) at the end, with a teacher
     resume: Optional[str] = None  # a checkpoint.pt (or its folder) to continue from exactly
 
 

@@ -72,6 +72,7 @@ def test_beta_changes_trained_weights(tmp_path, teacher):
         out = train_loop(cfg)
         runs[beta] = (checkpoint.load(tmp_path / f"beta{beta}" / "checkpoint.pt")["model"], out)
     assert "train_sa" in runs[1.0][1] and "train_sa" not in runs[0.0][1]
+    assert -1 <= runs[1.0][1]["expl_sal_spearman"] <= 1 and 0 <= runs[1.0][1]["expl_focus"] <= 1
     assert runs[1.0][1]["train_sa"] > 0
     w0, w1 = runs[0.0][0], runs[1.0][0]
     changed = [k for k in w0 if w0[k].is_floating_point() and not torch.allclose(w0[k], w1[k])]

@@ -7,8 +7,8 @@ and the gradients of a target with respect to them, so a map computed from gradi
 
 Design as in pytorch-grad-cam: one base (`weighted`: map = sum_c w * A_c, BaseCAM.get_cam_image)
 and each method a small override of how the weights are made; EigenGradCAM overrides the image.
-`CAMS[name](acts, grads)` is the method's map before the ReLU; `cam()` adds float32 and the ReLU
-(pytorch-grad-cam's `np.maximum(cam, 0)`), and is what callers use.
+`CAMS[name](acts, grads)` is the method's map before the ReLU; `cam()` adds float32 (autocast off) and the
+ReLU (pytorch-grad-cam's `np.maximum(cam, 0)`), and is what callers use.
 
 EigenGradCAM (pytorch-grad-cam's `get_2d_projection(grads * acts)`): the projection of the
 centred (hw x C) matrix X = grads*acts onto its top right-singular vector, computed without SVD
@@ -134,4 +134,5 @@ def cam(method: str, acts: Tensor, grads: Tensor) -> Tensor:
     if acts.shape != grads.shape or acts.dim() != 4:
         raise ValueError(f"CAM needs activations and gradients of one (B, C, h, w) shape, got "
                          f"{tuple(acts.shape)} and {tuple(grads.shape)}")
-    return CAMS[method](acts.float(), grads.float()).clamp_min(0)
+    with torch.autocast(device_type=acts.device.type, enabled=False):  # Gram + eigh need float32
+        return CAMS[method](acts.float(), grads.float()).clamp_min(0)

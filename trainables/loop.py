@@ -15,6 +15,7 @@ import torch
 
 from trainables import metrics as M
 from trainables.checkpoint import rng_state, set_rng_state
+from trainables.explain import explanation_metrics
 from trainables.losses import Step, active_terms
 from trainables.models import count_flops, count_params, measure_latency, model_from_config
 from trainables.reporting import in_ray_train, make_reporter
@@ -114,6 +115,8 @@ def train_loop(config: dict) -> dict:
                      "rng": rng_state(), "best_miou": best_miou}
         if last:
             out.update(costs(student, config["data"]))
+            if teacher is not None and run["explain"]:
+                out.update(explanation_metrics(student, teacher, val_dl, distill))
         reporter.report(out, state, best)
     reporter.finish(out)
     return out

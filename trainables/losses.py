@@ -115,7 +115,7 @@ def _seg(step: Step, cfg: dict) -> torch.Tensor:
 @register("pi", weight=weight_from("alpha"))
 def _pi(step: Step, cfg: dict) -> torch.Tensor:
     # PI distils every pixel, labelled or not (the teacher's output exists everywhere)
-    return pixel_kl(step.s_logits, step.t_logits, float(cfg["tau"]))
+    return pixel_kl(step.s_logits, step.t_logits.detach(), float(cfg["tau"]))
 
 
 def _cam_layer(role: str) -> Taps:

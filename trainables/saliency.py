@@ -16,6 +16,8 @@ or switching BatchNorm to eval mid-training (the published code's defect 3).
 `reduce='per_class'` gives K maps per image (B, K, h, w) with ONE batched vector-Jacobian
 product (autograd.grad(..., is_grads_batched=True)); it supports create_graph for smp's
 DeepLabV3+/PSPNet in train mode (tests/test_cams.py checks it). Cost and memory grow with K.
+Each of the K maps is normalised on its own; a class absent from an image (or from the
+teacher's argmax) has zero maps on both sides and adds 0 to the mean.
 """
 from __future__ import annotations
 
@@ -28,12 +30,11 @@ from torch import Tensor
 
 from trainables.cams import cam, check_method
 
-IGNORE = 255
 NORM_EPS = 1e-7  # pytorch-grad-cam's scale_cam_image: img / (1e-7 + max)
 
 
 def _one_hot(index: Tensor, num_classes: int) -> Tensor:
-    """(B, H, W) long -> (B, K, H, W) float; values outside [0, K) (IGNORE) match no class.
+    """(B, H, W) long -> (B, K, H, W) float; values outside [0, K) (ignore = 255) match no class.
 
     A comparison with arange rather than F.one_hot: no range check, hence no host sync.
     """
@@ -72,28 +73,36 @@ def _scores(logits: Tensor, masks: Tensor) -> Tensor:
     return (logits.float() * masks).sum(dim=(0, 2, 3))
 
 
+def target_grads(logits: Tensor, acts: Tensor, masks: Tensor, reduce: str = "sum",
+                 create_graph: bool = False) -> Tensor:
+    """Gradients of the segmentation targets at `acts`: (B, C, h, w) for 'sum', (K, B, C, h, w) for 'per_class'.
+
+    The graph behind `logits` is kept either way (other loss terms still need it).
+    """
+    scores = _scores(logits, masks)
+    if reduce == "sum":
+        return torch.autograd.grad(scores.sum(), acts, retain_graph=True, create_graph=create_graph)[0]
+    if reduce == "per_class":
+        eye = torch.eye(scores.shape[0], device=scores.device, dtype=scores.dtype)
+        return torch.autograd.grad(scores, acts, grad_outputs=eye, is_grads_batched=True,
+                                   retain_graph=True, create_graph=create_graph)[0]
+    raise ValueError(f"unknown cam_reduce {reduce!r}; allowed: sum, per_class")
+
+
 def cam_maps(logits: Tensor, acts: Tensor, masks: Tensor, method: str = "gradcam",
              reduce: str = "sum", create_graph: bool = False) -> Tensor:
     """(B, M, h, w) CAMs at `acts` (M = 1 for 'sum', K for 'per_class'); see the module docstring.
 
-    `create_graph=True` keeps the gradients in the graph so a loss on the maps trains the model;
-    the graph behind `logits` is kept either way (other loss terms still need it).
+    `create_graph=True` keeps the gradients in the graph so a loss on the maps trains the model.
     """
     check_method(method)
-    scores = _scores(logits, masks)
+    grads = target_grads(logits, acts, masks, reduce, create_graph)
     if reduce == "sum":
-        (grads,) = torch.autograd.grad(scores.sum(), acts, retain_graph=True, create_graph=create_graph)
         return cam(method, acts, grads).unsqueeze(1)
-    if reduce == "per_class":
-        k = scores.shape[0]
-        eye = torch.eye(k, device=scores.device, dtype=scores.dtype)
-        (grads,) = torch.autograd.grad(scores, acts, grad_outputs=eye, is_grads_batched=True,
-                                       retain_graph=True, create_graph=create_graph)  # (K, B, C, h, w)
-        b, c, h, w = acts.shape
-        grads = grads.transpose(0, 1).reshape(b * k, c, h, w)
-        acts_k = acts.unsqueeze(1).expand(b, k, c, h, w).reshape(b * k, c, h, w)
-        return cam(method, acts_k, grads).view(b, k, h, w)
-    raise ValueError(f"unknown cam_reduce {reduce!r}; allowed: sum, per_class")
+    k, b, c, h, w = grads.shape
+    grads = grads.transpose(0, 1).reshape(b * k, c, h, w)
+    acts_k = acts.unsqueeze(1).expand(b, k, c, h, w).reshape(b * k, c, h, w)
+    return cam(method, acts_k, grads).view(b, k, h, w)
 
 
 def normalize_maps(maps: Tensor, eps: float = NORM_EPS) -> Tensor:
