@@ -1,5 +1,76 @@
-"""Datasets by kind (synthetic, ttpla, voc, folder) behind one `build_dataset`."""
+"""Datasets by kind (synthetic, ttpla, voc, folder) behind one `build_dataset`.
+
+Items are (image FloatTensor 3xHxW, ImageNet-normalised; mask LongTensor HxW, 255 = ignore).
+Each kind is a `Kind` in `KINDS`: its class names and a builder of a raw-array source; the
+transforms and the Dataset wrapper are shared (trainables.data.base / .transforms).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 
 class DataError(ValueError):
     """Bad data on disk: one line that names the file and what is wrong."""
+
+
+# Submodules import DataError from here, so it must exist before they load.
+import torch  # noqa: E402
+from torch.utils.data import Dataset  # noqa: E402
+
+from trainables.data import folder, synthetic, ttpla, voc  # noqa: E402
+from trainables.data.base import IGNORE, SegDataset, Source  # noqa: E402
+from trainables.data.transforms import eval_transform, train_transform  # noqa: E402
+
+PAD_MULTIPLE = 32  # smp encoders downsample by 32: inputs must be divisible by it
+
+
+@dataclass(frozen=True)
+class Kind:
+    classes: Callable[[dict], list[str]]
+    source: Callable[[dict, str], Source]
+
+
+KINDS: dict[str, Kind] = {
+    "synthetic": Kind(lambda cfg: list(synthetic.CLASSES), synthetic.build),
+    "ttpla": Kind(lambda cfg: list(ttpla.CLASSES), ttpla.build),
+    "voc": Kind(lambda cfg: list(voc.CLASSES), voc.build),
+    "folder": Kind(folder.classes, folder.build),
+}
+
+
+def _kind(data_cfg: dict) -> Kind:
+    name = data_cfg.get("kind")
+    if name not in KINDS:
+        raise DataError(f"data.kind {name!r} is not one of {sorted(KINDS)}")
+    return KINDS[name]
+
+
+def class_names(data_cfg: dict) -> list[str]:
+    """Class names of the configured dataset; index = class id in the masks."""
+    return _kind(data_cfg).classes(data_cfg)
+
+
+def build_dataset(data_cfg: dict, split: str, train: bool) -> Dataset:
+    """The `split` of the configured dataset with train (random) or eval (deterministic) transforms."""
+    source = _kind(data_cfg).source(data_cfg, split)
+    return SegDataset(source, train_transform(data_cfg) if train else eval_transform(data_cfg))
+
+
+def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack samples of different sizes: pad to the batch max rounded up to a multiple of 32.
+
+    Images are padded with 0 (the mean colour after normalisation), masks with 255 (ignored).
+    """
+    h = max(img.shape[-2] for img, _ in batch)
+    w = max(img.shape[-1] for img, _ in batch)
+    h, w = -(-h // PAD_MULTIPLE) * PAD_MULTIPLE, -(-w // PAD_MULTIPLE) * PAD_MULTIPLE
+    images = batch[0][0].new_zeros((len(batch), batch[0][0].shape[0], h, w))
+    masks = torch.full((len(batch), h, w), IGNORE, dtype=torch.long)
+    for k, (img, mask) in enumerate(batch):
+        images[k, :, : img.shape[-2], : img.shape[-1]] = img
+        masks[k, : mask.shape[-2], : mask.shape[-1]] = mask
+    return images, masks
+
+
+__all__ = ["DataError", "KINDS", "Kind", "build_dataset", "class_names", "pad_collate", "IGNORE"]

@@ -110,6 +110,16 @@ def read_index_mask(path: Path, num_classes: int) -> np.ndarray:
     return arr.astype(np.uint8, copy=False)
 
 
+def read_pair(image: Path, mask: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its index mask, which must have the same size."""
+    img, lab = read_image(image), read_index_mask(mask, num_classes)
+    if img.shape[:2] != lab.shape:
+        raise DataError(
+            f"mask {str(mask)!r} is {lab.shape[1]}x{lab.shape[0]} but its image is {img.shape[1]}x{img.shape[0]}"
+        )
+    return img, lab
+
+
 def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
 

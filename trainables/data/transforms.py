@@ -41,7 +41,8 @@ class RandomScale(v2.Transform):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if params["same"]:
             return inpt
-        mode = v2.InterpolationMode.NEAREST_EXACT if isinstance(inpt, tv_tensors.Mask) else v2.InterpolationMode.BILINEAR
+        mask = isinstance(inpt, tv_tensors.Mask)
+        mode = v2.InterpolationMode.NEAREST_EXACT if mask else v2.InterpolationMode.BILINEAR
         return self._call_kernel(F.resize, inpt, size=params["size"], interpolation=mode, antialias=True)
 
 

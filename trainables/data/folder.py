@@ -1,0 +1,48 @@
+"""A plain folder of images and index masks: root/<split>/images/*, root/<split>/masks/<stem>.png."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from trainables.data import DataError
+from trainables.data.base import list_images, read_pair, require_dir
+
+
+def classes(cfg: dict) -> list[str]:
+    names = cfg.get("classes")
+    if not names:
+        raise DataError("data.classes (list of class names, index = mask value) is required for data.kind='folder'")
+    return list(names)
+
+
+class FolderSource:
+    def __init__(self, cfg: dict, split: str):
+        self.classes = classes(cfg)
+        root = require_dir(Path(cfg["root"]).expanduser(), "data.root")
+        img_dir = require_dir(root / split / "images", f"split {split!r} image folder")
+        mask_dir = root / split / "masks"
+        self.images = list_images(img_dir)
+        if not self.images:
+            raise DataError(f"image folder {str(img_dir)!r} holds no images (.jpg, .png, ...)")
+        seen: dict[str, Path] = {}
+        for img in self.images:
+            if img.stem in seen:
+                raise DataError(f"images {str(seen[img.stem])!r} and {str(img)!r} would share mask {img.stem}.png")
+            seen[img.stem] = img
+            if not (mask_dir / f"{img.stem}.png").is_file():
+                raise DataError(f"image {str(img)!r} has no mask {str(mask_dir / (img.stem + '.png'))!r}")
+        self.masks = [mask_dir / f"{p.stem}.png" for p in self.images]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def name(self, i: int) -> str:
+        return str(self.images[i])
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return read_pair(self.images[i], self.masks[i], len(self.classes))
+
+
+def build(cfg: dict, split: str) -> FolderSource:
+    return FolderSource(cfg, split)
