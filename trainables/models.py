@@ -62,7 +62,8 @@ def load_encoder_weights(model: nn.Module, path: str) -> None:
         except Exception as e:  # pickle.UnpicklingError and friends: refuse, never run code
             raise ValueError(f"encoder_weights file {path!r} is not a weights-only state_dict: {str(e).splitlines()[0]}") from None
     state = {k.removeprefix("encoder."): v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = model.encoder.load_state_dict(state, strict=False)
+    # nn.Module's own method: smp encoders override load_state_dict and return nothing
+    missing, unexpected = nn.Module.load_state_dict(model.encoder, state, strict=False)
     if unexpected or len(missing) == len(model.encoder.state_dict()):
         raise ValueError(f"encoder_weights file {path!r} does not match encoder "
                          f"{type(model.encoder).__name__}: {len(unexpected)} unexpected, {len(missing)} missing keys")
