@@ -14,7 +14,13 @@ quickstart: $(VENV)/.installed
 	$(PY) -m orchestrator train search_spaces/quickstart_teacher.yaml
 	$(PY) -m orchestrator train search_spaces/quickstart_student.yaml
 
-test: $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# The UI test drives Debian's chromium headless; install it when missing.
+chromium:
+	@command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null)
+
+test: $(VENV)/.installed chromium
 	$(PY) -m pytest -q
 
-.PHONY: install quickstart test
+.PHONY: install quickstart test chromium

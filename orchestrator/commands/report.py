@@ -1,0 +1,175 @@
+"""`report [SWEEP ...]`: the paper's tables and plots for sweeps, read from MLflow only.
+
+Writes results/reports/<sweep>/: trials.parquet/.csv (one row per trial), <layout>.md/.tex/.csv
+(mean +- std over seeds per cell), report.md, plots/*.png; logs them to the sweep's parent run.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.cli import UserError
+
+DEFAULT_OUT = "results/reports"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("report", help="tables (rich, Markdown, LaTeX, Parquet, CSV) and plots of sweeps from MLflow",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweeps", nargs="*", metavar="SWEEP", help="sweep names (default: every sweep in the store)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or "
+                                                        "sqlite:///<abs>/results/mlflow.db)")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output root (default {DEFAULT_OUT})")
+    p.add_argument("--metric", default="val_miou", help="metric for plots and importances (default val_miou)")
+    p.add_argument("--mode", choices=("max", "min"), default="max")
+    p.add_argument("--gallery", type=int, default=1, metavar="K",
+                   help="saliency galleries for the K best trials (needs their checkpoints and data; 0: none)")
+    p.add_argument("--no-log", action="store_true", help="do not log tables and plots to the parent MLflow run")
+    p.set_defaults(run=run)
+
+
+@dataclass
+class Report:
+    sweep: str
+    dir: Path
+    trials: int
+    counted: int
+    files: list[Path] = field(default_factory=list)
+    importances: dict[str, float] = field(default_factory=dict)
+    log_error: str = ""  # why logging to the parent run failed, if it did
+    notes: list[str] = field(default_factory=list)  # what was skipped and why
+
+
+def make_report(client, name: str, out_root: str | Path, metric: str = "val_miou", maximize: bool = True,
+                log: bool = True, console=None, galleries: int = 1) -> Report:
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    from orchestrator import aggregate as agg
+    from orchestrator import plots, tables
+
+    sweep = agg.find_sweep(client, name)
+    table = agg.trials_table(client, sweep)
+    out = agg.safe_join(out_root, sweep.name)
+    out.mkdir(parents=True, exist_ok=True)
+    rep = Report(sweep.name, out, len(table), 0)
+    pq.write_table(table, out / "trials.parquet")
+    pcsv.write_csv(table, out / "trials.csv")
+    rep.files += [out / "trials.parquet", out / "trials.csv"]
+
+    counted = agg.done(table, metric)
+    rep.counted = len(counted)
+    if not len(counted):
+        states = sorted(set(table.column("status").to_pylist()))
+        raise UserError(f"sweep {name!r} has {len(table)} trial runs but none finished with metric {metric!r} "
+                        f"(statuses: {', '.join(states)}); wrote {out / 'trials.csv'}")
+
+    md = [f"# Sweep {sweep.name}", "",
+          f"Parent run `{sweep.parent.info.run_id}`; {len(counted)} of {len(table)} trials counted "
+          f"(status {' or '.join(agg.DONE)}); mean ± std over seeds; best **bold**, second <u>underlined</u>.", ""]
+    for layout in _layouts(sweep, counted, console):
+        grid = tables.build_grid(counted, layout)
+        if grid is None:
+            continue
+        grid.title = f"{sweep.name}: {grid.title}"
+        if console is not None:
+            console.print(tables.to_rich(grid))
+        (out / f"{layout}.md").write_text(tables.to_markdown(grid))
+        (out / f"{layout}.tex").write_text(tables.to_latex(grid, label=f"tab:{agg.safe_name(sweep.name)}-{layout}"))
+        pcsv.write_csv(tables.to_arrow(grid), out / f"{layout}.csv")
+        rep.files += [out / f"{layout}.{ext}" for ext in ("md", "tex", "csv")]
+        md.append(tables.to_markdown(grid))
+
+    pdir = out / "plots"
+    rep.importances = plots.param_importances(counted, metric, maximize)
+    made = [plots.hyper_plot(counted, metric, pdir / "hyperparams.png"),
+            plots.pareto_plot(counted, metric, pdir / "pareto.png", maximize),
+            plots.importance_plot(rep.importances, metric, pdir / "importances.png")]
+    if rep.importances:
+        (out / "importances.csv").write_text("param,importance\n" + "".join(
+            f"{k},{v:.6f}\n" for k, v in rep.importances.items()))
+        rep.files.append(out / "importances.csv")
+    made += _galleries(counted, metric, maximize, galleries, pdir, rep)
+    for p in filter(None, made):
+        rep.files.append(p)
+        md += [f"![{p.stem}](plots/{p.name})", ""]
+    (out / "report.md").write_text("\n".join(md))
+    rep.files.append(out / "report.md")
+    if log:
+        try:
+            client.log_artifacts(sweep.parent.info.run_id, str(out), "report")
+        except Exception as e:  # the files are written; an unreachable artifact store only costs the copy
+            rep.log_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return rep
+
+
+def _galleries(counted, metric: str, maximize: bool, k: int, pdir: Path, rep: Report) -> list[Path]:
+    """Galleries of the k best trials; a missing checkpoint or dataset is a note, not a failure
+    (the report works on a machine that has only the MLflow store)."""
+    from orchestrator import gallery
+    from orchestrator.specs import SpecError
+    from trainables.data import DataError
+
+    rows = sorted(counted.to_pylist(), key=lambda r: r[metric], reverse=maximize)[:max(k, 0)]
+    out = []
+    for rank, row in enumerate(rows, 1):
+        try:
+            out.append(gallery.gallery(row, pdir / f"gallery_{rank}.png"))
+        except (UserError, SpecError, DataError) as e:
+            rep.notes.append(f"no saliency gallery for {row['run_name']}: {e}")
+        except Exception as e:  # a picture is optional: any other failure is a note with its type, too
+            first = str(e).splitlines()[0] if str(e) else ""
+            rep.notes.append(f"no saliency gallery for {row['run_name']}: {type(e).__name__}: {first}")
+    return out
+
+
+def _layouts(sweep, counted, console) -> list[str]:
+    from orchestrator import tables
+
+    tag = sweep.parent.data.tags.get("xgd.layouts")
+    if not tag:
+        return tables.default_layouts(counted)
+    names = [n.strip() for n in tag.split(",") if n.strip()]
+    unknown = [n for n in names if n not in tables.LAYOUTS]
+    if unknown and console is not None:
+        console.print(f"[yellow]warning:[/] parent tag xgd.layouts names unknown layouts {unknown}; "
+                      f"known: {', '.join(tables.LAYOUTS)}")
+    return [n for n in names if n in tables.LAYOUTS]
+
+
+def run(args) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+
+    from orchestrator import aggregate as agg
+
+    console = Console()
+    if not console.is_terminal:  # piped or logged: do not squeeze the tables into 80 columns
+        console = Console(width=200)
+    uri = args.tracking_uri or agg.default_tracking_uri()
+    client = agg.open_store(uri)
+    names = args.sweeps or agg.list_sweeps(client)
+    if not names:
+        raise UserError(f"the MLflow store {uri} holds no sweeps (no run tagged xgd.kind=sweep)")
+    done = 0
+    for name in names:
+        try:
+            rep = make_report(client, name, args.out, args.metric, args.mode == "max", not args.no_log, console,
+                              args.gallery)
+        except UserError as e:
+            if args.sweeps:  # a sweep the user named: its problem is the answer
+                raise
+            console.print(f"[yellow]skipped[/] {escape(str(e))}")  # every sweep in the store: report the others
+            continue
+        done += 1
+        for note in rep.notes:
+            console.print(f"[yellow]note:[/] {escape(note)}")
+        logged = "" if args.no_log else " and logged to the parent run's artifacts (report/)"
+        if rep.log_error:
+            logged = f"; [yellow]not logged to MLflow[/] ({rep.log_error})"
+        console.print(f"[green]{rep.sweep}[/]: {rep.counted}/{rep.trials} trials; wrote {len(rep.files)} files "
+                      f"under {rep.dir}{logged}")
+    if not done:
+        raise UserError(f"none of the {len(names)} sweeps in {uri} has a finished trial to report")
+    return 0

@@ -1,0 +1,174 @@
+"""`export`: choosing trials from MLflow, rebuilding students from weights-only checkpoints, writing
+safetensors / TorchScript / ONNX that reproduce the model (ONNX checked with onnxruntime), a model
+card with true sha256s, registration in the MLflow registry, and one-line errors."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from orchestrator.cli import main
+from test_report import CLASSES, build_store, final_miou
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return build_store(tmp_path_factory.mktemp("export_store"))
+
+
+def _table(store, sweep="demo"):
+    from orchestrator import aggregate as agg
+
+    return agg.trials_table(store["client"], agg.find_sweep(store["client"], sweep))
+
+
+def test_choose_top_k_and_pareto(store):
+    from orchestrator.export import choose
+
+    t = _table(store)
+    top = choose(t, "val_miou", top=3)
+    assert [c.rank for c in top] == [1, 2, 3]
+    names = [c.row["run_name"] for c in top]  # ranks 2 and 3 tie on val_miou (0.68)
+    assert names[0] == "demo_xgd_a1.0_s1" and set(names[1:]) == {"demo_xgd_a0.5_s1", "demo_xgd_a1.0_s0"}
+    assert choose(t, "val_miou", maximize=False, top=1)[0].row["run_name"] == "demo_pi_a0.5_s0"
+    front = choose(t, "val_miou", pareto_cost="latency_ms")
+    # latency = 8/9/11/12 ms by cell + 0.1 * seed; mIoU rises with seed: the front has 4 trials
+    assert [c.row["run_name"] for c in front] == ["demo_xgd_a1.0_s1", "demo_xgd_a1.0_s0",
+                                                  "demo_pi_a1.0_s1", "demo_pi_a1.0_s0"]
+    assert front[0].row["val_miou"] == pytest.approx(final_miou("xgd", 1.0, 1))
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit:FutureWarning")
+def test_export_writes_loadable_checked_students_and_registers_them(store, tmp_path, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from trainables.checkpoint import load
+    from trainables.models import model_from_config
+
+    out = tmp_path / "exports"
+    rc = main(["export", "demo", "--tracking-uri", store["uri"], "--out", str(out), "--top", "1"])
+    assert rc == 0, capsys.readouterr()
+    d = out / "demo" / "1"
+    card = json.loads((d / "model_card.json").read_text())
+    assert set(card["files"]) == {"model.safetensors", "model.torchscript.pt", "model.onnx"}
+    for name, f in card["files"].items():
+        assert hashlib.sha256((d / name).read_bytes()).hexdigest() == f["sha256"]
+    assert card["source"]["run_name"] == "demo_xgd_a1.0_s1" and card["source"]["run_id"] in store["trials"]
+    assert card["model"]["classes"] == CLASSES and card["model"]["encoder"] == "mobilenet_v2"
+    assert card["input"]["shape"] == [1, 3, 64, 64] and card["input"]["mean"] == [0.485, 0.456, 0.406]
+    assert card["metrics"]["val_miou"] == pytest.approx(final_miou("xgd", 1.0, 1))
+    assert card["cost"]["params"] == 4379000 and card["checks"]["onnx_max_abs_diff"] <= 1e-3
+    md = (d / "model_card.md").read_text()
+    assert card["files"]["model.onnx"]["sha256"] in md and "ImageNet" in md
+
+    # every format reproduces the checkpoint's model
+    ref = load(store["checkpoint"] / "best.pt")
+    model = model_from_config({**ref["model_cfg"]}, len(CLASSES)).eval()
+    model.load_state_dict(ref["model"])
+    x = torch.randn(2, 3, 96, 64)  # not the export size: dynamic height/width
+    with torch.no_grad():
+        want = model(x)
+        with safe_open(str(d / "model.safetensors"), "pt") as f:
+            meta = f.metadata()
+        student = model_from_config(json.loads(meta["model_cfg"]), len(json.loads(meta["classes"]))).eval()
+        student.load_state_dict(load_file(str(d / "model.safetensors")))
+        assert torch.equal(student(x), want)
+        assert torch.allclose(torch.jit.load(str(d / "model.torchscript.pt"))(x), want, atol=1e-5)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(sess.run(None, {"image": x.numpy()})[0])
+    assert (got - want).abs().max() < 1e-3
+
+    # registered: a version of xgd-demo whose source holds the card
+    import mlflow
+
+    versions = store["client"].search_model_versions("name='xgd-demo'")
+    assert len(versions) == 1 and versions[0].run_id == card["source"]["run_id"]
+    mlflow.set_tracking_uri(store["uri"])
+    got_dir = Path(mlflow.artifacts.download_artifacts(f"models:/xgd-demo/{versions[0].version}",
+                                                       dst_path=str(tmp_path / "dl")))
+    assert json.loads((got_dir / "model_card.json").read_text())["files"] == card["files"]
+    index = json.loads((out / "demo" / "index.json").read_text())
+    assert index["exports"][0]["version"] == str(versions[0].version)
+
+
+def test_writers_check_their_output_and_fail_loudly(tmp_path, monkeypatch):
+    from orchestrator import export as ex
+    from orchestrator.cli import UserError
+
+    torch.manual_seed(0)
+    tiny = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
+    state = {"model_cfg": {"arch": "x", "encoder": "y"}, "classes": ["a", "b"]}
+    path, check = ex.write_onnx(tiny, state, tmp_path, (32, 32))
+    assert path.is_file() and check["onnx_max_abs_diff"] <= ex.ONNX_ATOL
+    monkeypatch.setattr(ex, "ONNX_ATOL", -1.0)  # any difference now exceeds the tolerance
+    with pytest.raises(UserError, match="ONNX check failed.*max abs diff"):
+        ex.write_onnx(tiny, state, tmp_path, (32, 32))
+    assert not path.exists()  # a model that failed its check is not left to be shipped
+    path, check = ex.write_torchscript(tiny, state, tmp_path, (32, 32))
+    assert check["torchscript_max_abs_diff"] == 0.0
+    with pytest.raises(UserError, match="unknown export format 'tflite'"):
+        ex.parse_formats("pt,tflite")
+    assert ex.parse_formats("pt, ts,onnx,pt") == ["safetensors", "torchscript", "onnx"]
+
+
+def _one_trial_store(root: Path, sweep: str, status: str = "FINISHED", checkpoint: str = "") -> str:
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    c = MlflowClient(uri)
+    exp = c.create_experiment("x", artifact_location=str(root / "artifacts"))
+    parent = c.create_run(exp, run_name=sweep, tags={"xgd.kind": "sweep", "xgd.sweep": sweep})
+    run = c.create_run(exp, run_name="trial_0", tags={"mlflow.parentRunId": parent.info.run_id, "xgd.kind": "trial",
+                                                      "xgd.sweep": sweep, "xgd.checkpoint": checkpoint})
+    if status == "FINISHED":
+        c.log_batch(run.info.run_id, metrics=[Metric("val_miou", 0.5, 0, 0)])
+    c.set_terminated(run.info.run_id, status)
+    return uri
+
+
+def test_no_finished_trial_bad_and_missing_checkpoints_fail_in_one_line(tmp_path, capsys):
+    uri = _one_trial_store(tmp_path / "a", "failing", status="FAILED")
+    capsys.readouterr()
+    assert main(["export", "failing", "--tracking-uri", uri, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no finished trial with metric 'val_miou'" in err and "FAILED" in err
+
+    uri = _one_trial_store(tmp_path / "b", "gone", checkpoint=str(tmp_path / "nope"))
+    capsys.readouterr()
+    assert main(["export", "--tracking-uri", uri, "--out", str(tmp_path / "o")]) == 2  # newest sweep
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "checkpoint" in err and "does not exist" in err
+
+    class Evil:  # a pickle that would run code: weights_only=True refuses it
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    bad = tmp_path / "evil.pt"
+    torch.save({"model": Evil()}, bad)
+    uri = _one_trial_store(tmp_path / "c", "evil", checkpoint=str(bad))
+    capsys.readouterr()
+    assert main(["export", "evil", "--tracking-uri", uri, "--out", str(tmp_path / "o")]) == 2
+    cap = capsys.readouterr()
+    assert "not a weights-only checkpoint" in cap.err and "pwned" not in cap.out
+
+
+def test_sweep_names_cannot_escape_the_out_root(tmp_path):
+    from test_report import write_checkpoint
+
+    ckpt = write_checkpoint(tmp_path / "ck" / "best.pt")
+    out = tmp_path / "deep" / "out"
+    for i, name in enumerate(("../../escape", "/tmp/abs_sweep")):
+        uri = _one_trial_store(tmp_path / f"s{i}", name, checkpoint=str(ckpt))
+        rc = main(["export", name, "--tracking-uri", uri, "--out", str(out), "--format", "pt", "--no-register"])
+        assert rc == 0
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("model.safetensors"))
+    assert written == ["deep/out/escape/1/model.safetensors", "deep/out/tmp_abs_sweep/1/model.safetensors"]
+    assert not (tmp_path / "escape").exists() and not Path("/tmp/abs_sweep").exists()

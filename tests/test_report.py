@@ -1,0 +1,247 @@
+"""`report`: trials read back from an MLflow store laid out as the sweep writes it (built here with
+MlflowClient), paper-layout tables (mean +- std over seeds, best bold, second underlined), files,
+plots, artifacts on the parent run, and one-line errors for empty/unknown sweeps and stores.
+
+`build_store` is also used by test_export.py and test_ui.py.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from orchestrator.cli import main
+
+CLASSES = ["background", "cable", "tower_lattice", "tower_tucohy", "tower_wooden"]  # the synthetic set's
+BASE = {"pi": 0.60, "xgd": 0.66}  # final val_miou by method, + 0.02 * alpha + 0.01 * seed
+LATENCY = {("pi", 0.5): 9.0, ("pi", 1.0): 8.0, ("xgd", 0.5): 12.0, ("xgd", 1.0): 11.0}
+
+
+def final_miou(method: str, alpha: float, seed: int) -> float:
+    return BASE[method] + 0.02 * alpha + 0.01 * seed
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = str(v)
+    return out
+
+
+def write_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A real checkpoint as trainables.loop writes it: a tiny smp student, weights only."""
+    from trainables.checkpoint import save
+    from trainables.models import model_from_config
+
+    torch.manual_seed(seed)
+    cfg = {"arch": "deeplabv3plus", "encoder": "mobilenet_v2", "encoder_weights": None}
+    model = model_from_config(cfg, len(CLASSES))
+    state = {"model": {k: v.detach().clone() for k, v in model.state_dict().items()}, "model_cfg": cfg,
+             "classes": list(CLASSES), "epoch": 2, "metrics": {"val_miou": 0.7},
+             "input": {"crop": 64, "eval_size": None, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
+    return save(state, path)
+
+
+def build_store(root: Path, sweep: str = "demo", checkpoints: bool = True) -> dict:
+    """A sqlite MLflow store with one sweep: method {pi, xgd} x alpha {0.5, 1.0} x seeds {0, 1}
+    (8 finished trials, 3 epochs each) plus one FAILED trial without metrics."""
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.specs import TrainSpec
+
+    uri = f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("xgd", artifact_location=str((root / "artifacts").resolve()))
+    parent = client.create_run(exp, run_name=sweep, tags={"xgd.kind": "sweep", "xgd.sweep": sweep})
+    pid = parent.info.run_id
+    ckpt_dir = root / "ckpt" / "trial_best"
+    teacher = root / "ckpt" / "teacher.pt"
+    if checkpoints:
+        write_checkpoint(ckpt_dir / "best.pt")  # a Ray checkpoint dir holding best.pt
+        write_checkpoint(teacher, seed=1)
+    trials = []
+    i = 0
+    for method in ("pi", "xgd"):
+        for alpha in (0.5, 1.0):
+            for seed in (0, 1):
+                name = f"{sweep}_{method}_a{alpha}_s{seed}"
+                spec = TrainSpec(name=name, seed=seed, model={"encoder": "mobilenet_v2"},
+                                 teacher={"checkpoint": str(teacher)},
+                                 distill={"method": method, "alpha": alpha}).model_dump()
+                tags = {"mlflow.parentRunId": pid, "xgd.kind": "trial", "xgd.sweep": sweep,
+                        "xgd.trial_id": f"t{i:03d}", "xgd.checkpoint": str(ckpt_dir)}
+                run = client.create_run(exp, run_name=name, tags=tags)
+                rid, ts = run.info.run_id, int(time.time() * 1000)
+                final = final_miou(method, alpha, seed)
+                metrics = []
+                for epoch, miou in enumerate((final - 0.05, final + 0.02, final)):
+                    vals = {"epoch": epoch, "train_loss": 1.0 / (epoch + 1), "val_miou": miou,
+                            "val_pixel_acc": miou + 0.2, "step_time_s": 0.1 + 0.05 * (method == "xgd"),
+                            "saliency_time_s": 0.05 * (method == "xgd"),
+                            **{f"val_iou_{c}": miou + 0.1 * (1 - k) for k, c in enumerate(CLASSES)}}
+                    metrics += [Metric(k, float(v), ts + epoch, epoch) for k, v in vals.items()]
+                extras = {"params": 4.379e6, "gflops": 0.5 + 0.1 * (method == "xgd"),
+                          "latency_ms": LATENCY[(method, alpha)] + 0.1 * seed}
+                metrics += [Metric(k, v, ts + 3, 2) for k, v in extras.items()]
+                client.log_batch(rid, metrics=metrics, params=[Param(k, v) for k, v in _flat(spec).items()])
+                client.set_terminated(rid, "FINISHED")
+                trials.append(rid)
+                i += 1
+    failed = client.create_run(exp, run_name=f"{sweep}_failed", tags={
+        "mlflow.parentRunId": pid, "xgd.kind": "trial", "xgd.sweep": sweep, "xgd.trial_id": "t999"})
+    client.log_batch(failed.info.run_id, params=[Param("distill.method", "xgd"), Param("seed", "3")],
+                     tags=[RunTag("note", "crashed")])
+    client.set_terminated(failed.info.run_id, "FAILED")
+    client.set_terminated(pid, "FINISHED")
+    return {"uri": uri, "client": client, "parent": pid, "trials": trials, "failed": failed.info.run_id,
+            "experiment_id": exp, "checkpoint": ckpt_dir}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return build_store(tmp_path_factory.mktemp("store"))
+
+
+# ------------------------------------------------------------------ the trials table
+
+
+def test_trials_table_reads_params_metrics_and_status(store):
+    from orchestrator import aggregate as agg
+
+    sweep = agg.find_sweep(store["client"], "demo")
+    t = agg.trials_table(store["client"], sweep)
+    assert len(t) == 9 and set(t.column("status").to_pylist()) == {"FINISHED", "FAILED"}
+    assert t.schema.field("params.distill.alpha").type == "double"
+    assert t.schema.field("params.seed").type == "int64"
+    row = {k: v[0] for k, v in t.filter(t.column("run_name").to_numpy(zero_copy_only=False) ==
+                                         "demo_xgd_a1.0_s1").to_pydict().items()}
+    assert row["val_miou"] == pytest.approx(final_miou("xgd", 1.0, 1))  # the final value...
+    assert row["best_val_miou"] == pytest.approx(final_miou("xgd", 1.0, 1) + 0.02)  # ...and the best epoch's
+    assert row["val_iou_cable"] == pytest.approx(final_miou("xgd", 1.0, 1))
+    assert row["gflops"] == pytest.approx(0.6) and row["wall_time_s"] >= 0
+    counted = agg.done(t, "val_miou")
+    assert len(counted) == 8 and "FAILED" not in counted.column("status").to_pylist()
+
+
+def test_summary_grid_means_over_seeds_and_marks_best_and_second(store):
+    from orchestrator import aggregate as agg
+    from orchestrator import tables
+
+    t = agg.done(agg.trials_table(store["client"], agg.find_sweep(store["client"], "demo")), "val_miou")
+    assert tables.factors(t) == ["params.distill.method", "params.distill.alpha"]  # seed, name excluded
+    g = tables.build_grid(t, "summary")
+    assert g.headers[:3] == ["method", "alpha", "mIoU (%)"] and g.headers[-1] == "n"
+    rows = {(r[1].text, r[0].text): r for r in g.rows}
+    assert len(rows) == 4 and all(r[-1].text == "2" for r in g.rows)
+    best, second = rows[("1", "xgd")][2], rows[("0.5", "xgd")][2]
+    seeds = [100 * final_miou("xgd", 1.0, s) for s in (0, 1)]
+    assert best.mean == pytest.approx(sum(seeds) / 2) and best.std == pytest.approx(math.sqrt(0.5))
+    assert best.text == f"{best.mean:.2f} ± {best.std:.2f}"
+    assert (best.rank, second.rank, rows[("1", "pi")][2].rank) == (1, 2, 0)
+    latency = g.headers.index("latency (ms)")
+    assert rows[("1", "pi")][latency].rank == 1  # lower is better for costs
+    md, tex = tables.to_markdown(g), tables.to_latex(g)
+    assert f"**{best.text}**" in md and f"<u>{second.text}</u>" in md
+    assert "\\textbf{" + best.text.replace(" ± ", r" $\pm$ ") + "}" in tex and "\\underline{" in tex
+    assert "mIoU (\\%)" in tex and "\\toprule" in tex
+    per_class = tables.build_grid(t, "per_class")
+    assert per_class.headers[2:] == [*CLASSES, "mIoU (%)", "n"]
+
+
+def test_pareto_front_and_safe_names():
+    from orchestrator.aggregate import pareto_front, safe_join, safe_name
+
+    pts = [(0.7, 10.0), (0.6, 5.0), (0.65, 12.0), (0.7, 11.0), (0.5, 5.0)]
+    assert pareto_front(pts) == [0, 1]
+    assert pareto_front([(0.3, 1.0), (0.2, 2.0)], maximize=False) == [1, 0]
+    for bad in ("../../etc", "/abs/path", "..", "a/../../b", ""):
+        assert "/" not in safe_name(bad) and safe_name(bad) not in ("", ".", "..")
+    assert safe_join("/tmp/root", "../../x").parent == Path("/tmp/root").resolve()
+
+
+# ------------------------------------------------------------------ the command
+
+
+def test_report_command_writes_tables_plots_and_logs_them(store, tmp_path, capsys):
+    out = tmp_path / "reports"
+    rc = main(["report", "demo", "--tracking-uri", store["uri"], "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    d = out / "demo"
+    trials = pq.read_table(d / "trials.parquet")
+    assert len(trials) == 9 and "params.distill.alpha" in trials.column_names
+    assert (d / "trials.csv").read_text().count("\n") == 10
+    for layout in ("summary", "per_class"):
+        assert (d / f"{layout}.md").read_text().count("**") >= 2
+        assert "\\textbf" in (d / f"{layout}.tex").read_text()
+    for png in ("hyperparams", "pareto", "importances", "gallery_1"):
+        assert (d / "plots" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    imp = (d / "importances.csv").read_text().splitlines()
+    assert imp[0] == "param,importance" and [r.split(",")[0] for r in imp[1:]] == ["distill.method", "distill.alpha"]
+    assert "mIoU (%)" in printed and "xgd" in printed  # the rich tables
+    logged = {f.path for f in store["client"].list_artifacts(store["parent"], "report")}
+    assert {"report/summary.md", "report/summary.tex", "report/trials.parquet", "report/plots"} <= logged
+
+
+def test_layouts_tag_on_parent_picks_tables(tmp_path, capsys):
+    s = build_store(tmp_path, sweep="cams", checkpoints=False)
+    s["client"].set_tag(s["parent"], "xgd.layouts", "timing,nope")
+    assert main(["report", "cams", "--tracking-uri", s["uri"], "--out", str(tmp_path / "r"), "--no-log"]) == 0
+    out = capsys.readouterr().out
+    assert "unknown layouts ['nope']" in out
+    assert "no saliency gallery for cams_xgd_a1.0_s1" in out and "does not exist" in out  # no checkpoints here
+    files = {p.name for p in (tmp_path / "r" / "cams").iterdir()}
+    assert "timing.md" in files and "summary.md" not in files
+    assert "CAM s / iter" in (tmp_path / "r" / "cams" / "timing.md").read_text()
+
+
+def test_unknown_empty_and_missing_stores_fail_in_one_line(store, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    assert main(["report", "nope", "--tracking-uri", store["uri"], "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown sweep 'nope'" in err and "demo" in err
+
+    uri = f"sqlite:///{tmp_path / 'empty.db'}"
+    c = MlflowClient(uri)
+    c.create_run(c.create_experiment("x"), run_name="empty", tags={"xgd.kind": "sweep", "xgd.sweep": "empty"})
+    capsys.readouterr()  # MLflow's own log lines from creating this store
+    assert main(["report", "empty", "--tracking-uri", uri, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "has no trial runs" in err
+    assert main(["report", "--tracking-uri", uri, "--out", str(tmp_path)]) == 2  # every sweep: none reportable
+    cap = capsys.readouterr()
+    assert "skipped" in cap.out and "none of the 1 sweeps" in cap.err
+
+    missing = tmp_path / "nowhere" / "mlflow.db"
+    assert main(["report", "--tracking-uri", f"sqlite:///{missing}", "--out", str(tmp_path)]) == 2
+    assert "no MLflow store" in capsys.readouterr().err and not missing.exists()
+
+
+def test_gallery_rebuilds_the_trial_and_draws_cams(store, tmp_path):
+    from orchestrator import aggregate as agg
+    from orchestrator import gallery
+
+    t = agg.done(agg.trials_table(store["client"], agg.find_sweep(store["client"], "demo")), "val_miou")
+    row = t.to_pylist()[0]
+    cfg = gallery.trial_config(row)
+    assert cfg["data"]["scale"] == (0.75, 1.5) and cfg["teacher"]["checkpoint"].endswith("teacher.pt")
+    assert cfg["distill"]["weights"] == {} and cfg["run"]["max_steps_per_epoch"] is None
+    from orchestrator.export import load_student
+
+    student, state = load_student(store["checkpoint"] / "best.pt")
+    x, y = gallery.samples(cfg["data"], state["classes"], 2)
+    logits, maps = gallery.predict_with_cam(student, "decoder.block1", x, y, None, cfg["distill"])
+    assert logits.shape == (2, len(CLASSES), *x.shape[-2:]) and maps.shape == (2, *x.shape[-2:])
+    assert float(maps.min()) >= 0 and float(maps.max()) <= 1 and float(maps.std()) > 0
+    assert not any(p.grad is not None for p in student.parameters())
+    png = gallery.gallery(row, tmp_path / "g.png", n=2)
+    assert png.read_bytes()[:4] == b"\x89PNG"
