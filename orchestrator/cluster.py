@@ -1,0 +1,44 @@
+"""Where the sweep runs: an existing Ray cluster (`--address`, RAY_ADDRESS) or an embedded local Ray."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Optional
+
+
+def is_client(address: Optional[str]) -> bool:
+    return bool(address) and address.startswith("ray://")
+
+
+def connect(address: Optional[str], verbose: bool) -> bool:
+    """Connect or start Ray; True when this call started it (and so must shut it down).
+
+    Without --verbose the workers' logs stay out of the terminal (the live view owns it);
+    they are still in the Ray session's log folder.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    # Ray Client: the driver runs on the head node and its log is what the user sees
+    kw = dict(log_to_driver=verbose or is_client(address), logging_level=logging.INFO if verbose else logging.WARNING)
+    if address:
+        ray.init(address=address, **kw)
+    else:
+        ray.init(**kw)
+    return True
+
+
+def describe(resources: dict[str, float]) -> str:
+    cpu, gpu = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    return f"{cpu:g} CPU" + (f" / {gpu:g} GPU" if gpu else " / no GPU")
+
+
+def on_head():
+    """Scheduling strategy that places a task on the head node (where `ray start --head` ran)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    head = next((n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"]), None)
+    return NodeAffinitySchedulingStrategy(head, soft=True) if head else "DEFAULT"

@@ -1,0 +1,135 @@
+"""The driver's side of a running sweep: one Tune callback that feeds the live view and MLflow.
+
+Tune pickles its callbacks into the experiment folder and brings them back on resume, so the
+callback holds only a key; the live objects (MLflow client, console) sit in `SESSIONS` in the
+driver process and are looked up by that key.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from ray import tune
+
+from orchestrator import space as S
+from orchestrator.live import SweepView
+from orchestrator.sweep_spec import SweepSpec
+from orchestrator.trial import EPOCHS_DONE, TrialPlan, trial_config
+
+SESSIONS: dict[str, "Session"] = {}
+
+
+class DriverCallback(tune.Callback):
+    """Holds only a key (see the module doc)."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def _s(self) -> Optional["Session"]:
+        return SESSIONS.get(self.key)
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self._s():
+            self._s().adopt(trials)
+
+    def on_experiment_end(self, trials, **info):
+        if self._s():  # a resumed sweep with nothing left to run has no steps at all
+            self._s().adopt(trials)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if self._s():
+            self._s().started(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self._s():
+            self._s().result(trial, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if self._s():
+            self._s().ended(trial, None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        if self._s():
+            self._s().ended(trial, error_line(trial))
+
+
+def error_line(trial) -> str:
+    try:
+        lines = [ln.strip() for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
+        return lines[-1][:300] if lines else "failed"
+    except (OSError, TypeError):
+        return "failed (no error file)"
+
+
+class Session:
+    """The driver-side state of one sweep run: view + MLflow, fed by DriverCallback."""
+
+    def __init__(self, spec: SweepSpec, plan: TrialPlan, view: SweepView, tracker):
+        self.spec, self.plan, self.view, self.tracker = spec, plan, view, tracker
+        self.seen: set[str] = set()
+
+    def _safe(self, what: str, fn, *args) -> None:
+        if self.tracker is None:
+            return
+        try:
+            fn(*args)
+        except Exception as e:  # tracking must not kill a running sweep; say it once per kind
+            msg = f"MLflow {what} failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            if msg not in self.tracker.errors:
+                self.tracker.errors.append(msg)
+                self.view.note(f"[yellow]{msg}[/]")
+
+    def _epochs(self, trial) -> int:
+        return int(trial_config(self.plan, trial.config, trial.trial_id)["optim"]["epochs"])
+
+    def adopt(self, trials) -> None:
+        """Trials restored from an earlier driver: show them, and close their MLflow runs."""
+        for t in trials:
+            if t.trial_id in self.seen or t.status not in ("TERMINATED", "ERROR"):
+                continue
+            self.seen.add(t.trial_id)
+            self.view.trial_started(t.trial_id, t.config)
+            if t.last_result:
+                self.view.trial_result(t.trial_id, t.last_result)
+            status = "failed" if t.status == "ERROR" else self._status(t)
+            self.view.trial_ended(t.trial_id, status, error_line(t) if status == "failed" else None)
+            self._safe("reconcile", self._reconcile, t, status)
+
+    def _reconcile(self, trial, status: str) -> None:
+        if self.tracker.known_run(trial.trial_id) not in (None, "RUNNING"):
+            return  # closed by the earlier driver
+        self.tracker.trial_started(trial.trial_id, self._params(trial), {})
+        if trial.last_result:
+            self.tracker.trial_result(trial.trial_id, trial.last_result)
+        self.tracker.trial_ended(trial.trial_id, status, {"xgd.epochs_done": self.view.row(trial.trial_id).epoch})
+
+    def _params(self, trial) -> dict:
+        cfg = trial_config(self.plan, trial.config, trial.trial_id)
+        params = S.flatten({k: v for k, v in cfg.items() if k != "name"})
+        if S.STUDENT in trial.config:
+            params[S.STUDENT] = trial.config[S.STUDENT]
+        return params
+
+    def _status(self, trial) -> str:
+        """completed when every epoch ran (by Tune's last result, the view, or MLflow's history:
+        a trial restored from a stale experiment state may report nothing new), else stopped."""
+        done = max((trial.last_result or {}).get(EPOCHS_DONE, 0) or 0, self.view.row(trial.trial_id).epoch or 0)
+        if self.tracker is not None and trial.trial_id in self.tracker.runs:
+            done = max(done, self.tracker.last_step.get(self.tracker.runs[trial.trial_id], -1) + 1)
+        return "completed" if done >= self._epochs(trial) else "stopped"
+
+    def started(self, trial) -> None:
+        self.seen.add(trial.trial_id)
+        self.view.trial_started(trial.trial_id, trial.config)
+        self._safe("trial start", self.tracker and self.tracker.trial_started, trial.trial_id, self._params(trial),
+                   {"xgd.trial_dir": getattr(trial, "path", None) or trial.local_path})
+
+    def result(self, trial, result: dict) -> None:
+        self.view.trial_result(trial.trial_id, result)
+        self._safe("metrics", self.tracker and self.tracker.trial_result, trial.trial_id, result)
+
+    def ended(self, trial, error: Optional[str]) -> None:
+        status = "failed" if error else self._status(trial)
+        self.view.trial_ended(trial.trial_id, status, error)
+        tags = {"xgd.epochs_done": self.view.row(trial.trial_id).epoch, "xgd.error": error}
+        self._safe("trial end", self.tracker and self.tracker.trial_ended, trial.trial_id, status, tags)

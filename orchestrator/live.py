@@ -1,0 +1,170 @@
+"""The sweep's terminal view: one row per trial, a progress bar with ETA, the best so far, and a
+summary at the end. Fed by the driver's Tune callback (Ray's own tables are off unless --verbose).
+Without a terminal (CI, `ray job submit` logs) it prints one line per trial event instead.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+STYLE = {"pending": "dim", "running": "cyan", "completed": "green", "stopped": "yellow", "failed": "red",
+         "interrupted": "magenta"}
+MAX_ROWS = 24
+
+
+@dataclass
+class Row:
+    trial_id: str
+    point: dict = field(default_factory=dict)
+    state: str = "pending"
+    epoch: Optional[int] = None  # epochs done (1-based)
+    latest: Optional[float] = None
+    best: Optional[float] = None
+    checkpoint: Optional[str] = None
+    result: dict = field(default_factory=dict)
+    error: Optional[str] = None
+
+
+def short(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "-" if v is None else str(v)
+
+
+class SweepView:
+    def __init__(self, name: str, num_samples: int, metric: str, mode: str, max_epochs: int,
+                 console: Optional[Console] = None, extra_metrics: tuple[str, ...] = ()):
+        self.name, self.num_samples, self.metric, self.mode = name, num_samples, metric, mode
+        self.max_epochs, self.extra = max(1, max_epochs), extra_metrics
+        self.console = console or Console()
+        self.rows: dict[str, Row] = {}
+        self.notes: list[str] = []
+        self.t0 = time.monotonic()
+        self._live: Optional[Live] = None
+
+    # -------------------------------------------------------------- events
+
+    def row(self, trial_id: str) -> Row:
+        return self.rows.setdefault(trial_id, Row(trial_id))
+
+    def trial_started(self, trial_id: str, point: dict) -> None:
+        r = self.row(trial_id)
+        r.point, r.state = dict(point), "running"
+        self._line(f"[cyan]start[/] {trial_id} {self._params(r)}")
+
+    def trial_result(self, trial_id: str, result: dict) -> None:
+        r = self.row(trial_id)
+        r.state = "running" if r.state in ("pending", "running") else r.state
+        r.result = {**r.result, **result}
+        if isinstance(result.get("epochs_done"), (int, float)):
+            r.epoch = int(result["epochs_done"])
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            r.latest = float(value)
+            r.best = value if r.best is None else (max if self.mode == "max" else min)(r.best, value)
+        if result.get("checkpoint_path"):
+            r.checkpoint = result["checkpoint_path"]
+
+    def trial_ended(self, trial_id: str, status: str, error: Optional[str] = None) -> None:
+        r = self.row(trial_id)
+        r.state, r.error = status, error
+        tail = f" ({error})" if error else f" {self.metric} {fmt(r.latest)} (best {fmt(r.best)})"
+        self._line(f"[{STYLE[status]}]{status}[/] {trial_id} after {r.epoch or 0} epoch(s){tail}")
+
+    def note(self, msg: str) -> None:
+        self.notes = [*self.notes[-3:], msg]
+        self._line(msg)
+
+    # -------------------------------------------------------------- display
+
+    def __enter__(self) -> "SweepView":
+        self.t0 = time.monotonic()
+        if self.console.is_terminal:
+            self._live = Live(get_renderable=self.render, console=self.console, refresh_per_second=2,
+                              transient=False, redirect_stdout=True, redirect_stderr=True)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._live is not None:
+            self._live.__exit__(*exc)
+            self._live = None
+
+    def _line(self, msg: str) -> None:
+        if self._live is None:
+            self.console.print(msg, highlight=False)
+
+    def best_row(self) -> Optional[Row]:
+        scored = [r for r in self.rows.values() if r.best is not None]
+        if not scored:
+            return None
+        return (max if self.mode == "max" else min)(scored, key=lambda r: r.best)
+
+    def fraction(self) -> float:
+        done = sum(1.0 if r.state in ("completed", "stopped", "failed") else (r.epoch or 0) / self.max_epochs
+                   for r in self.rows.values())
+        return min(1.0, done / max(1, self.num_samples))
+
+    def _params(self, r: Row) -> str:
+        return " ".join(f"{short(k)}={fmt(v)}" for k, v in r.point.items() if k != "grid_index")
+
+    def render(self) -> Group:
+        table = Table(title=f"sweep {self.name}", expand=False, title_justify="left")
+        for col in ("trial", "state", "params", "epoch", self.metric, "best"):
+            table.add_column(col, overflow="fold", justify="right" if col in ("epoch", self.metric, "best") else "left")
+        rows = list(self.rows.values())
+        if len(rows) > MAX_ROWS:  # running first, then the best finished
+            rows = [r for r in rows if r.state == "running"] + sorted(
+                (r for r in rows if r.state != "running"), key=self._rank)[: MAX_ROWS]
+            rows = rows[:MAX_ROWS]
+        for r in rows:
+            table.add_row(r.trial_id, Text(r.state, style=STYLE.get(r.state, "")), self._params(r),
+                          f"{r.epoch or 0}/{self.max_epochs}", fmt(r.latest), fmt(r.best))
+        f = self.fraction()
+        elapsed = time.monotonic() - self.t0
+        eta = "-" if f <= 0 else _hms(elapsed * (1 - f) / f)
+        ended = sum(r.state in ("completed", "stopped", "failed") for r in self.rows.values())
+        bar = Table.grid(padding=(0, 1))
+        bar.add_row(ProgressBar(total=1.0, completed=f, width=40),
+                    f"{ended}/{self.num_samples} trials  elapsed {_hms(elapsed)}  ETA {eta}")
+        best = self.best_row()
+        best_line = Text(f"best so far: {best.trial_id} {self.metric} {fmt(best.best)}  {self._params(best)}"
+                         if best else "best so far: -", style="bold")
+        return Group(*[Text(n, style="dim") for n in self.notes], table, bar, best_line)
+
+    def _rank(self, r: Row) -> float:
+        if r.best is None:
+            return math.inf
+        return -r.best if self.mode == "max" else r.best
+
+    def summary(self, pareto: tuple[str, ...] = ()) -> Table:
+        table = Table(title=f"sweep {self.name}: {len(self.rows)} trials", title_justify="left")
+        cols = ["trial", "status", "params", "epochs", self.metric, f"best {self.metric}", *self.extra]
+        for col in cols:
+            table.add_column(col, overflow="fold")
+        if pareto:
+            table.add_column("pareto")
+        for r in sorted(self.rows.values(), key=self._rank):
+            cells = [r.trial_id, Text(r.state, style=STYLE.get(r.state, "")), self._params(r), str(r.epoch or 0),
+                     fmt(r.latest), fmt(r.best), *[fmt(r.result.get(m)) for m in self.extra]]
+            if pareto:
+                cells.append("*" if r.trial_id in pareto else "")
+            table.add_row(*cells)
+        return table
+
+
+def _hms(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"

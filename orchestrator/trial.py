@@ -1,0 +1,108 @@
+"""One sweep trial: a Tune function trainable that builds and fits a TorchTrainer (Ray Train V2).
+
+Resources: the Tune trial only waits on its Train run, so it reserves a token (1 byte of the
+`memory` resource; Tune refuses an all-zero request) and the CPUs/GPUs go to the Train workers.
+A CPU-holding trial actor next to CPU-holding workers is how 2 concurrent trials on 2 CPUs
+deadlock. Concurrency is bounded by max_concurrent (capped by what the cluster holds).
+
+Resume: the Train run is named after the Tune trial id and stored under the sweep folder, so a
+restarted or resumed trial finds its own run and Ray Train hands the worker its last checkpoint
+(`ray.train.get_checkpoint()`); the worker loop continues from there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from orchestrator import space as S
+
+TRIAL_RESOURCES = {"CPU": 0, "memory": 1}
+EPOCHS_DONE = "epochs_done"  # 1-based epoch count added to every result: ASHA's time axis
+
+
+@dataclass
+class TrialPlan:
+    """Everything a trial needs, pickled with the trainable (no live handles in here)."""
+
+    base: dict  # the TrainSpec dict every trial starts from (teacher set)
+    students: dict[str, dict]
+    worker: Callable[[dict], object]
+    train_storage: str  # storage_path of the Train runs: <sweep dir>/train
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    reaper_name: Optional[str] = None
+    out_dir: str = ""  # run.out_dir for the trial configs (only plain-Python runs write there)
+    extra: dict = field(default_factory=dict)
+
+
+def trial_config(plan: TrialPlan, point: dict, trial_id: str) -> dict:
+    """The full trainer config of one trial: base + sampled point, named after the trial."""
+    cfg = S.resolve(plan.base, point, plan.students)
+    cfg["name"] = trial_id
+    if plan.out_dir:
+        cfg["run"]["out_dir"] = plan.out_dir
+    return cfg
+
+
+def make_report_callback():
+    """TuneReportCallback plus `epochs_done`, so the scheduler's clock survives a trial restart
+    (Tune's training_iteration starts again at 1 when a trial is resumed from its Train checkpoint)."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class TrialReport(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            first = dict(metrics[0])
+            if isinstance(first.get("epoch"), (int, float)):
+                first[EPOCHS_DONE] = int(first["epoch"]) + 1
+            super().after_report(run_context, [first, *metrics[1:]], checkpoint)
+
+    return TrialReport()
+
+
+def _replace_ray_cleaner(link) -> bool:
+    """Put our link where Ray Train creates its own PlacementGroupCleanerCallback (this trial's
+    process only). Ray's cleaner is a detached actor per run that asks the dashboard whether the
+    controller lives; without a dashboard every stopped trial leaves one behind (~240 MB each).
+    The link does the same job through the sweep's reaper. False: Ray moved, keep both."""
+    try:
+        from ray.train.v2.api import data_parallel_trainer as dpt
+    except ImportError:  # pragma: no cover
+        return False
+    if not hasattr(dpt, "PlacementGroupCleanerCallback"):
+        return False
+    dpt.PlacementGroupCleanerCallback = lambda *args, **kwargs: link
+    return True
+
+
+def make_trainable(plan: TrialPlan):
+    """The Tune trainable (with its token resources) for this plan."""
+    from ray import tune
+
+    def xgd_trial(config: dict) -> None:
+        import ray.train
+        from ray.train.torch import TorchTrainer
+
+        from orchestrator.reaper import make_link
+
+        trial_id = tune.get_context().get_trial_id()
+        per_worker = {"CPU": plan.cpus_per_worker}
+        if plan.gpus_per_worker > 0:
+            per_worker["GPU"] = plan.gpus_per_worker
+        callbacks = [make_report_callback()]
+        link = make_link(trial_id, plan.reaper_name)
+        if link is not None and not _replace_ray_cleaner(link):
+            callbacks.append(link)
+        TorchTrainer(
+            plan.worker,
+            train_loop_config=trial_config(plan, config, trial_id),
+            scaling_config=ray.train.ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.gpus_per_worker > 0,
+                                                   resources_per_worker=per_worker),
+            run_config=ray.train.RunConfig(
+                name=trial_id, storage_path=plan.train_storage, callbacks=callbacks,
+                # retries belong to Tune (resources.max_failures): a Tune retry restarts this
+                # function, which finds the same Train run and resumes from its checkpoint
+                failure_config=ray.train.FailureConfig(max_failures=0)),
+        ).fit()
+
+    return tune.with_resources(xgd_trial, TRIAL_RESOURCES)

@@ -1,0 +1,256 @@
+"""Sweeps on a real local Ray (2 CPUs): Tune + Optuna + ASHA over Ray Train trials, no leaked
+resources after early stopping, MLflow parent/child runs, DDP over 2 gloo workers with the real
+trainer, resume after the driver is SIGKILLed, and the missing-dataset message (before Ray)."""
+import copy
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray.cloudpickle
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sweep_stubs  # noqa: E402
+
+from orchestrator.cli import main  # noqa: E402
+from orchestrator.live import Row  # noqa: E402
+from orchestrator.sweep import run_sweep  # noqa: E402
+from orchestrator.sweep_results import pareto_front  # noqa: E402
+from orchestrator.sweep_spec import Objective, parse_sweep_spec  # noqa: E402
+
+ray.cloudpickle.register_pickle_by_value(sweep_stubs)  # Ray workers cannot import tests/
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def merge(a: dict, b: dict) -> dict:
+    out = copy.deepcopy(a)
+    for k, v in b.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def stub_raw(tmp_path, name: str, **over) -> dict:
+    raw = {
+        "name": name, "results": str(tmp_path / "results"),
+        "train": {"data": {"kind": "synthetic", "num_train": 8, "num_val": 4, "image_size": 64, "crop": 64},
+                  "optim": {"epochs": 4}, "run": {"max_steps_per_epoch": 2, "out_dir": str(tmp_path / "runs")}},
+        "space": {"distill.alpha": {"type": "uniform", "low": 0.1, "high": 2.0},
+                  "distill.tau": {"type": "choice", "values": [0.5, 1.0]}},
+        "search": {"algorithm": "tpe", "num_samples": 6, "seed": 0},
+        "early_stopping": {"kind": "asha", "grace_period": 1, "reduction_factor": 2},
+        "resources": {"num_workers": 1, "cpus_per_worker": 1, "max_concurrent": 2},
+    }
+    return merge(raw, over)
+
+
+def mlflow_runs(spec):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(spec.mlflow.tracking_uri)
+    exp = client.get_experiment_by_name(spec.mlflow.experiment)
+    if exp is None:
+        return client, [], []
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`xgd.sweep` = '{spec.name}'")
+    parents = [r for r in runs if r.data.tags.get("xgd.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("xgd.kind") == "trial"]
+    return client, parents, children
+
+
+def poll_trials(db: Path) -> dict[str, dict]:
+    """trial id -> run id, status, epochs logged; read-only SQL, so a test never races the
+    driver's MLflow schema set-up (an MlflowClient would try to migrate a half-made database)."""
+    if not db.exists():
+        return {}
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        runs = con.execute("select t.value, r.run_uuid, r.status from runs r join tags t on t.run_uuid = r.run_uuid "
+                           "where t.key = 'xgd.trial_id'").fetchall()
+        epochs = dict(con.execute("select run_uuid, count(*) from metrics where key = 'val_miou' group by run_uuid").fetchall())
+        con.close()
+    except sqlite3.Error:
+        return {}
+    return {tid: {"run_id": rid, "status": st, "epochs": epochs.get(rid, 0)} for tid, rid, st in runs}
+
+
+def wait_all_resources_free(ray, timeout: float = 30.0) -> tuple[float, float]:
+    deadline = time.time() + timeout
+    while True:
+        avail, total = ray.available_resources().get("CPU", 0.0), ray.cluster_resources().get("CPU", 0.0)
+        if avail == total or time.time() > deadline:
+            return avail, total
+        time.sleep(0.5)
+
+
+def live_placement_groups(ray) -> list[dict]:
+    return [pg for pg in ray.util.placement_group_table().values() if pg["state"] != "REMOVED"]
+
+
+# ------------------------------------------------------------------ without Ray
+
+
+def test_missing_dataset_stops_before_ray_with_where_to_get_it(monkeypatch, capsys):
+    import orchestrator.cluster
+
+    def no_ray(*a, **k):
+        raise AssertionError("Ray must not start when the dataset is missing")
+
+    monkeypatch.setattr(orchestrator.cluster, "connect", no_ray)
+    rc = main(["sweep", str(ROOT / "search_spaces" / "ttpla.yaml"), "--set", "data.root=/nonexistent/ttpla"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err
+    assert "TTPLA not found at /nonexistent/ttpla" in err
+    assert "https://github.com/R3ab/ttpla_dataset" in err and "--set data.root=" in err
+
+
+def test_pareto_front_keeps_only_non_dominated_trials():
+    objs = [Objective(metric="val_miou", mode="max"), Objective(metric="latency_ms", mode="min")]
+    rows = [Row("a", result={"val_miou": 0.7, "latency_ms": 30}), Row("b", result={"val_miou": 0.6, "latency_ms": 10}),
+            Row("c", result={"val_miou": 0.5, "latency_ms": 20}),  # beaten by b on both
+            Row("d", result={"val_miou": 0.8}),  # no latency: not comparable
+            Row("e", state="failed", result={"val_miou": 0.9, "latency_ms": 1})]
+    assert sorted(pareto_front(rows, objs)) == ["a", "b"]
+
+
+# ------------------------------------------------------------------ on Ray
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_asha_sweep_two_concurrent_on_two_cpus_leaks_nothing_and_tracks_mlflow(ray_cluster, tmp_path):
+    ray = ray_cluster
+    spec = parse_sweep_spec(stub_raw(tmp_path, "asha"))
+    out = run_sweep(spec, worker=sweep_stubs.stub_worker)
+
+    states = sorted(r.state for r in out.rows)
+    assert len(out.rows) == 6 and out.status == "completed", states
+    assert "stopped" in states and "completed" in states, states  # ASHA stopped some, others ran out
+    # the leak: stopped trials left their Train placement group behind; the reaper removed them
+    assert out.leaks_fixed >= states.count("stopped")
+    avail, total = wait_all_resources_free(ray)
+    assert avail == total == 2.0
+    assert live_placement_groups(ray) == []
+
+    best = max((r for r in out.rows if r.best is not None), key=lambda r: r.best)
+    assert out.best.trial_id == best.trial_id and out.best.point["distill.alpha"] > 1.0
+    assert Path(out.best.checkpoint, "best.pt").is_file()
+
+    client, parents, children = mlflow_runs(spec)
+    assert len(parents) == 1 and len(children) == 6
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["xgd.best_trial_id"] == out.best.trial_id
+    assert parent.data.tags["xgd.best_checkpoint"].endswith("best.pt")
+    assert parent.data.params["space.distill.alpha"].startswith("uniform [0.1, 2]")
+    assert "sweep.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
+    by_trial = {c.data.tags["xgd.trial_id"]: c for c in children}
+    for row in out.rows:
+        run = by_trial[row.trial_id]
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status == {"completed": "FINISHED", "stopped": "KILLED"}[row.state]
+        assert float(run.data.params["distill.alpha"]) == pytest.approx(row.point["distill.alpha"])
+        assert run.data.params["model.encoder"] == "resnet18" and run.data.params["optim.epochs"] == "4"
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_miou")]
+        assert steps == list(range(row.epoch)), steps  # one point per epoch, step = epoch
+        assert os.path.exists(run.data.tags["xgd.checkpoint"])
+        if row.state == "completed":
+            assert {"params", "gflops", "latency_ms"} <= set(run.data.metrics)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_trial_with_two_ddp_workers_runs_the_real_trainer_after_training_the_teacher(ray_cluster, tmp_path):
+    data = {"kind": "synthetic", "num_train": 16, "num_val": 4, "image_size": 64, "crop": 64, "batch_size": 4}
+    raw = {
+        "name": "ddp", "results": str(tmp_path / "results"),
+        "train": {"data": data, "model": {"encoder": "resnet18"}, "distill": {"method": "xgd", "cam": "gradcam"},
+                  "optim": {"name": "adamw", "lr": 0.001, "epochs": 2},
+                  "run": {"device": "cpu", "max_steps_per_epoch": 2, "out_dir": str(tmp_path / "runs")}},
+        "teacher": {"recipe": {"model": {"encoder": "resnet18"}, "optim": {"epochs": 1},
+                               "run": {"device": "cpu", "max_steps_per_epoch": 2}}, "cpus": 2},
+        "space": {"distill.alpha": {"type": "choice", "values": [0.5]}},
+        "search": {"num_samples": 1}, "early_stopping": {"kind": "none"},
+        "resources": {"num_workers": 2, "cpus_per_worker": 1, "max_concurrent": 1},
+    }
+    spec = parse_sweep_spec(raw)
+    out = run_sweep(spec, worker=sweep_stubs.ddp_probe_worker)
+
+    (row,) = out.rows
+    assert row.state == "completed" and row.epoch == 2, row.error
+    for key in ("val_miou", "train_seg", "train_pi", "train_sa", "params", "gflops"):
+        assert key in row.result, key  # the saliency term ran: the teacher was there
+    ranks = [json.loads(p.read_text()) for p in sorted((tmp_path / "runs" / "ddp_probe").glob("rank*.json"))]
+    assert len(ranks) == 2 and all(r["world_size"] == 2 and r["backend"] == "gloo" for r in ranks)
+    assert ranks[0]["params"] == ranks[1]["params"]  # DDP kept the replicas identical
+
+    from trainables.checkpoint import load
+
+    best = load(Path(row.checkpoint, "best.pt"))
+    assert best["model_cfg"]["encoder"] == "resnet18" and "model" in best
+    # the teacher recipe was trained once and cached; the next sweep reuses it
+    from orchestrator import teachers
+
+    hit = teachers.cached(spec)
+    assert hit is not None and Path(hit.checkpoint).is_file()
+    assert Path(spec.results, "teachers", teachers.recipe_hash(spec.teacher.recipe), "result.json").is_file()
+    client, parents, _ = mlflow_runs(spec)
+    assert parents[0].data.tags["xgd.teacher_checkpoint"] == hit.checkpoint
+    assert parents[0].data.tags.get("xgd.teacher_run")
+
+
+SCRIPT = """
+import json, sys
+sys.path.insert(0, {tests!r})
+import ray.cloudpickle, sweep_stubs
+ray.cloudpickle.register_pickle_by_value(sweep_stubs)
+from orchestrator.sweep_spec import parse_sweep_spec
+from orchestrator.sweep import run_sweep
+run_sweep(parse_sweep_spec(json.loads(sys.argv[1])), address=sys.argv[2], worker=sweep_stubs.resume_marking_worker)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+def test_resume_after_the_driver_is_killed_continues_without_duplicates(ray_cluster, tmp_path):
+    ray = ray_cluster
+    raw = stub_raw(tmp_path, "resume", search={"num_samples": 3}, early_stopping={"kind": "none"},
+                   train={"optim": {"epochs": 3}, "run": {"max_steps_per_epoch": 10}})
+    spec = parse_sweep_spec(raw)
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT.format(tests=str(Path(__file__).parent)),
+                             json.dumps(raw), ray.get_runtime_context().gcs_address],
+                            cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    before: dict[str, str] = {}
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            trials = poll_trials(Path(spec.results, "mlflow.db"))
+            done = [t for t in trials.values() if t["status"] == "FINISHED"]
+            midway = [t for t in trials.values() if t["status"] == "RUNNING" and t["epochs"] >= 1]
+            if done and midway:
+                before = {tid: t["run_id"] for tid, t in trials.items()}
+                break
+            time.sleep(0.3)
+    finally:
+        proc.kill()  # SIGKILL: no cleanup runs in the driver
+        proc.wait()
+    assert before, f"the sweep never reached a finished + a running trial: {proc.stderr.read().decode()[-2000:]}"
+
+    out = run_sweep(spec, resume=True, worker=sweep_stubs.resume_marking_worker)
+
+    client, parents, children = mlflow_runs(spec)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    ids = [c.data.tags["xgd.trial_id"] for c in children]
+    assert len(ids) == len(set(ids)) == 3  # no run twice
+    assert all(before[t] == r for t, r in ((c.data.tags["xgd.trial_id"], c.info.run_id) for c in children) if t in before)
+    for c in children:
+        assert c.info.status == "FINISHED", c.data.tags
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_miou")]
+        assert steps == [0, 1, 2], steps  # every epoch once: nothing lost, nothing logged twice
+    assert sorted(r.state for r in out.rows) == ["completed"] * 3
+    marks = list((tmp_path / "runs" / "markers").glob("*-resumed-*"))
+    assert marks, "the interrupted trial restarted from scratch instead of its checkpoint"
+    avail, total = wait_all_resources_free(ray)
+    assert avail == total
