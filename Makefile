@@ -11,8 +11,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 quickstart: $(VENV)/.installed
-	$(PY) -m orchestrator train search_spaces/quickstart_teacher.yaml
-	$(PY) -m orchestrator train search_spaces/quickstart_student.yaml
+	$(PY) -m orchestrator sweep search_spaces/quickstart.yaml
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
