@@ -120,6 +120,24 @@ def read_pair(image: Path, mask: Path, num_classes: int) -> tuple[np.ndarray, np
     return img, lab
 
 
+class PairedFiles:
+    """A source of image files each with an index-mask PNG (VOC, folder): subclasses fill
+    `images`, `masks` and `classes` in their constructor, after checking the layout."""
+
+    images: list[Path]
+    masks: list[Path]
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def name(self, i: int) -> str:
+        return str(self.images[i])
+
+    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return read_pair(self.images[i], self.masks[i], len(self.classes))
+
+
 def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
 

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 from trainables.data import DataError
-from trainables.data.base import list_images, read_pair, require_dir
+from trainables.data.base import PairedFiles, list_images, require_dir
 
 
 def classes(cfg: dict) -> list[str]:
@@ -16,7 +15,7 @@ def classes(cfg: dict) -> list[str]:
     return list(names)
 
 
-class FolderSource:
+class FolderSource(PairedFiles):
     def __init__(self, cfg: dict, split: str):
         self.classes = classes(cfg)
         root = require_dir(Path(cfg["root"]).expanduser(), "data.root")
@@ -33,15 +32,6 @@ class FolderSource:
             if not (mask_dir / f"{img.stem}.png").is_file():
                 raise DataError(f"image {str(img)!r} has no mask {str(mask_dir / (img.stem + '.png'))!r}")
         self.masks = [mask_dir / f"{p.stem}.png" for p in self.images]
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def name(self, i: int) -> str:
-        return str(self.images[i])
-
-    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        return read_pair(self.images[i], self.masks[i], len(self.classes))
 
 
 def build(cfg: dict, split: str) -> FolderSource:

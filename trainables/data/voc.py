@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from torchvision.datasets import VOCSegmentation
 
 from trainables.data import DataError
-from trainables.data.base import read_pair, require_dir
+from trainables.data.base import PairedFiles, require_dir
 
 CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -29,7 +28,7 @@ def _devkit_parent(root: Path) -> Path:
     return root
 
 
-class VOCSource:
+class VOCSource(PairedFiles):
     classes = CLASSES
 
     def __init__(self, cfg: dict, split: str):
@@ -50,15 +49,6 @@ class VOCSource:
         for path in self.images + self.masks:
             if not path.is_file():
                 raise DataError(f"VOC file {str(path)!r} listed in {str(split_file)!r} is missing; expected {LAYOUT}")
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def name(self, i: int) -> str:
-        return str(self.images[i])
-
-    def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        return read_pair(self.images[i], self.masks[i], len(self.classes))
 
 
 def build(cfg: dict, split: str) -> VOCSource:
