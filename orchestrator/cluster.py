@@ -23,10 +23,8 @@ def connect(address: Optional[str], verbose: bool) -> bool:
     address = address or os.environ.get("RAY_ADDRESS") or None
     # Ray Client: the driver runs on the head node and its log is what the user sees
     kw = dict(log_to_driver=verbose or is_client(address), logging_level=logging.INFO if verbose else logging.WARNING)
-    if address:
-        ray.init(address=address, **kw)
-    else:
-        ray.init(**kw)
+    # no address: always a fresh embedded Ray, never whatever local cluster happens to be running
+    ray.init(address=address or "local", **kw)
     return True
 
 

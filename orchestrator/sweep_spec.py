@@ -102,6 +102,10 @@ class SweepSpec(Strict):
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     resources: Resources = Field(default_factory=Resources)
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
+    # Ablations (orchestrator.ablate): listed cells, each crossed with the space's grid (grid only),
+    # and extra tags on the parent MLflow run (e.g. xgd.layouts for the report).
+    cells: Optional[list[dict[str, S.Scalar]]] = None
+    tags: dict[str, str] = Field(default_factory=dict)
 
     @property
     def objectives(self) -> list[Objective]:
@@ -110,14 +114,20 @@ class SweepSpec(Strict):
     @property
     def num_samples(self) -> int:
         if self.search.algorithm == "grid":
-            return len(S.grid_points(self.space))
+            return len(self.grid())
         return self.search.num_samples or DEFAULT_SAMPLES
 
     @property
     def max_epochs(self) -> int:
         if "optim.epochs" in self.space:
             return int(max(self.space["optim.epochs"].probes()))
-        return self.train.optim.epochs
+        listed = [c["optim.epochs"] for c in self.cells or [] if "optim.epochs" in c]
+        return int(max(listed)) if listed else self.train.optim.epochs
+
+    def grid(self) -> list[dict[str, Any]]:
+        """Every grid point: the space's grid, crossed with the listed cells when there are any."""
+        points = S.grid_points(self.space)
+        return points if self.cells is None else [{**c, **p} for c in self.cells for p in points]
 
     @property
     def experiment_dir(self) -> str:
@@ -278,6 +288,7 @@ def _check_space(spec: SweepSpec) -> None:
                 raise SpecError(f"space.student: {missing[0]!r} is not in students; defined: {', '.join(students) or 'none'}")
         elif name == S.GRID_KEY or name == "name" or name.split(".")[0] == "teacher":
             raise SpecError(f"space.{name}: this key cannot be searched")
+    _check_cells(spec)
     if spec.search.algorithm == "grid" and spec.search.num_samples not in (None, spec.num_samples):
         raise SpecError(f"search.num_samples: a grid runs each of its {spec.num_samples} points once; leave num_samples out")
     base = spec.base_config()
@@ -295,6 +306,56 @@ def _check_space(spec: SweepSpec) -> None:
     names = [o.metric for o in spec.objectives]
     if len(set(names)) != len(names):
         raise SpecError(f"objective: metric listed twice in {names}")
+
+
+RESERVED_TAGS = ("xgd.kind", "xgd.sweep")
+
+
+def _check_cells(spec: SweepSpec) -> None:
+    """Listed cells: grid only, keys like a space's, no key also in the space, every cell a valid config."""
+    for key in spec.tags:
+        if key in RESERVED_TAGS or key.startswith("mlflow."):
+            raise SpecError(f"tags.{key}: set by the sweep itself; choose another tag name")
+    if spec.cells is None:
+        return
+    if spec.search.algorithm != "grid":
+        raise SpecError(f"cells: listed cells need search.algorithm: grid (got {spec.search.algorithm})")
+    if not spec.cells:
+        raise SpecError("cells: give at least one cell, e.g. [{distill.method: none}, {distill.method: xgd}]")
+    base, students = spec.base_config(), {k: m.model_dump() for k, m in spec.students.items()}
+    seen: set[str] = set()
+    for i, cell in enumerate(spec.cells):
+        where = f"cells[{i}]"
+        if not cell:
+            raise SpecError(f"{where}: an empty cell; give the settings that differ, e.g. {{distill.method: none}}")
+        for key, value in cell.items():
+            if key in spec.space:
+                raise SpecError(f"{where}.{key}: also an entry of the space; a key is either listed per cell or gridded")
+            if key == S.GRID_KEY or key == "name" or key.split(".")[0] == "teacher":
+                raise SpecError(f"{where}.{key}: this key cannot be set per cell")
+            if key == S.STUDENT and value not in students:
+                raise SpecError(f"{where}.student: {value!r} is not in students; defined: {', '.join(students) or 'none'}")
+        text = canonical(cell)
+        if text in seen:
+            raise SpecError(f"{where}: the same cell is listed twice ({text})")
+        seen.add(text)
+        try:
+            validate(TrainSpec, S.resolve(base, cell, students))
+        except SpecError as e:
+            raise SpecError(f"{where}: {e}") from None
+
+
+def sampler(spec: SweepSpec):
+    """(Optuna sampler, define-by-run fn) for the spec; listed cells make the grid explicit."""
+    if spec.cells is None:
+        found, define, _ = S.make_sampler(spec.search.algorithm, spec.search.seed, spec.space,
+                                          spec.search.n_startup_trials)
+        return found, define
+    import optuna
+
+    points = spec.grid()
+    return (optuna.samplers.GridSampler({S.GRID_KEY: list(range(len(points)))}, seed=spec.search.seed),
+            S.grid_define_by_run(points))
 
 
 def _resolved(spec: SweepSpec) -> SweepSpec:
