@@ -117,6 +117,7 @@ class RunSpec(Strict):
     out_dir: str = "results/train"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     channels_last: bool = True  # CUDA only
+    compile: bool = False  # torch.compile the encoders (trainables.step.compile_off_cam_path)
     max_steps_per_epoch: Optional[int] = Field(None, ge=1)
     explain: bool = True  # explanation metrics (CAM/logit alignment, focus, FSS) at the end, with a teacher
     resume: Optional[str] = None  # a checkpoint.pt (or its folder) to continue from exactly

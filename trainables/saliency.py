@@ -27,6 +27,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.profiler import record_function
 
 from trainables.cams import cam, check_method
 
@@ -134,8 +135,10 @@ def xgd_saliency_loss(step, cfg: dict) -> Tensor:
     num_classes = step.s_logits.shape[1]
     masks = class_masks(step.labels, step.t_logits, num_classes, cfg.get("cam_target") or "gt")
     with torch.enable_grad():
-        t_maps = cam_maps(step.t_logits, step.t_feats["cam"], masks, method, reduce, create_graph=False).detach()
-        s_maps = cam_maps(step.s_logits, step.s_feats["cam"], masks, method, reduce, create_graph=True)
+        with record_function("cam.teacher"):
+            t_maps = cam_maps(step.t_logits, step.t_feats["cam"], masks, method, reduce, create_graph=False).detach()
+        with record_function("cam.student"):
+            s_maps = cam_maps(step.s_logits, step.s_feats["cam"], masks, method, reduce, create_graph=True)
         loss = saliency_mse(s_maps, t_maps)
     step.timings["saliency"] = step.timings.get("saliency", 0.0) + time.perf_counter() - t0
     return loss
