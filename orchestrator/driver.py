@@ -12,6 +12,7 @@ from typing import Optional
 from ray import tune
 
 from orchestrator import space as S
+from orchestrator.failures import summarize_error
 from orchestrator.live import SweepView
 from orchestrator.sweep_spec import SweepSpec
 from orchestrator.trial import EPOCHS_DONE, TrialPlan, trial_config
@@ -55,8 +56,7 @@ class DriverCallback(tune.Callback):
 
 def error_line(trial) -> str:
     try:
-        lines = [ln.strip() for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
-        return lines[-1][:300] if lines else "failed"
+        return summarize_error(Path(trial.error_file).read_text())
     except (OSError, TypeError):
         return "failed (no error file)"
 

@@ -12,6 +12,8 @@ import json
 import logging
 import math
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -26,6 +28,7 @@ from orchestrator.live import SweepView
 from orchestrator.specs import TrainSpec
 from orchestrator.sweep_results import SweepOutcome, finish, parent_params, parent_tags, print_best
 from orchestrator.sweep_spec import SweepSpec, canonical, is_uri, join, save_spec, saved_spec
+from orchestrator.sweep_spec import sampler as make_sampler
 from orchestrator.trial import EPOCHS_DONE, TrialPlan, make_trainable
 
 # kind -> (what, where to get it, how it must sit under data.root)
@@ -51,6 +54,36 @@ def check_dataset(spec: SweepSpec) -> None:
             what, url, how = DATASETS[data.kind]
             raise UserError(f"{what} not found at {data.root} ({where}data.root): get it from {url}, {how}, "
                             f"or point the sweep at it with --set data.root=/path/to/{data.kind}")
+
+
+MIN_FREE_MB = 200  # below this a sweep would die mid-checkpoint: refuse it up front
+
+
+def check_storage(spec: SweepSpec) -> None:
+    """The results folder, the sweep storage and a SQLite MLflow store must be writable and not
+    full before any trial starts (else the first checkpoint or MLflow write fails hours in)."""
+    places = [("results", spec.results)]
+    if spec.storage_path and not is_uri(spec.storage_path):
+        places.append(("storage_path", spec.storage_path))
+    uri = spec.mlflow.tracking_uri or ""
+    if uri.startswith("sqlite:///"):
+        places.append(("mlflow.tracking_uri", str(Path(uri[len("sqlite:///"):]).parent)))
+    for key, where in places:
+        path = Path(where)
+        while not path.exists() and path != path.parent:
+            path = path.parent  # the nearest existing folder: nothing is created here
+        try:
+            if not path.is_dir():
+                raise NotADirectoryError(20, f"{path} is not a folder")
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as e:
+            raise UserError(f"{key} {where!r} is not writable ({e.strerror or type(e).__name__}): "
+                            f"point it at a folder you can write with --set {key}=...") from None
+        free_mb = shutil.disk_usage(path).free / 2**20
+        if free_mb < MIN_FREE_MB:
+            raise UserError(f"{key} {where!r} has only {free_mb:.0f} MB free (a sweep needs at least {MIN_FREE_MB} MB "
+                            f"for checkpoints and MLflow): free some space or point it elsewhere with --set {key}=...")
 
 
 def _recipe_data(spec: SweepSpec):
@@ -86,6 +119,7 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: Optional[str] =
     if cluster.is_client(address):
         return _run_on_head(spec, resume, address, worker, verbose, console)
     check_dataset(spec)
+    check_storage(spec)
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Save the experiment state often (resume loses at most this much bookkeeping), and accept
@@ -154,7 +188,7 @@ def _run(spec, resume, worker, verbose, console, t0) -> SweepOutcome:
     parent = None
     if tracker is not None:
         parent = tracker.start_sweep(yaml.safe_dump(json.loads(canonical(spec.model_dump())), sort_keys=False),
-                                     parent_params(spec), parent_tags(spec, teacher))
+                                     parent_params(spec), {**spec.tags, **parent_tags(spec, teacher)})
     key = f"{spec.name}@{spec.experiment_dir}"
     SESSIONS[key] = Session(spec, plan, view, tracker)
     trainable = make_trainable(plan)
@@ -208,8 +242,7 @@ def _new_tuner(spec: SweepSpec, trainable, concurrent: int, callback, verbose: b
     from ray.tune.search.optuna import OptunaSearch
 
     obj = spec.objectives
-    sampler, define, _ = S.make_sampler(spec.search.algorithm, spec.search.seed, spec.space,
-                                        spec.search.n_startup_trials)
+    sampler, define = make_sampler(spec)
     multi = len(obj) > 1
     searcher = OptunaSearch(space=define, sampler=sampler,
                             metric=[o.metric for o in obj] if multi else obj[0].metric,
@@ -241,6 +274,17 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     # with the auto loggers off, Tune's ResultGrid warns it has no result files: results are tracked here
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    searcher_log = logging.getLogger("ray.tune.search.optuna.optuna_search")
+    if not any(isinstance(f, _GridDone) for f in searcher_log.filters):
+        searcher_log.addFilter(_GridDone())
+
+
+class _GridDone(logging.Filter):
+    """Optuna's GridSampler stops its study after the last grid point; outside Optuna's own loop
+    that raises, and Tune's searcher logs it as a warning. The trial is recorded either way."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Study.stop" not in record.getMessage()
 
 
 def _default_worker() -> Callable:

@@ -7,16 +7,22 @@ deadlock. Concurrency is bounded by max_concurrent (capped by what the cluster h
 
 Resume: the Train run is named after the Tune trial id and stored under the sweep folder, so a
 restarted or resumed trial finds its own run and Ray Train hands the worker its last checkpoint
-(`ray.train.get_checkpoint()`); the worker loop continues from there.
+(`ray.train.get_checkpoint()`); the worker loop continues from there. A failure no retry can fix
+(NaN loss, CUDA OOM: orchestrator.failures) leaves a marker in that run folder, and a retry that
+finds it fails again at once instead of redoing epochs towards the same end.
 """
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from orchestrator import space as S
+from orchestrator.failures import FatalTrialError, fatal_cause
+from orchestrator.sweep_spec import _fs_read, _fs_write, join
 
 TRIAL_RESOURCES = {"CPU": 0, "memory": 1}
+FATAL_FILE = "xgd_fatal.txt"  # in the trial's Train run folder: why it failed for good
 EPOCHS_DONE = "epochs_done"  # 1-based epoch count added to every result: ASHA's time axis
 
 
@@ -75,6 +81,13 @@ def _replace_ray_cleaner(link) -> bool:
     return True
 
 
+def _read(path: str) -> str:
+    try:
+        return _fs_read(path).strip()
+    except (OSError, ValueError):
+        return ""
+
+
 def make_trainable(plan: TrialPlan):
     """The Tune trainable (with its token resources) for this plan."""
     from ray import tune
@@ -93,7 +106,11 @@ def make_trainable(plan: TrialPlan):
         link = make_link(trial_id, plan.reaper_name)
         if link is not None and not _replace_ray_cleaner(link):
             callbacks.append(link)
-        TorchTrainer(
+        marker = join(plan.train_storage, trial_id, FATAL_FILE)
+        earlier = _read(marker)
+        if earlier:  # a retry cannot fix this (NaN loss, CUDA OOM): fail again at once, no Train run
+            raise FatalTrialError(earlier)
+        trainer = TorchTrainer(
             plan.worker,
             train_loop_config=trial_config(plan, config, trial_id),
             scaling_config=ray.train.ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.gpus_per_worker > 0,
@@ -103,6 +120,13 @@ def make_trainable(plan: TrialPlan):
                 # retries belong to Tune (resources.max_failures): a Tune retry restarts this
                 # function, which finds the same Train run and resumes from its checkpoint
                 failure_config=ray.train.FailureConfig(max_failures=0)),
-        ).fit()
+        )
+        try:
+            trainer.fit()
+        except Exception:
+            cause = fatal_cause(traceback.format_exc())
+            if cause:
+                _fs_write(marker, cause)
+            raise
 
     return tune.with_resources(xgd_trial, TRIAL_RESOURCES)
