@@ -1,21 +1,15 @@
 """`python -m orchestrator ablate SPEC.yaml [--set k=v] [--dry-run] [--resume] [--address A] [--verbose]`."""
 from __future__ import annotations
 
+from orchestrator.commands.sweep import add_run_args, execute
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("ablate", help="run an ablation (factorial or listed cells x seeds) as a grid sweep "
                                       "(see search_spaces/ablations/)")
     p.add_argument("spec", help="YAML ablation spec, e.g. search_spaces/ablations/quickstart_table1.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a spec key (repeatable): seeds=1, data.root=/data/ttpla, "
-                        "factors.distill.cam=[gradcam,layercam], resources.max_concurrent=4, name=table1-b")
-    p.add_argument("--dry-run", action="store_true", help="print the cells, seeds and per-trial resources; run nothing")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an ablation whose driver stopped: finished trials are kept, unfinished ones "
-                        "continue from their last checkpoint")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster to run on ('auto', 'ray://head:10001'); default $RAY_ADDRESS, else a local Ray")
-    p.add_argument("--verbose", action="store_true", help="show Ray's own trial tables and worker logs")
+    add_run_args(p, "an ablation", "seeds=1, data.root=/data/ttpla, factors.distill.cam=[gradcam,layercam], "
+                                "resources.max_concurrent=4, name=table1-b", "the cells, seeds")
     p.set_defaults(run=run)
 
 
@@ -31,12 +25,7 @@ def run(args) -> int:
 
         console.print(render(ab))
         return 0
-    from orchestrator.sweep import run_sweep
-
-    outcome = run_sweep(ab.sweep, resume=args.resume, address=args.address, verbose=args.verbose, console=console)
-    if outcome.status == "failed":
-        first = next((r.error for r in outcome.rows if r.error), "no trial ran")
-        console.print(f"[red]every trial failed[/]; first error: {first}")
+    if execute(ab.sweep, args, console):
         return 1
     from orchestrator.aggregate import default_tracking_uri
 
