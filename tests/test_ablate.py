@@ -134,11 +134,15 @@ def test_paper_and_quickstart_specs_load_with_their_designs():
     assert {teachers.recipe_hash(ab.sweep.teacher.recipe) for ab in paper.values()} == {ttpla}  # trained once
 
     quick = [load_ablation(p) for p in sorted(ABLATIONS.glob("quickstart_*.yaml"))]
-    assert len(quick) == 4 and len({teachers.recipe_hash(ab.sweep.teacher.recipe) for ab in quick}) == 1
+    assert len(quick) == 5 and len({teachers.recipe_hash(ab.sweep.teacher.recipe) for ab in quick}) == 1
     for ab in quick:
         t = ab.sweep.train
         assert ab.seeds == 1 and t.optim.epochs <= 2 and t.data.kind == "synthetic" and t.data.image_size <= 64
-        assert t.run.device == "cpu" and t.run.max_steps_per_epoch <= 4 and ab.sweep.num_samples <= 8
+        assert t.run.device == "cpu" and t.run.max_steps_per_epoch <= 4 and ab.sweep.num_samples <= 9
+    from trainables.losses import METHODS
+
+    methods = next(ab for ab in quick if ab.sweep.name == "quickstart-methods").factors["distill.method"]
+    assert {"none", "pi", "skd", "cwd", "at", "cat", "attnfd", "xgd"} <= set(methods) <= set(METHODS)
 
 
 # ------------------------------------------------------------------ errors
