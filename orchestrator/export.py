@@ -173,15 +173,23 @@ def write_onnx(model: nn.Module, state: dict, d: Path, size) -> tuple[Path, dict
         raise UserError(f"format onnx needs the export extra ({e.name} is missing): "
                         "pip install 'xgd-orchestrator[export]'") from None
     path = d / "model.onnx"
-    axes = {0: "batch", 2: "height", 3: "width"}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # The TorchScript-based exporter: seconds here, where dynamo=True took minutes on CPU.
-        torch.onnx.export(model, (_example(size),), str(path), dynamo=False, opset_version=17,
-                          input_names=["image"], output_names=["logits"],
-                          dynamic_axes={"image": axes, "logits": axes})
+    # Dynamic height/width where the graph allows it; models with adaptive pooling to a fixed grid
+    # (PSPNet's pyramid) cannot export that, so they get a fixed input size and a dynamic batch.
+    # When the pooled size does not divide the feature size either, only the (slower) dynamo
+    # exporter can decompose it: that is the last resort, at the fixed size.
+    for axes in ({0: "batch", 2: "height", 3: "width"}, {0: "batch"}, None):
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                # The TorchScript-based exporter: seconds here, where dynamo=True took minutes on CPU.
+                kw = dict(dynamo=False, dynamic_axes={"image": axes, "logits": axes}) if axes else dict(dynamo=True)
+                torch.onnx.export(model, (_example(size),), str(path), opset_version=17,
+                                  input_names=["image"], output_names=["logits"], **kw)
+            break
+        except torch.onnx.errors.SymbolicValueError:
+            continue
     onnx.checker.check_model(str(path))
-    x = _example(size, batch=2, seed=1)
+    x = _example(size, batch=2 if axes else 1, seed=1)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = sess.run(None, {"image": x.numpy()})[0]
     with torch.no_grad():
@@ -190,7 +198,7 @@ def write_onnx(model: nn.Module, state: dict, d: Path, size) -> tuple[Path, dict
         path.unlink(missing_ok=True)
         raise UserError(f"ONNX check failed for {d}: onnxruntime vs torch max abs diff {diff:.3g} > {ONNX_ATOL}; "
                         "model.onnx removed")
-    return path, {"onnx_max_abs_diff": diff, "onnx_opset": 17}
+    return path, {"onnx_max_abs_diff": diff, "onnx_opset": 17, "onnx_dynamic_size": bool(axes) and len(axes) == 3}
 
 
 Writer = Callable[[nn.Module, dict, Path, tuple[int, int]], tuple[Path, dict]]
