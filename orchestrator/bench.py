@@ -15,8 +15,8 @@ tracemalloc and maxrss see neither torch's allocator nor per-step peaks. On CUDA
 host-device synchronisations one step makes (torch.cuda sync debug mode); the step should make
 none, except GradScaler's with fp16 and linalg.eigh's error check in EigenGradCAM.
 
-The orchestration overhead (trial start to first training step under Tune + Train, and
-throughput of a sweep of stub trials) is measured by `sweep_overhead` when requested.
+The orchestration overhead (trial start to first training step, and throughput of a sweep of
+stub trials) is measured by orchestrator.bench_sweep when requested.
 """
 from __future__ import annotations
 
@@ -356,70 +356,3 @@ def table(result: dict):
                   f"{row['cpu_median_s']:.4f}", ratio(row["ratio_pi_cpu"]),
                   f"{row['saliency_s']:.4f}" if row["saliency_s"] else "-", f"{row['peak_mem_mb']:.1f}")
     return t
-
-
-# ------------------------------------------------------------------ orchestration overhead
-
-
-def stub_trial_worker(config: dict) -> dict:
-    """A Train worker that does no training: it reports once (with a checkpoint) and returns, so
-    a sweep of these measures only the orchestration (Tune trial, Train run, worker group)."""
-    import tempfile
-
-    import ray.train
-
-    start = time.time()
-    out = {"epoch": 0, "train_loss": 1.0, "val_miou": float(config["distill"]["alpha"]) / 10, "best_val_miou": 0.0,
-           "lr": 0.0, "step_time_s": 0.0, "stub_start_unix": start}
-    out["best_val_miou"] = out["val_miou"]
-    with tempfile.TemporaryDirectory() as d:
-        Path(d, "best.pt").write_text("stub")
-        out["stub_report_unix"] = time.time()
-        ray.train.report(out, checkpoint=ray.train.Checkpoint.from_directory(d))
-    return out
-
-
-def stub_sweep_raw(root: str, trials: int) -> dict:
-    """A sweep spec of `trials` sequential stub trials on the synthetic data, results under `root`."""
-    return {"name": "bench_stub", "results": root,
-            "train": {"data": {"kind": "synthetic", "num_train": 4, "num_val": 4, "image_size": 64, "crop": 64},
-                      "optim": {"epochs": 1}, "run": {"out_dir": str(Path(root) / "runs")}},
-            "space": {"distill.alpha": {"type": "uniform", "low": 0.1, "high": 2.0}},
-            "search": {"algorithm": "random", "num_samples": trials, "seed": 0},
-            "early_stopping": {"kind": "none"},
-            "resources": {"num_workers": 1, "cpus_per_worker": 1, "max_concurrent": 1}}
-
-
-def sweep_overhead(trials: int = 4, log: Callable[[str], None] = lambda _m: None) -> dict:
-    """Per-trial orchestration overhead and stub-sweep throughput with the real sweep (Ray Tune +
-    Train, Optuna, MLflow), trials one at a time. Overhead of trial k = its worker's first
-    instruction minus trial k-1's report: teardown of one trial plus start of the next (Tune
-    trial, Train run, worker group), everything a trial costs besides its training."""
-    import tempfile
-
-    from rich.console import Console
-
-    from orchestrator.sweep import run_sweep
-    from orchestrator.sweep_spec import parse_sweep_spec
-
-    with tempfile.TemporaryDirectory(prefix="xgd_bench_sweep_") as root:
-        spec = parse_sweep_spec(stub_sweep_raw(root, trials))
-        log(f"stub sweep: {trials} trials, one at a time, on a local Ray")
-        t0 = time.time()
-        outcome = run_sweep(spec, worker=stub_trial_worker, console=Console(quiet=True))
-        wall = time.time() - t0
-    res = sorted((r.result for r in outcome.rows if "stub_start_unix" in r.result), key=lambda r: r["stub_start_unix"])
-    if len(res) < 2:
-        raise RuntimeError(f"stub sweep finished {len(res)} of {trials} trials; cannot measure overhead")
-    gaps = [r["stub_start_unix"] - prev["stub_report_unix"] for prev, r in zip(res, res[1:])]
-    # Tune's own clock (whole-second timestamp, so +-1 s): when the trial function started
-    train_start = [r["stub_start_unix"] - (r["timestamp"] - r["time_total_s"]) for r in res if "time_total_s" in r]
-    report = [r["timestamp"] - r["stub_report_unix"] for r in res if "timestamp" in r]
-    med = statistics.median(gaps)
-    return {"trials": trials, "completed": len(res), "sweep_wall_s": wall,
-            "first_trial_s": res[0]["stub_start_unix"] - t0,
-            "per_trial_overhead_s": med, "per_trial_overhead_all_s": gaps, "trials_per_min": 60 * len(res) / wall,
-            "breakdown_s": {"train_run_start": statistics.median(train_start) if train_start else None,
-                            "report_to_tune": statistics.median(report) if report else None,
-                            "between_trials": med - statistics.median(train_start) if train_start else None},
-            "target_s": 15.0, "met": med <= 15.0, "cpus": os.cpu_count(), "load_avg": list(os.getloadavg())}

@@ -6,6 +6,12 @@ import os
 from typing import Optional
 
 
+# Ray Train's controller polls its workers every 2 s by default: up to 2 s lost at a Train run's
+# start, at its end and on each report. Polling at 0.5 s cut a single-report run's fit() here from
+# 13.6 s to 9 s; the polls are cheap RPCs. Set for the embedded Ray (its processes inherit it).
+LOCAL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+
+
 def is_client(address: Optional[str]) -> bool:
     return bool(address) and address.startswith("ray://")
 
@@ -24,6 +30,9 @@ def connect(address: Optional[str], verbose: bool) -> bool:
     # Ray Client: the driver runs on the head node and its log is what the user sees
     kw = dict(log_to_driver=verbose or is_client(address), logging_level=logging.INFO if verbose else logging.WARNING)
     # no address: always a fresh embedded Ray, never whatever local cluster happens to be running
+    if not address:
+        for k, v in LOCAL_ENV.items():
+            os.environ.setdefault(k, v)
     ray.init(address=address or "local", **kw)
     return True
 

@@ -12,7 +12,7 @@ from typing import Optional
 from ray import tune
 
 from orchestrator import space as S
-from orchestrator.failures import summarize_error
+from orchestrator.failures import fatal_cause, summarize_error
 from orchestrator.live import SweepView
 from orchestrator.sweep_spec import SweepSpec
 from orchestrator.trial import EPOCHS_DONE, TrialPlan, trial_config
@@ -45,6 +45,21 @@ class DriverCallback(tune.Callback):
         if self._s():
             self._s().result(trial, result)
 
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        if self._s():  # a one-process trial's checkpoint (a Train run names its own in the result)
+            self._s().checkpointed(trial, checkpoint.path)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A failure no retry can fix (NaN loss, CUDA OOM): the retry Tune has just scheduled fails
+        at once on the trial's fatal marker (orchestrator.trial), and must be the last one, even
+        with max_failures -1 (retry forever)."""
+        try:
+            fatal = fatal_cause(Path(trial.error_file).read_text())
+        except (OSError, TypeError):
+            fatal = None
+        if fatal:
+            trial.max_failures = 0
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         if self._s():
             self._s().ended(trial, None)
@@ -64,15 +79,16 @@ def error_line(trial) -> str:
 class Session:
     """The driver-side state of one sweep run: view + MLflow, fed by DriverCallback."""
 
-    def __init__(self, spec: SweepSpec, plan: TrialPlan, view: SweepView, tracker):
+    def __init__(self, spec: SweepSpec, plan: TrialPlan, view: SweepView, tracker, resumed: bool = False):
         self.spec, self.plan, self.view, self.tracker = spec, plan, view, tracker
         self.seen: set[str] = set()
+        self.orphans_checked = not resumed
 
     def _safe(self, what: str, fn, *args) -> None:
         if self.tracker is None:
             return
         try:
-            fn(*args)
+            return fn(*args)
         except Exception as e:  # tracking must not kill a running sweep; say it once per kind
             msg = f"MLflow {what} failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
             if msg not in self.tracker.errors:
@@ -83,7 +99,13 @@ class Session:
         return int(trial_config(self.plan, trial.config, trial.trial_id)["optim"]["epochs"])
 
     def adopt(self, trials) -> None:
-        """Trials restored from an earlier driver: show them, and close their MLflow runs."""
+        """Trials restored from an earlier driver: show them, and close their MLflow runs (and,
+        once, the runs of trials the restored state never heard of: Tracker.close_orphans)."""
+        if not self.orphans_checked and trials:
+            self.orphans_checked = True
+            for tid in self._safe("orphan check", self.tracker and self.tracker.close_orphans,
+                                  {t.trial_id for t in trials}) or []:
+                self.view.note(f"[yellow]run of trial {tid} closed: it started after the last Tune snapshot[/]")
         for t in trials:
             if t.trial_id in self.seen or t.status not in ("TERMINATED", "ERROR"):
                 continue
@@ -127,6 +149,10 @@ class Session:
     def result(self, trial, result: dict) -> None:
         self.view.trial_result(trial.trial_id, result)
         self._safe("metrics", self.tracker and self.tracker.trial_result, trial.trial_id, result)
+
+    def checkpointed(self, trial, path: str) -> None:
+        self.view.row(trial.trial_id).checkpoint = path
+        self._safe("checkpoint tag", self.tracker and self.tracker.trial_checkpoint, trial.trial_id, path)
 
     def ended(self, trial, error: Optional[str]) -> None:
         status = "failed" if error else self._status(trial)

@@ -176,11 +176,13 @@ def _run(spec, resume, worker, verbose, console, t0) -> SweepOutcome:
     teacher = _teacher(spec, tracker, console)
     if teacher is not None and spec.teacher.recipe:
         precheck(_base_spec(spec, teacher.checkpoint))
-    reaper_name, reaper = start_reaper()
+    use_train = spec.resources.use_train
+    reaper_name, reaper = start_reaper() if use_train else (None, None)
     plan = TrialPlan(base=_base_spec(spec, teacher.checkpoint if teacher else None).model_dump(),
                      students={k: m.model_dump() for k, m in spec.students.items()},
                      worker=worker or _default_worker(), train_storage=join(spec.experiment_dir, "train"),
-                     num_workers=spec.resources.num_workers, cpus_per_worker=spec.resources.cpus_per_worker,
+                     num_workers=spec.resources.num_workers, use_train=use_train,
+                     cpus_per_worker=spec.resources.cpus_per_worker,
                      gpus_per_worker=spec.resources.gpus_per_worker, reaper_name=reaper_name)
     obj = spec.objectives
     view = SweepView(spec.name, spec.num_samples, obj[0].metric, obj[0].mode, spec.max_epochs, console,
@@ -190,7 +192,7 @@ def _run(spec, resume, worker, verbose, console, t0) -> SweepOutcome:
         parent = tracker.start_sweep(yaml.safe_dump(json.loads(canonical(spec.model_dump())), sort_keys=False),
                                      parent_params(spec), {**spec.tags, **parent_tags(spec, teacher)})
     key = f"{spec.name}@{spec.experiment_dir}"
-    SESSIONS[key] = Session(spec, plan, view, tracker)
+    SESSIONS[key] = Session(spec, plan, view, tracker, resumed=resume)
     trainable = make_trainable(plan)
     status = "completed"
     try:
@@ -255,8 +257,9 @@ def _new_tuner(spec: SweepSpec, trainable, concurrent: int, callback, verbose: b
                                   reduction_factor=es.reduction_factor)
     return tune.Tuner(
         trainable,
+        # reuse_actors: a one-process trial hands its warm process (torch imported) to the next
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
-                                    max_concurrent_trials=concurrent),
+                                    max_concurrent_trials=concurrent, reuse_actors=not spec.resources.use_train),
         run_config=tune.RunConfig(name=spec.name, storage_path=spec.storage_path, callbacks=[callback],
                                   verbose=2 if verbose else 0,
                                   failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures)),
@@ -330,6 +333,8 @@ def _teacher(spec: SweepSpec, tracker, console: Console):
 def _release(reaper) -> int:
     import ray
 
+    if reaper is None:
+        return 0
     try:
         fixed = len(ray.get(reaper.release_all.remote(), timeout=60))
         ray.kill(reaper)

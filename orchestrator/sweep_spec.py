@@ -70,14 +70,27 @@ class EarlyStopping(Strict):
 
 
 class Resources(Strict):
-    """Per trial: `num_workers` Ray Train workers (DDP when > 1), each with these CPUs/GPUs.
-    The Tune trial itself only waits on its Train run and reserves no CPU (see orchestrator.trial)."""
+    """Per trial: `num_workers` workers (DDP over Ray Train when > 1), each with these CPUs/GPUs.
+    executor: "tune" runs a one-worker trial's loop in the Tune trial's own (reused) process,
+    "train" always goes through a Ray Train run, "auto" is "tune" for one worker (orchestrator.trial)."""
 
     num_workers: int = Field(1, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)  # fractional shares a GPU between trials
     max_concurrent: int = Field(1, ge=1)
     max_failures: int = Field(0, ge=-1)  # Tune retries of a failed trial (resume from its checkpoint)
+    executor: Literal["auto", "tune", "train"] = "auto"
+
+    @model_validator(mode="after")
+    def _one_process(self) -> "Resources":
+        if self.executor == "tune" and self.num_workers > 1:
+            raise ValueError(f"executor 'tune' runs a trial in one process but num_workers is {self.num_workers}: "
+                             "use 'train' or 'auto' for DDP")
+        return self
+
+    @property
+    def use_train(self) -> bool:
+        return self.executor == "train" or (self.executor == "auto" and self.num_workers > 1)
 
     @property
     def per_trial(self) -> dict[str, float]:

@@ -160,6 +160,21 @@ class Tracker:
         self.last_step[run.info.run_id] = max((m.step for m in hist), default=-1)
         return run.info.status
 
+    def close_orphans(self, known: set[str]) -> list[str]:
+        """After a resume: runs still RUNNING whose trial the restored Tune state does not hold.
+        The killed driver started them after its last experiment snapshot (Tune saves it every
+        10 s or more), so Tune runs a new sample in their place; close them as KILLED, tagged."""
+        flt = f"tags.`xgd.sweep` = '{self.sweep}' and tags.`xgd.kind` = 'trial' and attributes.status = 'RUNNING'"
+        closed = []
+        for run in self.client.search_runs([self.experiment_id], filter_string=flt, max_results=5000):
+            tid = run.data.tags.get("xgd.trial_id")
+            if tid and tid not in known:
+                self.set_tags(run.info.run_id, {"xgd.status": "orphaned", "xgd.error": (
+                    "started after the interrupted driver's last Tune snapshot; the resumed sweep sampled anew")})
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+                closed.append(tid)
+        return closed
+
     def trial_started(self, trial_id: str, params: dict[str, Any], tags: dict[str, Any]) -> str:
         run = self._find(**{"xgd.sweep": self.sweep, "xgd.trial_id": trial_id})
         if run is None:
@@ -190,8 +205,11 @@ class Tracker:
         ms = [Metric(k, v, now, step) for k, v in metrics_of(result).items()]
         self.client.log_batch(run_id, metrics=ms)
         self.last_step[run_id] = step
-        ckpt = best_checkpoint(result.get("checkpoint_path"))
-        if ckpt:
+        self.trial_checkpoint(trial_id, result.get("checkpoint_path"))
+
+    def trial_checkpoint(self, trial_id: str, checkpoint_path: Optional[str]) -> None:
+        ckpt, run_id = best_checkpoint(checkpoint_path), self.runs.get(trial_id)
+        if ckpt and run_id is not None:
             self.set_tags(run_id, {"xgd.checkpoint": ckpt})
 
     def trial_ended(self, trial_id: str, status: str, tags: dict[str, Any]) -> None:

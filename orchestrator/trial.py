@@ -1,15 +1,22 @@
-"""One sweep trial: a Tune function trainable that builds and fits a TorchTrainer (Ray Train V2).
+"""One sweep trial, run by one of two executors (resources.executor):
 
-Resources: the Tune trial only waits on its Train run, so it reserves a token (1 byte of the
-`memory` resource; Tune refuses an all-zero request) and the CPUs/GPUs go to the Train workers.
-A CPU-holding trial actor next to CPU-holding workers is how 2 concurrent trials on 2 CPUs
-deadlock. Concurrency is bounded by max_concurrent (capped by what the cluster holds).
+- "tune": the Tune trial runs the worker loop in its own process, holding the worker's CPUs/GPUs.
+  One process per trial, reused from trial to trial (Tune's reuse_actors), so a trial starts in
+  about a second instead of the ~15 s a Train run costs on 2 CPUs (controller and worker processes,
+  each importing torch, and the controller's 2 s polls). Checkpoints are persisted by the trial's
+  own report, so a retried trial resumes from the last epoch it reported. "auto" picks this for
+  one worker.
+- "train": a Tune function trainable that builds and fits a TorchTrainer (Ray Train V2), needed
+  for DDP (num_workers > 1). The Tune trial only waits on its Train run, so it reserves a token
+  (1 byte of the `memory` resource; Tune refuses an all-zero request) and the CPUs/GPUs go to the
+  Train workers: a CPU-holding trial actor next to CPU-holding workers is how 2 concurrent trials
+  on 2 CPUs deadlock. The Train run is named after the Tune trial id and stored under the sweep
+  folder, so a restarted or resumed trial finds its own run and its last checkpoint.
 
-Resume: the Train run is named after the Tune trial id and stored under the sweep folder, so a
-restarted or resumed trial finds its own run and Ray Train hands the worker its last checkpoint
-(`ray.train.get_checkpoint()`); the worker loop continues from there. A failure no retry can fix
-(NaN loss, CUDA OOM: orchestrator.failures) leaves a marker in that run folder, and a retry that
-finds it fails again at once instead of redoing epochs towards the same end.
+The worker loop reports through trainables.reporting.session_api() and reads the same under both.
+A failure no retry can fix (NaN loss, CUDA OOM: orchestrator.failures) leaves a marker in the
+trial's run folder, and a retry that finds it fails again at once instead of redoing epochs
+towards the same end (and the driver then allows no further retry: driver.DriverCallback).
 """
 from __future__ import annotations
 
@@ -21,9 +28,10 @@ from orchestrator import space as S
 from orchestrator.failures import FatalTrialError, fatal_cause
 from orchestrator.sweep_spec import _fs_read, _fs_write, join
 
-TRIAL_RESOURCES = {"CPU": 0, "memory": 1}
-FATAL_FILE = "xgd_fatal.txt"  # in the trial's Train run folder: why it failed for good
-EPOCHS_DONE = "epochs_done"  # 1-based epoch count added to every result: ASHA's time axis
+from trainables.reporting import EPOCHS_DONE, with_epochs_done  # noqa: F401 (EPOCHS_DONE re-exported)
+
+TRIAL_RESOURCES = {"CPU": 0, "memory": 1}  # a trial that only waits on its Train run
+FATAL_FILE = "xgd_fatal.txt"  # in the trial's run folder: why it failed for good
 
 
 @dataclass
@@ -35,6 +43,7 @@ class TrialPlan:
     worker: Callable[[dict], object]
     train_storage: str  # storage_path of the Train runs: <sweep dir>/train
     num_workers: int = 1
+    use_train: bool = False  # the "train" executor (see the module doc)
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     reaper_name: Optional[str] = None
@@ -58,10 +67,7 @@ def make_report_callback():
 
     class TrialReport(TuneReportCallback):
         def after_report(self, run_context, metrics, checkpoint):
-            first = dict(metrics[0])
-            if isinstance(first.get("epoch"), (int, float)):
-                first[EPOCHS_DONE] = int(first["epoch"]) + 1
-            super().after_report(run_context, [first, *metrics[1:]], checkpoint)
+            super().after_report(run_context, [with_epochs_done(metrics[0]), *metrics[1:]], checkpoint)
 
     return TrialReport()
 
@@ -88,9 +94,35 @@ def _read(path: str) -> str:
         return ""
 
 
+def fatal_marker(plan: TrialPlan, trial_id: str) -> str:
+    return join(plan.train_storage, trial_id, FATAL_FILE)
+
+
+def _run_marking_fatal(fn: Callable[[], object], marker: str) -> None:
+    earlier = _read(marker)
+    if earlier:  # a retry cannot fix this (NaN loss, CUDA OOM): fail again at once
+        raise FatalTrialError(earlier)
+    try:
+        fn()
+    except Exception:
+        cause = fatal_cause(traceback.format_exc())
+        if cause:
+            _fs_write(marker, cause)
+        raise
+
+
 def make_trainable(plan: TrialPlan):
-    """The Tune trainable (with its token resources) for this plan."""
+    """The Tune trainable, with its resources, for this plan's executor."""
     from ray import tune
+
+    if not plan.use_train:
+        def xgd_trial_in_process(config: dict) -> None:
+            trial_id = tune.get_context().get_trial_id()
+            cfg = trial_config(plan, config, trial_id)
+            _run_marking_fatal(lambda: plan.worker(cfg), fatal_marker(plan, trial_id))
+
+        need = {"CPU": plan.cpus_per_worker, **({"GPU": plan.gpus_per_worker} if plan.gpus_per_worker > 0 else {})}
+        return tune.with_resources(xgd_trial_in_process, need)
 
     def xgd_trial(config: dict) -> None:
         import ray.train
@@ -106,10 +138,6 @@ def make_trainable(plan: TrialPlan):
         link = make_link(trial_id, plan.reaper_name)
         if link is not None and not _replace_ray_cleaner(link):
             callbacks.append(link)
-        marker = join(plan.train_storage, trial_id, FATAL_FILE)
-        earlier = _read(marker)
-        if earlier:  # a retry cannot fix this (NaN loss, CUDA OOM): fail again at once, no Train run
-            raise FatalTrialError(earlier)
         trainer = TorchTrainer(
             plan.worker,
             train_loop_config=trial_config(plan, config, trial_id),
@@ -121,12 +149,6 @@ def make_trainable(plan: TrialPlan):
                 # function, which finds the same Train run and resumes from its checkpoint
                 failure_config=ray.train.FailureConfig(max_failures=0)),
         )
-        try:
-            trainer.fit()
-        except Exception:
-            cause = fatal_cause(traceback.format_exc())
-            if cause:
-                _fs_write(marker, cause)
-            raise
+        _run_marking_fatal(trainer.fit, fatal_marker(plan, trial_id))
 
     return tune.with_resources(xgd_trial, TRIAL_RESOURCES)

@@ -17,7 +17,11 @@ def ray_cluster():
     import ray
 
     started = False
+    from orchestrator.cluster import LOCAL_ENV
+
     if not ray.is_initialized():
+        for k, v in LOCAL_ENV.items():  # what the CLI's embedded Ray runs with
+            os.environ.setdefault(k, v)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         started = True
     yield ray

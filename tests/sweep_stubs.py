@@ -1,6 +1,7 @@
 """A stand-in for trainables.loop.train_loop in sweep tests where the orchestration is the point:
-same contract (ray.train.report every epoch with a checkpoint holding checkpoint.pt and best.pt,
-resume from ray.train.get_checkpoint()), no model. val_miou grows with distill.alpha, so the
+same contract (a report every epoch through trainables.reporting.session_api(), with a checkpoint
+holding checkpoint.pt and best.pt; resume from its get_checkpoint()), no model. It runs under
+both executors (a Train worker or the Tune trial's own process). val_miou grows with distill.alpha, so the
 search has something to find and ASHA something to stop. Knobs ride on trainer fields the stub
 does not otherwise use: run.max_steps_per_epoch = tenths of a second per epoch (default 2),
 data.data_seed = 666 makes the trial raise."""
@@ -12,14 +13,15 @@ import tempfile
 import time
 
 
-def stub_worker(config: dict) -> dict:
-    import ray.train
+def stub_worker(config: dict, api=None) -> dict:
+    from trainables.reporting import session_api
 
+    api = api or session_api()
     epochs = config["optim"]["epochs"]
     sleep_s = (config["run"].get("max_steps_per_epoch") or 2) / 10
     fail = config["data"].get("data_seed") == 666
     start, best = 0, -1.0
-    ckpt = ray.train.get_checkpoint()
+    ckpt = api.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = json.load(open(os.path.join(d, "checkpoint.json")))
@@ -38,23 +40,24 @@ def stub_worker(config: dict) -> dict:
         with tempfile.TemporaryDirectory() as d:
             json.dump({"epoch": epoch, "best": best}, open(os.path.join(d, "checkpoint.json"), "w"))
             open(os.path.join(d, "best.pt"), "w").write("stub")
-            ray.train.report(out, checkpoint=ray.train.Checkpoint.from_directory(d))
+            api.report(out, checkpoint=api.Checkpoint.from_directory(d))
     return out
 
 
-def resume_marking_worker(config: dict) -> dict:
+def resume_marking_worker(config: dict, api=None) -> dict:
     """stub_worker that leaves <run.out_dir>/markers/<trial>-resumed-<epoch> when it starts
     from a checkpoint, so a test can see that a resumed trial continued instead of restarting."""
-    import ray.train
+    from trainables.reporting import session_api
 
-    ckpt = ray.train.get_checkpoint()
+    api = api or session_api()
+    ckpt = api.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             epoch = json.load(open(os.path.join(d, "checkpoint.json")))["epoch"]
         marks = os.path.join(config["run"]["out_dir"], "markers")
         os.makedirs(marks, exist_ok=True)
         open(os.path.join(marks, f"{config['name']}-resumed-{epoch}"), "w").close()
-    return stub_worker(config)
+    return stub_worker(config, api)
 
 
 def ddp_probe_worker(config: dict) -> dict:

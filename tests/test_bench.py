@@ -171,13 +171,16 @@ def test_teacher_graph_starts_at_its_cam_layer():
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_sweep_overhead_on_stub_trials(ray_cluster):
-    """The orchestration figures come from a real (stub-trial) sweep: 2 trials, one at a time."""
-    from orchestrator.bench import sweep_overhead
+    """The orchestration figures come from a real (stub-trial) sweep per executor: 2 trials, one at a time."""
+    from orchestrator.bench_sweep import sweep_overhead
 
     out = sweep_overhead(2)
-    assert out["completed"] == 2 and len(out["per_trial_overhead_all_s"]) == 1
-    assert 0 < out["per_trial_overhead_s"] < 300 and out["trials_per_min"] > 0
-    assert out["breakdown_s"]["train_run_start"] is not None and isinstance(out["met"], bool)
+    assert set(out["by_executor"]) == {"tune", "train"} and out["executor"] == "tune"
+    for r in out["by_executor"].values():
+        assert r["completed"] == 2 and len(r["per_trial_overhead_all_s"]) == 1
+        assert 0 < r["per_trial_overhead_s"] < 300 and r["trials_per_min"] > 0
+        assert r["breakdown_s"]["trial_fn_to_step"] is not None and isinstance(r["met"], bool)
+    assert out["per_trial_overhead_s"] == out["by_executor"]["tune"]["per_trial_overhead_s"]
     deadline = time.time() + 30
     while ray_cluster.available_resources().get("CPU", 0) != ray_cluster.cluster_resources().get("CPU", 0):
         assert time.time() < deadline, "the bench's stub sweep left CPUs reserved"

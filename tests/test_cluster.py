@@ -74,7 +74,10 @@ from orchestrator.sweep import run_sweep
 from rich.console import Console
 out = run_sweep(parse_sweep_spec(raw), worker=node_worker, console=Console(file=sys.stderr))
 t.join(timeout=5)
-time.sleep(2)
+deadline = time.time() + 90  # the GCS declares the removed node dead after its health checks fail
+while time.time() < deadline and (ray.cluster_resources().get("CPU", 0.0) > 1.0
+                                   or ray.available_resources().get("CPU", 0.0) < ray.cluster_resources().get("CPU", 0.0)):
+    time.sleep(0.5)
 summary = dict(head=head_id, worker=worker_node.node_id, removed=removed,
                resumed=sorted(os.listdir(os.path.join(raw["train"]["run"]["out_dir"], "markers")))
                if os.path.isdir(os.path.join(raw["train"]["run"]["out_dir"], "markers")) else [],

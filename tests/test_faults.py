@@ -38,8 +38,9 @@ ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the stubs bel
 def faulty_worker(config: dict) -> dict:
     """distill.alpha picks the fault: 0.5 loss becomes NaN in epoch 1 (the loop's own error),
     1.0 CUDA OOM in epoch 0, 1.5 trains normally."""
-    import ray.train
     import torch
+
+    from trainables.reporting import session_api
 
     alpha = config["distill"]["alpha"]
     calls = Path(config["run"]["out_dir"], "calls")
@@ -52,33 +53,33 @@ def faulty_worker(config: dict) -> dict:
         for epoch in range(config["optim"]["epochs"]):
             if epoch == 1:
                 raise FloatingPointError(f"training loss became nan at epoch {epoch}; trial stopped")
-            ray.train.report({"epoch": epoch, "train_loss": 1.0, "val_miou": 0.1})
+            session_api().report({"epoch": epoch, "train_loss": 1.0, "val_miou": 0.1})
     return sweep_stubs.stub_worker(config)
 
 
 def dies_once_worker(config: dict) -> dict:
     """The worker process dies (os._exit, no cleanup, like a preempted node) in the middle of
     epoch 2 the first time only; a marker file remembers that it already died."""
-    import ray.train
+    from trainables.reporting import session_api
 
+    api = session_api()
     marker = Path(config["run"]["out_dir"], f"{config['name']}-died")
-    if not marker.exists():
-        orig = ray.train.report
+    if marker.exists():
+        return sweep_stubs.resume_marking_worker(config, api)
 
-        def report(metrics, checkpoint=None, **kw):
-            orig(metrics, checkpoint=checkpoint, **kw)
+    class DiesAfterEpoch1:
+        Checkpoint, get_checkpoint = api.Checkpoint, staticmethod(api.get_checkpoint)
+
+        @staticmethod
+        def report(metrics, checkpoint=None):
+            api.report(metrics, checkpoint=checkpoint)
             if metrics["epoch"] == 1:
-                time.sleep(3.0)  # into epoch 2; Train's controller collects reports every 2 s
+                time.sleep(1.0)  # into epoch 2
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.touch()
                 os._exit(1)
 
-        ray.train.report = report
-        try:
-            return sweep_stubs.resume_marking_worker(config)
-        finally:
-            ray.train.report = orig
-    return sweep_stubs.resume_marking_worker(config)
+    return sweep_stubs.resume_marking_worker(config, DiesAfterEpoch1)
 
 
 # ------------------------------------------------------------------ helpers
@@ -185,9 +186,10 @@ def test_full_results_disk_is_refused_before_ray(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_nan_and_oom_trials_fail_alone_at_once_with_their_reason(ray_cluster, tmp_path):
+@pytest.mark.parametrize("max_failures", [1, -1])  # -1: retry forever, but never these two faults
+def test_nan_and_oom_trials_fail_alone_at_once_with_their_reason(ray_cluster, tmp_path, max_failures):
     raw = raw_spec(tmp_path, "faults")
-    raw["resources"]["max_failures"] = 1  # retries are allowed, but not for these two faults
+    raw["resources"]["max_failures"] = max_failures
     spec = parse_sweep_spec(raw)
     term = io.StringIO()
     out = run_sweep(spec, worker=faulty_worker, console=Console(file=term, width=400, force_terminal=False))
@@ -215,10 +217,11 @@ def test_nan_and_oom_trials_fail_alone_at_once_with_their_reason(ray_cluster, tm
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_worker_killed_mid_epoch_is_retried_from_its_last_checkpoint(ray_cluster, tmp_path):
+@pytest.mark.parametrize("executor", ["tune", "train"])
+def test_worker_killed_mid_epoch_is_retried_from_its_last_checkpoint(ray_cluster, tmp_path, executor):
     raw = raw_spec(tmp_path, "killed", space={"distill.alpha": {"type": "choice", "values": [1.5]}})
     raw["train"]["optim"]["epochs"] = 3
-    raw["resources"]["max_failures"] = 1
+    raw["resources"].update(max_failures=1, executor=executor)
     spec = parse_sweep_spec(raw)
     out = run_sweep(spec, worker=dies_once_worker, console=Console(file=io.StringIO()))
 

@@ -120,16 +120,17 @@ def test_pareto_front_keeps_only_non_dominated_trials():
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_asha_sweep_two_concurrent_on_two_cpus_leaks_nothing_and_tracks_mlflow(ray_cluster, tmp_path):
+@pytest.mark.parametrize("executor", ["tune", "train"])
+def test_asha_sweep_two_concurrent_on_two_cpus_leaks_nothing_and_tracks_mlflow(ray_cluster, tmp_path, executor):
     ray = ray_cluster
-    spec = parse_sweep_spec(stub_raw(tmp_path, "asha"))
+    spec = parse_sweep_spec(stub_raw(tmp_path, f"asha-{executor}", resources={"executor": executor}))
     out = run_sweep(spec, worker=sweep_stubs.stub_worker)
 
     states = sorted(r.state for r in out.rows)
     assert len(out.rows) == 6 and out.status == "completed", states
     assert "stopped" in states and "completed" in states, states  # ASHA stopped some, others ran out
-    # the leak: stopped trials left their Train placement group behind; the reaper removed them
-    assert out.leaks_fixed >= states.count("stopped")
+    if executor == "train":  # stopped trials left their Train placement group behind; the reaper removed them
+        assert out.leaks_fixed >= states.count("stopped")
     avail, total = wait_all_resources_free(ray)
     assert avail == total == 2.0
     assert live_placement_groups(ray) == []
@@ -214,10 +215,12 @@ run_sweep(parse_sweep_spec(json.loads(sys.argv[1])), address=sys.argv[2], worker
 
 @pytest.mark.slow
 @pytest.mark.timeout(480)
-def test_resume_after_the_driver_is_killed_continues_without_duplicates(ray_cluster, tmp_path):
+@pytest.mark.parametrize("executor", ["tune", "train"])
+def test_resume_after_the_driver_is_killed_continues_without_duplicates(ray_cluster, tmp_path, executor):
     ray = ray_cluster
     raw = stub_raw(tmp_path, "resume", search={"num_samples": 3}, early_stopping={"kind": "none"},
-                   train={"optim": {"epochs": 3}, "run": {"max_steps_per_epoch": 10}})
+                   train={"optim": {"epochs": 3}, "run": {"max_steps_per_epoch": 10}},
+                   resources={"executor": executor})
     spec = parse_sweep_spec(raw)
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT.format(tests=str(Path(__file__).parent)),
                              json.dumps(raw), ray.get_runtime_context().gcs_address],
@@ -243,14 +246,23 @@ def test_resume_after_the_driver_is_killed_continues_without_duplicates(ray_clus
     client, parents, children = mlflow_runs(spec)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     ids = [c.data.tags["xgd.trial_id"] for c in children]
-    assert len(ids) == len(set(ids)) == 3  # no run twice
+    assert len(ids) == len(set(ids))  # no trial has two runs
+    # a trial the killed driver started after Tune's last experiment snapshot is unknown to the
+    # restored sweep (which samples anew): its run is closed as KILLED and tagged, not left RUNNING
+    orphans = [c for c in children if c.data.tags.get("xgd.status") == "orphaned"]
+    assert all(c.info.status == "KILLED" for c in orphans)
+    children = [c for c in children if c not in orphans]
+    assert len(children) == 3 and {c.data.tags["xgd.trial_id"] for c in children} == {r.trial_id for r in out.rows}
     assert all(before[t] == r for t, r in ((c.data.tags["xgd.trial_id"], c.info.run_id) for c in children) if t in before)
     for c in children:
         assert c.info.status == "FINISHED", c.data.tags
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_miou")]
         assert steps == [0, 1, 2], steps  # every epoch once: nothing lost, nothing logged twice
     assert sorted(r.state for r in out.rows) == ["completed"] * 3
-    marks = list((tmp_path / "runs" / "markers").glob("*-resumed-*"))
-    assert marks, "the interrupted trial restarted from scratch instead of its checkpoint"
+    if executor == "train":  # the Train run's own folder holds every reported checkpoint
+        marks = list((tmp_path / "runs" / "markers").glob("*-resumed-*"))
+        assert marks, "the interrupted trial restarted from scratch instead of its checkpoint"
+    # (one-process trials resume from the checkpoint in Tune's last experiment snapshot, taken
+    # every 10 s or more: with these 1 s epochs that may be none)
     avail, total = wait_all_resources_free(ray)
     assert avail == total

@@ -1,5 +1,6 @@
-"""Where a run reports to: Ray Train (inside a trial) or a folder (plain Python). The loop calls
-the same three methods either way, so it reads the same in both."""
+"""Where a run reports to: Ray Train (a multi-worker trial), Ray Tune (a single-process trial) or
+a folder (plain Python). The loop calls the same three methods either way, so it reads the same in
+all three."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,9 @@ from typing import Any, Optional
 from trainables import checkpoint
 
 
+EPOCHS_DONE = "epochs_done"  # 1-based epoch count added to every sweep result: ASHA's time axis
+
+
 def in_ray_train() -> bool:
     try:
         import ray.train
@@ -19,6 +23,53 @@ def in_ray_train() -> bool:
         return True
     except Exception:
         return False
+
+
+def in_ray_tune() -> bool:
+    try:
+        import warnings
+
+        import ray.tune
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ray.tune.get_context().get_trial_id() is not None
+    except Exception:
+        return False
+
+
+def with_epochs_done(metrics: dict) -> dict:
+    """`epochs_done` = epoch + 1: the scheduler's clock, which (unlike Tune's training_iteration)
+    survives a trial that is restarted from its checkpoint."""
+    if isinstance(metrics.get("epoch"), (int, float)):
+        return {**metrics, EPOCHS_DONE: int(metrics["epoch"]) + 1}
+    return metrics
+
+
+class TuneSession:
+    """ray.tune's report/get_checkpoint in the shape of ray.train's, for a trial that runs the loop
+    in its own process (no Train run): rank 0 of a world of one, `epochs_done` added to each report."""
+
+    def __init__(self):
+        import ray.tune
+
+        self.tune, self.Checkpoint = ray.tune, ray.tune.Checkpoint
+
+    def get_checkpoint(self):
+        return self.tune.get_checkpoint()
+
+    def report(self, metrics: dict, checkpoint=None) -> None:
+        self.tune.report(with_epochs_done(metrics), checkpoint=checkpoint)
+
+
+def session_api():
+    """Who takes reports here: ray.train in a Train worker, a TuneSession in a Tune trial, None in
+    plain Python. Both have report(metrics, checkpoint=), get_checkpoint() and Checkpoint."""
+    if in_ray_train():
+        import ray.train
+
+        return ray.train
+    return TuneSession() if in_ray_tune() else None
 
 
 class FolderReporter:
@@ -51,13 +102,11 @@ class FolderReporter:
 
 
 class RayReporter:
-    """ray.train.report with a checkpoint directory holding checkpoint.pt and best.pt (rank 0 only)."""
+    """Ray's report with a checkpoint directory holding checkpoint.pt and best.pt (rank 0 only)."""
 
-    def __init__(self, config: dict):
-        import ray.train
-
-        self.train = ray.train
-        self.rank = ray.train.get_context().get_world_rank()
+    def __init__(self, api):
+        self.train = api
+        self.rank = api.get_context().get_world_rank() if hasattr(api, "get_context") else 0
         self.best: Optional[dict] = None
 
     def restore(self) -> Optional[dict[str, Any]]:
@@ -87,7 +136,8 @@ class RayReporter:
 
 
 def make_reporter(config: dict):
-    return RayReporter(config) if in_ray_train() else FolderReporter(config)
+    api = session_api()
+    return FolderReporter(config) if api is None else RayReporter(api)
 
 
 def _finite(metrics: dict) -> dict:

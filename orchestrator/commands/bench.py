@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
+    import argparse
+
     from orchestrator.bench import STUDENTS, TEACHERS, VARIANTS
 
     p = sub.add_parser("bench", help="benchmark one training step of every distillation variant, side by side")
@@ -23,9 +25,12 @@ def add_parser(sub) -> None:
     p.add_argument("--builtin-conv-grad", action="store_true",
                    help="also time each XGD variant with PyTorch's own conv double backward (suffix +builtin)")
     p.add_argument("--profile", default="", help="comma-separated variants to profile (operator table, phases)")
-    p.add_argument("--sweep", action="store_true",
-                   help="also measure per-trial orchestration overhead and stub-sweep throughput (Ray Tune + Train)")
-    p.add_argument("--sweep-trials", type=int, default=4)
+    p.add_argument("--sweep", action=argparse.BooleanOptionalAction, default=True,
+                   help="measure the per-trial orchestration overhead of both executors (stub trials, one at a "
+                        "time, on a local Ray; default on)")
+    p.add_argument("--sweep-trials", type=int, default=3)
+    p.add_argument("--load", type=int, default=0, metavar="N",
+                   help="also run a load sweep of N stub trials, 2 at a time, and count its MLflow runs")
     p.add_argument("--out", default="results/bench", help="folder for the JSON")
     p.add_argument("--name", default=None, help="JSON file name (default: a timestamp)")
     p.set_defaults(run=run)
@@ -45,15 +50,21 @@ def run(args) -> int:
         iters=args.iters, warmup=args.warmup, variants=[v for v in args.variants.split(",") if v],
         threads=args.threads, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
         profile=[v for v in args.profile.split(",") if v], builtin_conv_grad=args.builtin_conv_grad)
+    if args.sweep_trials < 2 or args.load < 0:
+        raise UserError(f"--sweep-trials must be >= 2 (got {args.sweep_trials}) and --load >= 0 (got {args.load})")
     try:
         result = bench.run_bench(settings, log=console.print)
     except ValueError as e:
         raise UserError(str(e)) from None
-    if args.sweep:
-        try:
-            result["orchestration"] = bench.sweep_overhead(args.sweep_trials, log=console.print)
-        except Exception as e:  # the step figures are kept either way
-            result["orchestration"] = {"error": f"{type(e).__name__}: {e}"}
+    from orchestrator import bench_sweep
+
+    for key, wanted, fn in (("orchestration", args.sweep, lambda: bench_sweep.sweep_overhead(args.sweep_trials, log=console.print)),
+                            ("load", args.load, lambda: bench_sweep.sweep_load(args.load, log=console.print))):
+        if wanted:
+            try:
+                result[key] = fn()
+            except Exception as e:  # the step figures are kept either way
+                result[key] = {"error": f"{type(e).__name__}: {e}"}
     for name, prof in result["profiles"].items():
         console.print(f"[bold]profile of {name}[/] (2 steps; phases in s/step: "
                       + ", ".join(f"{k} {v:.4f}" for k, v in prof["phases_s"].items()) + ")")
@@ -63,17 +74,29 @@ def run(args) -> int:
         console.print(f"target {key}: {t['ratio']:.2f} <= {t['limit']} {'met' if t['met'] else '[red]NOT met[/]'} "
                       f"(CPU-time ratio {t['ratio_cpu']:.2f}: {'met' if t['met_cpu'] else 'NOT met'}; "
                       f"fastest-step ratio {t['ratio_min']:.2f})")
-    o = result.get("orchestration")
-    if o and "error" in o:
-        console.print(f"[red]orchestration measurement failed[/]: {o['error']}")
-    elif o:
-        b = {k: "?" if v is None else f"{v:.1f}" for k, v in o["breakdown_s"].items()}
-        console.print(f"orchestration: {o['per_trial_overhead_s']:.1f} s per trial (median, previous trial's report "
-                      f"to this one's first step; target <= {o['target_s']:g} s: {'met' if o['met'] else 'NOT met'}), "
-                      f"{o['trials_per_min']:.1f} stub trials/min; Train run start {b['train_run_start']} s, "
-                      f"report to Tune {b['report_to_tune']} s (Tune clock +-1 s)")
+    print_orchestration(console, result)
     path = bench.write_result(result, args.out, args.name)
     la = result["load_avg_before"]
     console.print(f"bench took {result['bench_wall_s']:.0f} s (load average {la[0]:.2f} before, "
                   f"{result['load_avg_after'][0]:.2f} after); wrote {path}")
     return 0
+
+
+def print_orchestration(console, result: dict) -> None:
+    for key in ("orchestration", "load"):
+        if "error" in result.get(key, {}):
+            console.print(f"[red]{key} measurement failed[/]: {result[key]['error']}")
+    o = result.get("orchestration")
+    if o and "error" not in o:
+        for ex, r in o["by_executor"].items():
+            b = {k: "?" if v is None else f"{v:.1f}" for k, v in r["breakdown_s"].items()}
+            console.print(f"orchestration, executor {ex}: {r['per_trial_overhead_s']:.1f} s per trial (median, previous "
+                          f"trial's report to this one's first step; target <= {r['target_s']:g} s: "
+                          f"{'met' if r['met'] else 'NOT met'}), {r['trials_per_min']:.1f} stub trials/min; trial "
+                          f"function to step {b['trial_fn_to_step']} s, report to Tune {b['report_to_tune']} s "
+                          "(Tune clock +-1 s)")
+    lo = result.get("load")
+    if lo and "error" not in lo:
+        console.print(f"load: {lo['completed']}/{lo['trials']} stub trials completed, {lo['concurrent']} at a time, in "
+                      f"{lo['wall_s']:.0f} s: {lo['trials_per_min']:.1f} trials/min; MLflow holds {lo['mlflow_runs']} "
+                      f"trial runs, {lo['mlflow_finished_with_metric']} finished with val_miou")
