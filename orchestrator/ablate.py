@@ -210,6 +210,8 @@ def render(ab: Ablation):
 def _base_value(base: dict, key: str) -> str:
     if key == S.STUDENT:
         return "train.model"
+    if key == S.LABEL:
+        return "-"
     node: Any = base
     for part in key.split("."):
         node = node.get(part) if isinstance(node, dict) else None

@@ -128,8 +128,9 @@ class Session:
     def _params(self, trial) -> dict:
         cfg = trial_config(self.plan, trial.config, trial.trial_id)
         params = S.flatten({k: v for k, v in cfg.items() if k != "name"})
-        if S.STUDENT in trial.config:
-            params[S.STUDENT] = trial.config[S.STUDENT]
+        for key in (S.STUDENT, S.LABEL):
+            if key in trial.config:
+                params[key] = trial.config[key]
         return params
 
     def _status(self, trial) -> str:

@@ -321,6 +321,8 @@ def export_choice(sweep: str, choice: Choice, out_root: Path, formats: list[str]
         path, check = FORMATS[name](model, state, d, hw)
         files[path.name] = path
         checks.update(check)
+    for extra in sorted(d.glob("*.data")):  # ONNX external weights (the dynamo exporter writes them)
+        files[extra.name] = extra
     card = model_card(sweep, choice, state, model, hw, files, checks, selection, tracking_uri)
     (d / "model_card.json").write_text(json.dumps(card, indent=2, default=str))
     (d / "model_card.md").write_text(card_markdown(card))

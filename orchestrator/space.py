@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 from orchestrator.specs import Strict
 
 STUDENT = "student"  # space key that picks a named student architecture
+LABEL = "label"  # a listed cell's row name in report tables (ablations); never reaches the trainer
 GRID_KEY = "grid_index"  # the one parameter Optuna's GridSampler walks; never reaches the trainer
 MAX_GRID = 100_000
 
@@ -240,7 +241,7 @@ def resolve(base: dict, point: dict[str, Any], students: dict[str, dict]) -> dic
     if STUDENT in point:
         cfg["model"] = copy.deepcopy(students[point[STUDENT]])
     for key, value in point.items():
-        if key not in (STUDENT, GRID_KEY):
+        if key not in (STUDENT, GRID_KEY, LABEL):
             set_dotted(cfg, key, value)
     return cfg
 

@@ -262,6 +262,10 @@ def _new_tuner(spec: SweepSpec, trainable, concurrent: int, callback, verbose: b
                                     max_concurrent_trials=concurrent, reuse_actors=not spec.resources.use_train),
         run_config=tune.RunConfig(name=spec.name, storage_path=spec.storage_path, callbacks=[callback],
                                   verbose=2 if verbose else 0,
+                                  # one checkpoint per one-process trial (it holds best.pt too); Tune
+                                  # then snapshots the experiment at each, so --resume starts a trial
+                                  # from the checkpoint it reported last, not from a 10 s old snapshot
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                   failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures)),
     )
 
@@ -277,6 +281,8 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     # with the auto loggers off, Tune's ResultGrid warns it has no result files: results are tracked here
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    # num_to_keep=1 snapshots at every checkpoint: short trials make Tune warn that it snapshots often
+    logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.ERROR)
     searcher_log = logging.getLogger("ray.tune.search.optuna.optuna_search")
     if not any(isinstance(f, _GridDone) for f in searcher_log.filters):
         searcher_log.addFilter(_GridDone())

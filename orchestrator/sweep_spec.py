@@ -336,6 +336,7 @@ def _check_cells(spec: SweepSpec) -> None:
     if not spec.cells:
         raise SpecError("cells: give at least one cell, e.g. [{distill.method: none}, {distill.method: xgd}]")
     base, students = spec.base_config(), {k: m.model_dump() for k, m in spec.students.items()}
+    _check_labels(spec.cells)
     seen: set[str] = set()
     for i, cell in enumerate(spec.cells):
         where = f"cells[{i}]"
@@ -348,7 +349,7 @@ def _check_cells(spec: SweepSpec) -> None:
                 raise SpecError(f"{where}.{key}: this key cannot be set per cell")
             if key == S.STUDENT and value not in students:
                 raise SpecError(f"{where}.student: {value!r} is not in students; defined: {', '.join(students) or 'none'}")
-        text = canonical(cell)
+        text = canonical({k: v for k, v in cell.items() if k != S.LABEL})
         if text in seen:
             raise SpecError(f"{where}: the same cell is listed twice ({text})")
         seen.add(text)
@@ -447,3 +448,15 @@ def _fs_read(path: str) -> str:
         with fs.open_input_stream(p) as f:
             return f.read().decode()
     return Path(path).read_text()
+
+
+def _check_labels(cells: list[dict]) -> None:
+    """`label:` names a cell's row in the report (e.g. "seg + pi"): on every cell or none, distinct."""
+    labels = [c.get(S.LABEL) for c in cells]
+    if all(v is None for v in labels):
+        return
+    for i, v in enumerate(labels):
+        if not isinstance(v, str) or not v.strip():
+            raise SpecError(f"cells[{i}].label: give every cell a label (text) or none (got {v!r})")
+        if labels.index(v) != i:
+            raise SpecError(f"cells[{i}].label: {v!r} is also the label of cells[{labels.index(v)}]")

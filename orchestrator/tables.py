@@ -1,6 +1,7 @@
 """Paper-layout tables from the trials table: rows are cells (every param that varies, seed
-excepted), columns are metrics as mean +- std over seeds, best in bold and second underlined.
-One neutral `Grid` per layout, rendered to rich, Markdown, LaTeX and CSV."""
+excepted; a listed cell's `label` stands for the params it fixes), columns are metrics as
+mean +- std over seeds, best in bold and second underlined. One neutral `Grid` per layout,
+rendered to rich, Markdown, LaTeX and CSV."""
 from __future__ import annotations
 
 import math
@@ -12,8 +13,9 @@ import pyarrow as pa
 
 from orchestrator.aggregate import PARAM, metric_columns
 
+LABEL = PARAM + "label"  # an ablation cell's name (orchestrator.space.LABEL)
 # Row factors come in this order (the paper's: student, method, CAM, weights), then the rest by name.
-FACTOR_ORDER = ("params.model.arch", "params.model.encoder", "params.distill.method", "params.distill.cam",
+FACTOR_ORDER = (LABEL, "params.model.arch", "params.model.encoder", "params.distill.method", "params.distill.cam",
                 "params.distill.cam_target", "params.distill.alpha", "params.distill.beta", "params.distill.tau")
 # Params that name or place a trial rather than choose its method: never a row factor.
 NOT_FACTORS = ("params.seed", "params.name")
@@ -92,6 +94,21 @@ def factors(t: pa.Table) -> list[str]:
     return sorted(out, key=lambda k: (rank.get(k, len(rank)), k))
 
 
+def row_factors(t: pa.Table) -> list[str]:
+    """The factors that name a row: with cell labels, the label plus the factors that still vary
+    within a label (a factor with one value per label is what the label says)."""
+    by = factors(t)
+    if LABEL not in by:
+        return by
+    labels = t.column(LABEL).to_pylist()
+
+    def fixed_by_label(name: str) -> bool:
+        seen: dict = {}
+        return all(seen.setdefault(lab, _key(v)) == _key(v) for lab, v in zip(labels, t.column(name).to_pylist()))
+
+    return [LABEL, *(f for f in by if f != LABEL and not fixed_by_label(f))]
+
+
 def _key(v):
     return (v is None, str(type(v)), v if v is not None else 0)
 
@@ -114,6 +131,8 @@ def group(t: pa.Table, by: list[str], metrics: list[str]) -> dict[tuple, Cell]:
             v = vals[i]
             if v is not None and math.isfinite(v):
                 cell.values.setdefault(m, []).append(float(v))
+    if by and by[0] == LABEL:  # labelled cells keep the order they ran in (the spec's order)
+        return cells
     return dict(sorted(cells.items(), key=lambda kv: tuple(_key(v) for v in kv[0])))
 
 
@@ -164,7 +183,7 @@ def build_grid(t: pa.Table, layout: str) -> Optional[Grid]:
     keys = [k for k in dict.fromkeys(pick(t)) if k in present]
     if not keys:
         return None
-    by = factors(t)
+    by = row_factors(t)
     cells = group(t, by, keys)
     cols = [col(k) for k in keys]
     rows: list[list[Entry]] = []

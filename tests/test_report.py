@@ -245,3 +245,25 @@ def test_gallery_rebuilds_the_trial_and_draws_cams(store, tmp_path):
     assert not any(p.grad is not None for p in student.parameters())
     png = gallery.gallery(row, tmp_path / "g.png", n=2)
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cell_labels_name_rows_in_spec_order_and_stand_for_what_they_fix():
+    """Table 2's cells: the label replaces the method/alpha/beta columns it fixes; a factor that
+    still varies within a label (here tau) stays a column; rows keep the order the cells ran in."""
+    import pyarrow as pa
+
+    from orchestrator import tables
+
+    labels = ["seg only", "seg + pi", "seg + sa", "all"]
+    method = {"seg only": "none", "seg + pi": "xgd", "seg + sa": "xgd", "all": "xgd"}
+    alpha = {"seg only": 1.0, "seg + pi": 1.0, "seg + sa": 0.0, "all": 1.0}
+    rows = [(lab, tau, seed) for lab in labels for tau in (0.5, 1.0) for seed in (0, 1)]
+    t = pa.table({"params.label": [r[0] for r in rows], "params.distill.method": [method[r[0]] for r in rows],
+                  "params.distill.alpha": [alpha[r[0]] for r in rows], "params.distill.tau": [r[1] for r in rows],
+                  "params.seed": [r[2] for r in rows],
+                  "val_miou": [0.1 * (labels.index(r[0]) + 1) + 0.01 * r[1] + 0.001 * r[2] for r in rows]})
+    assert tables.row_factors(t) == ["params.label", "params.distill.tau"]
+    g = tables.build_grid(t, "summary")
+    assert g.headers[:3] == ["label", "tau", "mIoU (%)"]
+    assert [(r[0].text, r[1].text) for r in g.rows] == [(lab, tau) for lab in labels for tau in ("0.5", "1")]
+    assert g.rows[-1][2].rank == 1 and g.rows[0][2].mean == pytest.approx(100 * (0.1 + 0.005 + 0.0005))
