@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -118,6 +119,9 @@ def to_sweep_raw(raw: dict[str, Any], part: AblationPart, layouts: list[str]) ->
     out.setdefault("early_stopping", {"kind": "none"})
     out["tags"] = {"xgd.layouts": ",".join(layouts), "xgd.ablation": "cells" if part.cells is not None else "factorial",
                    "xgd.seeds": str(part.seeds)}
+    labels = [c[S.LABEL] for c in part.cells or [] if S.LABEL in c]
+    if labels:  # the report's row order
+        out["tags"]["xgd.labels"] = json.dumps(labels)
     return out
 
 

@@ -29,7 +29,7 @@ from orchestrator.specs import TrainSpec
 from orchestrator.sweep_results import SweepOutcome, finish, parent_params, parent_tags, print_best
 from orchestrator.sweep_spec import SweepSpec, canonical, is_uri, join, save_spec, saved_spec
 from orchestrator.sweep_spec import sampler as make_sampler
-from orchestrator.trial import EPOCHS_DONE, TrialPlan, make_trainable
+from orchestrator.trial import EPOCHS_DONE, TrialPlan, make_trainable, trial_dirname
 
 # kind -> (what, where to get it, how it must sit under data.root)
 DATASETS = {
@@ -259,7 +259,8 @@ def _new_tuner(spec: SweepSpec, trainable, concurrent: int, callback, verbose: b
         trainable,
         # reuse_actors: a one-process trial hands its warm process (torch imported) to the next
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
-                                    max_concurrent_trials=concurrent, reuse_actors=not spec.resources.use_train),
+                                    max_concurrent_trials=concurrent, reuse_actors=not spec.resources.use_train,
+                                    trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(name=spec.name, storage_path=spec.storage_path, callbacks=[callback],
                                   verbose=2 if verbose else 0,
                                   # one checkpoint per one-process trial (it holds best.pt too); Tune

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import pyarrow as pa
 
@@ -119,8 +119,9 @@ class Cell:
     seeds: int = 0
 
 
-def group(t: pa.Table, by: list[str], metrics: list[str]) -> dict[tuple, Cell]:
-    """Cell key (values of `by`) -> metric values over the cell's trials, in sorted key order."""
+def group(t: pa.Table, by: list[str], metrics: list[str], labels: Sequence[str] = ()) -> dict[tuple, Cell]:
+    """Cell key (values of `by`) -> metric values over the cell's trials, in sorted key order;
+    labelled cells in the order of `labels` (the spec's), unknown labels after them."""
     cells: dict[tuple, Cell] = {}
     cols = {m: t.column(m).to_pylist() for m in metrics if m in t.column_names}
     keys = list(zip(*(t.column(b).to_pylist() for b in by))) if by else [()] * len(t)
@@ -131,9 +132,12 @@ def group(t: pa.Table, by: list[str], metrics: list[str]) -> dict[tuple, Cell]:
             v = vals[i]
             if v is not None and math.isfinite(v):
                 cell.values.setdefault(m, []).append(float(v))
-    if by and by[0] == LABEL:  # labelled cells keep the order they ran in (the spec's order)
-        return cells
-    return dict(sorted(cells.items(), key=lambda kv: tuple(_key(v) for v in kv[0])))
+    rank = {lab: i for i, lab in enumerate(labels)} if by and by[0] == LABEL else {}
+
+    def order(key: tuple):
+        return (rank.get(key[0], len(rank)) if rank else 0, *(_key(v) for v in key))
+
+    return dict(sorted(cells.items(), key=lambda kv: order(kv[0])))
 
 
 # ------------------------------------------------------------------ the neutral grid
@@ -176,15 +180,16 @@ def _rank(entries: list[Entry], better: Optional[str]) -> None:
             e.rank = 2
 
 
-def build_grid(t: pa.Table, layout: str) -> Optional[Grid]:
-    """The layout's table, or None when the trials hold none of its metrics."""
+def build_grid(t: pa.Table, layout: str, labels: Sequence[str] = ()) -> Optional[Grid]:
+    """The layout's table, or None when the trials hold none of its metrics. `labels`: the
+    ablation's cell labels in spec order (parent tag xgd.labels), the order of labelled rows."""
     title, pick = LAYOUTS[layout]
     present = set(metric_columns(t))
     keys = [k for k in dict.fromkeys(pick(t)) if k in present]
     if not keys:
         return None
     by = row_factors(t)
-    cells = group(t, by, keys)
+    cells = group(t, by, keys, labels)
     cols = [col(k) for k in keys]
     rows: list[list[Entry]] = []
     for key, cell in cells.items():

@@ -51,6 +51,12 @@ class TrialPlan:
     extra: dict = field(default_factory=dict)
 
 
+def trial_dirname(trial) -> str:
+    """A trial's folder in the sweep: its id (Tune's default packs the params into the name,
+    mangled: a gradcam++ trial's folder said distill_cam=gradcam)."""
+    return f"trial_{trial.trial_id}"
+
+
 def trial_config(plan: TrialPlan, point: dict, trial_id: str) -> dict:
     """The full trainer config of one trial: base + sampled point, named after the trial."""
     cfg = S.resolve(plan.base, point, plan.students)

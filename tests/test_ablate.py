@@ -3,6 +3,7 @@ seeds and the report's tags; bad specs are one-line errors (exit 2); the paper's
 specs load; and one tiny ablation runs on the shared Ray (stub trainer), after which `report`
 prints mean +- std over seeds in the layout the ablation chose."""
 import copy
+import json
 import itertools
 import sys
 from pathlib import Path
@@ -88,6 +89,16 @@ def test_listed_cells_cross_factors_and_seeds_and_the_sampler_runs_each_once(tmp
     assert spec.tags["xgd.layouts"] == "summary,per_class,timing" and spec.tags["xgd.ablation"] == "cells"
     walked = walk_sampler(spec)
     assert len(set(map(repr, walked))) == 12 and sorted(map(repr, walked)) == sorted(map(repr, spec.grid()))
+    assert "xgd.labels" not in spec.tags
+
+
+def test_cell_labels_reach_the_trials_and_the_report_order_but_not_the_trainer(tmp_path):
+    cells = [{"label": "seg only", "distill.method": "none"}, {"label": "seg + pi", "distill.method": "xgd",
+                                                                "distill.alpha": 0.0}]
+    ab = parse_ablation(base_raw(tmp_path, seeds=1, cells=cells))
+    assert json.loads(ab.sweep.tags["xgd.labels"]) == ["seg only", "seg + pi"]
+    assert sorted(p["label"] for p in ab.sweep.grid()) == ["seg + pi", "seg only"]
+    assert all("label" not in c for c in configs(ab))  # resolved trainer configs have no such key
 
 
 def test_overrides_replace_a_factor_and_the_seed_count(tmp_path):

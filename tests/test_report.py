@@ -249,7 +249,7 @@ def test_gallery_rebuilds_the_trial_and_draws_cams(store, tmp_path):
 
 def test_cell_labels_name_rows_in_spec_order_and_stand_for_what_they_fix():
     """Table 2's cells: the label replaces the method/alpha/beta columns it fixes; a factor that
-    still varies within a label (here tau) stays a column; rows keep the order the cells ran in."""
+    still varies within a label (here tau) stays a column; rows follow the spec's label order."""
     import pyarrow as pa
 
     from orchestrator import tables
@@ -263,7 +263,9 @@ def test_cell_labels_name_rows_in_spec_order_and_stand_for_what_they_fix():
                   "params.seed": [r[2] for r in rows],
                   "val_miou": [0.1 * (labels.index(r[0]) + 1) + 0.01 * r[1] + 0.001 * r[2] for r in rows]})
     assert tables.row_factors(t) == ["params.label", "params.distill.tau"]
-    g = tables.build_grid(t, "summary")
+    g = tables.build_grid(t.take(list(reversed(range(len(t))))), "summary", labels)  # ran in any order
     assert g.headers[:3] == ["label", "tau", "mIoU (%)"]
     assert [(r[0].text, r[1].text) for r in g.rows] == [(lab, tau) for lab in labels for tau in ("0.5", "1")]
     assert g.rows[-1][2].rank == 1 and g.rows[0][2].mean == pytest.approx(100 * (0.1 + 0.005 + 0.0005))
+    unordered = tables.build_grid(t, "summary")  # no spec order known: by label text
+    assert [r[0].text for r in unordered.rows[::2]] == sorted(labels)

@@ -138,6 +138,8 @@ def test_asha_sweep_two_concurrent_on_two_cpus_leaks_nothing_and_tracks_mlflow(r
     best = max((r for r in out.rows if r.best is not None), key=lambda r: r.best)
     assert out.best.trial_id == best.trial_id and out.best.point["distill.alpha"] > 1.0
     assert Path(out.best.checkpoint, "best.pt").is_file()
+    if executor == "tune":  # the trial's folder is named after its id
+        assert Path(out.best.checkpoint).parent.name == f"trial_{out.best.trial_id}", out.best.checkpoint
 
     client, parents, children = mlflow_runs(spec)
     assert len(parents) == 1 and len(children) == 6

@@ -38,6 +38,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     import sys
+    import time
 
     from rich.console import Console
 
@@ -52,6 +53,7 @@ def run(args) -> int:
         profile=[v for v in args.profile.split(",") if v], builtin_conv_grad=args.builtin_conv_grad)
     if args.sweep_trials < 2 or args.load < 0:
         raise UserError(f"--sweep-trials must be >= 2 (got {args.sweep_trials}) and --load >= 0 (got {args.load})")
+    t0 = time.perf_counter()
     try:
         result = bench.run_bench(settings, log=console.print)
     except ValueError as e:
@@ -75,9 +77,10 @@ def run(args) -> int:
                       f"(CPU-time ratio {t['ratio_cpu']:.2f}: {'met' if t['met_cpu'] else 'NOT met'}; "
                       f"fastest-step ratio {t['ratio_min']:.2f})")
     print_orchestration(console, result)
+    result["total_wall_s"] = time.perf_counter() - t0  # step bench + orchestration sweeps
     path = bench.write_result(result, args.out, args.name)
     la = result["load_avg_before"]
-    console.print(f"bench took {result['bench_wall_s']:.0f} s (load average {la[0]:.2f} before, "
+    console.print(f"bench took {result['total_wall_s']:.0f} s, steps {result['bench_wall_s']:.0f} s (load average {la[0]:.2f} before, "
                   f"{result['load_avg_after'][0]:.2f} after); wrote {path}")
     return 0
 

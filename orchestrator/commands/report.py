@@ -69,7 +69,7 @@ def make_report(client, name: str, out_root: str | Path, metric: str = "val_miou
           f"Parent run `{sweep.parent.info.run_id}`; {len(counted)} of {len(table)} trials counted "
           f"(status {' or '.join(agg.DONE)}); mean ± std over seeds; best **bold**, second <u>underlined</u>.", ""]
     for layout in _layouts(sweep, counted, console):
-        grid = tables.build_grid(counted, layout)
+        grid = tables.build_grid(counted, layout, _labels(sweep))
         if grid is None:
             continue
         grid.title = f"{sweep.name}: {grid.title}"
@@ -122,6 +122,17 @@ def _galleries(counted, metric: str, maximize: bool, k: int, pdir: Path, rep: Re
             first = str(e).splitlines()[0] if str(e) else ""
             rep.notes.append(f"no saliency gallery for {row['run_name']}: {type(e).__name__}: {first}")
     return out
+
+
+def _labels(sweep) -> list[str]:
+    """An ablation's cell labels in spec order (parent tag xgd.labels, a JSON list)."""
+    import json
+
+    try:
+        labels = json.loads(sweep.parent.data.tags.get("xgd.labels") or "[]")
+    except ValueError:
+        return []
+    return [str(v) for v in labels] if isinstance(labels, list) else []
 
 
 def _layouts(sweep, counted, console) -> list[str]:
