@@ -137,6 +137,20 @@ def test_focus_on_a_constructed_example():
     assert E.topk_iou(t, t, 0.1).item() == pytest.approx(1.0)
 
 
+def test_label_embedding_holds_class_shares_and_rs_sees_labels_in_features():
+    y = torch.tensor([[[0, 0, 1, 1], [0, 0, 1, 255], [2, 2, 2, 2], [2, 2, 255, 255]]])
+    e = E.label_embedding(y, 3, (2, 2)).view(3, 2, 2)
+    assert e[:, 0, 0].tolist() == [1.0, 0.0, 0.0]  # top-left cell: all class 0
+    assert e[:, 0, 1].tolist() == [0.0, 0.75, 0.0]  # top-right: 3 of 4 pixels class 1, one ignored
+    assert e[:, 1, 1].tolist() == [0.0, 0.0, 0.5]
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (16, 8, 8), generator=g)
+    emb = E.label_embedding(labels, 3, (4, 4))
+    carries = torch.cat([emb * 2 + 1, torch.randn(16, 8, generator=g) * 0.01], 1)  # labels, rescaled, + noise
+    assert E.dcor_u(carries, emb).item() > 0.95
+    assert abs(E.dcor_u(torch.randn(16, 48, generator=g), emb).item()) < 0.2  # features that ignore labels
+
+
 # ------------------------------------------------------------------ the runner
 
 
@@ -149,7 +163,8 @@ def tiny():
     return student, teacher, batches
 
 
-KEYS = {"expl_sal_spearman", "expl_sal_pearson", "expl_topk_iou", "expl_logit_spearman", "expl_focus", "expl_fss"}
+KEYS = {"expl_sal_spearman", "expl_sal_pearson", "expl_topk_iou", "expl_logit_spearman", "expl_focus", "expl_fss",
+        "expl_rs", "expl_rs_teacher"}
 
 
 def test_student_identical_to_teacher_aligns_perfectly(tiny):
@@ -160,6 +175,7 @@ def test_student_identical_to_teacher_aligns_perfectly(tiny):
     for k in ("expl_sal_spearman", "expl_sal_pearson", "expl_topk_iou", "expl_logit_spearman", "expl_fss"):
         assert out[k] == pytest.approx(1.0, abs=1e-6), k
     assert 0.2 <= out["expl_focus"] <= 1.0  # own mass inside own top-20% is at least 20%
+    assert out["expl_rs"] == pytest.approx(out["expl_rs_teacher"], abs=1e-9)  # same features, same RS
 
 
 def test_runner_on_different_models_restores_modes_and_adds_base_metrics(tiny):

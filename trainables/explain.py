@@ -14,6 +14,10 @@ over the validation split. Metric keys:
 - expl_fss: FSS of seed 002 = mean over batches of the bias-corrected (U-centred) squared
   distance correlation R^2 between flattened student and teacher decoder features (batches of
   at least 4 images; smaller batches are pooled until they are).
+- expl_rs / expl_rs_teacher: relevance score of seed 002 = the same U-centred dCor R^2 between
+  the student's (teacher's) decoder features and the label embedding (`label_embedding`: each
+  class's share of every feature-map cell), pooled the same way: how much of the labels the
+  features carry.
 - with a `base` model (the student's architecture trained without KD): expl_fss_base (student
   vs base) and expl_pdcor (partial dCor of student and teacher features given the base's: the
   teacher similarity the base model does not already explain).
@@ -190,6 +194,14 @@ def _forward(model: nn.Module, x: Tensor, cam_layer: str, feat_layer: str) -> tu
     return logits, cam["cam"], feat["feat"]
 
 
+def label_embedding(y: Tensor, num_classes: int, size: tuple[int, int], ignore_index: int = 255) -> Tensor:
+    """(B, H, W) labels -> (B, K*h*w): each class's share of the pixels in each cell of an h x w
+    grid (ignored pixels count for no class). RS's label side, at the features' resolution."""
+    valid = y != ignore_index
+    onehot = F.one_hot(torch.where(valid, y, 0).long(), num_classes).permute(0, 3, 1, 2).float()
+    return F.adaptive_avg_pool2d(onehot * valid[:, None], size).flatten(1)
+
+
 def _maps(logits: Tensor, acts: Tensor, masks: Tensor, method: str, size: tuple[int, int]) -> Tensor:
     from trainables.saliency import cam_maps
 
@@ -237,11 +249,13 @@ def explanation_metrics(student: nn.Module, teacher: nn.Module, loader: Iterable
               "b": default_cam_layer(base) if base is not None else ""}
     device = next(student.parameters()).device
     acc = _Means()
-    pool: dict[str, list[Tensor]] = {k: [] for k in models}
+    pool: dict[str, list[Tensor]] = {k: [] for k in [*models, "y"]}
 
     def flush() -> None:
         f = {k: torch.cat(v) for k, v in pool.items()}
         acc.add("fss", dcor_u(f["s"], f["t"]))
+        acc.add("rs", dcor_u(f["s"], f["y"]))
+        acc.add("rs_teacher", dcor_u(f["t"], f["y"]))
         if base is not None:
             acc.add("fss_base", dcor_u(f["s"], f["b"]))
             acc.add("pdcor", pdcor(f["s"], f["t"], f["b"]))
@@ -267,8 +281,9 @@ def explanation_metrics(student: nn.Module, teacher: nn.Module, loader: Iterable
             acc.add("logit_spearman", logit_alignment(s_logits, t_logits))
             for k, (_, _, feat) in out.items():
                 pool[k].append(feat.detach().flatten(1))
+            pool["y"].append(label_embedding(y, s_logits.shape[1], tuple(s_feat.shape[-2:])))
             if sum(len(p) for p in pool["s"]) >= 4:
                 flush()
-    keys = ["sal_spearman", "sal_pearson", "topk_iou", "logit_spearman", "focus", "fss"]
+    keys = ["sal_spearman", "sal_pearson", "topk_iou", "logit_spearman", "focus", "fss", "rs", "rs_teacher"]
     keys += ["fss_base", "pdcor"] if base is not None else []
     return {f"expl_{k}": acc.mean(k) for k in keys}
