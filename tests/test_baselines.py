@@ -234,3 +234,61 @@ def test_attnfd_learned_teacher_cbam_option_builds_and_trains_teacher_gates(runs
     loss = TERMS["attnfd"].fn(step, cfg)
     g = torch.autograd.grad(loss, list(mods.teacher.parameters()), retain_graph=True, allow_unused=True)
     assert any(x is not None and x.abs().sum() > 0 for x in g)
+
+
+# ------------------------------------------------------------------ SKD holistic (adversarial) term
+
+
+def test_gradient_reversal_negates_and_scales():
+    from trainables.holistic import GradReverse
+
+    x = torch.randn(3, requires_grad=True)
+    (GradReverse.apply(x, 0.25) * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert torch.allclose(x.grad, torch.tensor([-0.25, -0.5, -0.75]))
+
+
+def test_holistic_term_trains_the_critic_to_separate_and_the_student_to_fool_it():
+    from trainables.holistic import discriminator, holistic_loss
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 32, 32)
+    s_logits = torch.randn(4, K, 16, 16, requires_grad=True)
+    t_logits = torch.randn(4, K, 16, 16) * 3
+    disc = discriminator(K, width=8)
+    loss = holistic_loss(disc, x, s_logits, t_logits, lam=0.001)
+    g_s, = torch.autograd.grad(loss, s_logits, retain_graph=True)
+    # the student's gradient is -lambda times that of D(student): it descends -lambda * D(student)
+    up = F.interpolate(F.softmax(s_logits, 1), size=(32, 32), mode="bilinear", align_corners=False)
+    g_ref, = torch.autograd.grad(disc(torch.cat([x, up], 1)).mean(), s_logits)
+    assert torch.allclose(g_s, -0.001 * g_ref, atol=1e-9) and g_s.abs().sum() > 0
+    # the critic descends the same loss: a few steps of D alone widen D(teacher) - D(student)
+    opt = torch.optim.Adam(disc.parameters(), lr=1e-3)
+    start = -holistic_loss(disc, x, s_logits, t_logits, 0.001).item()
+    for _ in range(30):
+        opt.zero_grad()
+        holistic_loss(disc, x, s_logits.detach(), t_logits, 0.001).backward()
+        opt.step()
+    assert -holistic_loss(disc, x, s_logits, t_logits, 0.001).item() > start + 0.1
+
+
+def test_skd_with_holistic_term_trains_student_and_critic_in_one_step():
+    import copy
+
+    from orchestrator.specs import TrainSpec, validate
+    from trainables.step import build_trainer, train_step
+
+    cfg = validate(TrainSpec, {"data": {"kind": "synthetic", "num_train": 2, "image_size": 64, "crop": 64},
+                               "model": {"arch": "deeplabv3plus", "encoder": "resnet18"},
+                               "distill": {"method": "skd", "weights": {"skd_ho": 0.001}}}).model_dump()
+    assert [n for n, _, _ in active_terms(cfg["distill"], True)] == ["seg", "pi", "skd_pa", "skd_ho"]
+    torch.manual_seed(0)
+    student = create_model("deeplabv3plus", "resnet18", K)
+    teacher = create_model("deeplabv3plus", "resnet18", K).eval().requires_grad_(False)
+    x, y = torch.randn(2, 3, 64, 64), torch.randint(0, K, (2, 64, 64))
+    tr = build_trainer(cfg, student, teacher, x[:1], torch.device("cpu"), 10)
+    critic = copy.deepcopy(tr.extras["skd_ho"].state_dict())
+    head = student.segmentation_head[0].weight.detach().clone()
+    out = train_step(tr, x, y)
+    assert torch.isfinite(out.loss) and out.losses.shape == (4,)
+    assert any(not torch.equal(v, critic[k]) for k, v in tr.extras["skd_ho"].state_dict().items())
+    assert not torch.equal(student.segmentation_head[0].weight, head)

@@ -8,7 +8,8 @@ detached: with the saliency term on, the loop hands them over as autograd leaves
 
 Hyperparameters live in `distill.weights` next to the term weights (one flat dict of floats);
 `HYPERPARAMS` lists every key with its default. Term weights (default in brackets):
-skd_pa [10], cwd [3], cwd_feat [0 = off], at [1000], cat [1], attnfd [2].
+skd_pa [10], skd_ho [0 = off; SKD's 0.001, trainables.holistic], cwd [3], cwd_feat [0 = off],
+at [1000], cat [1], attnfd [2].
 """
 from __future__ import annotations
 
@@ -222,7 +223,7 @@ def cat_loss(s_feat: Tensor, t_feat: Tensor, masks: Tensor, pool: int = 8) -> Te
 
 @register("skd_pa", weight=weight_from("skd_pa", 10.0), student_taps=role_taps("dec"), teacher_taps=role_taps("dec"))
 def _skd_pa(step: Step, cfg: dict) -> Tensor:
-    """SKD (pi+pa): the pair-wise term; PI is the 'pi' term. No adversarial holistic term."""
+    """SKD's pair-wise term; PI is the 'pi' term, the holistic term 'skd_ho' (trainables.holistic)."""
     s, t = pair(step, "dec")
     return pairwise_loss(s, t, hp(cfg, "skd_pool"))
 
@@ -260,12 +261,12 @@ def _cat(step: Step, cfg: dict) -> Tensor:
     return cat_loss(s, t, masks, int(hp(cfg, "cat_pool")))
 
 
-from trainables import attnfd  # noqa: E402,F401  (registers the 'attnfd' term)
+from trainables import attnfd, holistic  # noqa: E402,F401  (register the 'attnfd' and 'skd_ho' terms)
 
 # --------------------------------------------------------------------------- methods
 
 BASELINES: dict[str, tuple[str, ...]] = {
-    "skd": ("seg", "pi", "skd_pa"),  # SKD (pi+pa); PI weight = distill.alpha
+    "skd": ("seg", "pi", "skd_pa", "skd_ho"),  # PI weight = distill.alpha; skd_ho off unless weights.skd_ho > 0
     "cwd": ("seg", "cwd", "cwd_feat"),  # cwd_feat is off unless weights.cwd_feat > 0
     "at": ("seg", "at"),
     "cat": ("seg", "cat"),
