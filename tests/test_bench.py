@@ -35,9 +35,10 @@ def one_thread():
 
 def test_bench_smoke_writes_every_variant_and_ratio(tmp_path, capsys):
     rc = main(["bench", "--crop", "32", "--batch", "2", "--iters", "2", "--warmup", "1", "--teacher", "r18",
-               "--threads", "1", "--profile", "xgd_gradcam", "--out", str(tmp_path), "--name", "smoke"])
+               "--threads", "1", "--profile", "xgd_gradcam", "--out", str(tmp_path), "--name", "smoke", "--no-sweep"])
     assert rc == 0
     result = json.loads((tmp_path / "smoke.json").read_text())
+    assert "orchestration" not in result and result["total_wall_s"] >= result["bench_wall_s"]
     rows = result["variants"]
     assert list(rows) == list(VARIANTS)
     for name, row in rows.items():
@@ -53,8 +54,10 @@ def test_bench_smoke_writes_every_variant_and_ratio(tmp_path, capsys):
     assert "variant" in capsys.readouterr().out
 
 
-def test_bench_rejects_unknown_variant():
+def test_bench_rejects_unknown_variant_and_bad_sweep_sizes(capsys):
     assert main(["bench", "--variants", "pi,xgd_scorecam"]) == 2
+    assert main(["bench", "--sweep-trials", "1"]) == 2
+    assert "--sweep-trials must be >= 2" in capsys.readouterr().err
 
 
 CONVS = [dict(in_channels=6, out_channels=6, kernel_size=3, padding=1, groups=6),  # depthwise
