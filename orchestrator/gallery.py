@@ -1,12 +1,17 @@
 """Saliency galleries like the paper's Figures 2 and 5: per validation image, the image, ground
 truth, teacher and student predictions, and teacher and student CAMs (the trial's CAM method and
 layers, normalised to [0, 1]). Rebuilt from a trial's MLflow params and its weights-only
-checkpoint; the dataset must be readable on this machine (the synthetic set always is)."""
+checkpoint; the dataset must be readable on this machine (the synthetic set always is).
+
+With a base trial (the student's architecture trained without KD, from the same sweep) a last
+column shows UniCAM's distilled features (seed 002): where the student's CAM layer carries what
+its decoder features share with the labels beyond what the base model's features already do
+(`trainables.explain.unicam_map`; it needs at least 4 images)."""
 from __future__ import annotations
 
 import ast
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +21,7 @@ from orchestrator.aggregate import PARAM
 from orchestrator.cli import UserError
 
 COLUMNS = ("image", "ground truth", "teacher", "student", "teacher CAM", "student CAM")
+UNICAM = "UniCAM (distilled)"
 IGNORE = 255
 
 
@@ -74,8 +80,32 @@ def predict_with_cam(model: nn.Module, layer: str, x: Tensor, y: Tensor, t_logit
     return logits.detach(), normalize_maps(maps)[:, 0]
 
 
-def gallery(row: dict[str, Any], path: Path, n: int = 4) -> Path:
-    """Write the PNG grid for one trial (rows = images, columns = COLUMNS)."""
+def unicam_distilled(student: nn.Module, base: nn.Module, layer: str, x: Tensor, y: Tensor, k: int) -> Tensor:
+    """(B, H, W) UniCAM maps in [0, 1] at input size: Grad-CAM at the student's `layer` of the
+    distance correlation between its decoder features, with the base model's removed, and the
+    labels (class shares per 8 x 8 cell). Eval mode, no parameter gradients."""
+    from trainables.baselines import decoder_output
+    from trainables.explain import _inference, label_embedding, unicam_map
+    from trainables.saliency import normalize_maps
+    from trainables.taps import tap
+
+    if x.shape[0] < 4:
+        raise UserError(f"UniCAM needs at least 4 images (U-centred distance matrices); got {x.shape[0]}")
+    with _inference(student), _inference(base):
+        with torch.no_grad(), tap(base, {"feat": decoder_output(base)}) as b:
+            base(x)
+        with torch.enable_grad(), tap(student, {"cam": layer}, leaf=True) as a, \
+                tap(student, {"feat": decoder_output(student)}) as f:
+            student(x)
+            maps = unicam_map(a["cam"], f["feat"].flatten(1), b["feat"].flatten(1), label_embedding(y, k, (8, 8)))
+    maps = F.interpolate(maps[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
+    # the gradients of a correlation are tiny (1e-9 here): rescale before normalize_maps' epsilon
+    scale = maps.flatten(1).amax(1).clamp_min(torch.finfo(maps.dtype).tiny).view(-1, 1, 1, 1)
+    return normalize_maps(maps / scale)[:, 0]
+
+
+def gallery(row: dict[str, Any], path: Path, n: int = 4, base_row: Optional[dict[str, Any]] = None) -> Path:
+    """Write the PNG grid for one trial (rows = images, columns = COLUMNS, plus UNICAM with a base trial)."""
     from orchestrator.export import checkpoint_file, load_student
     from trainables.checkpoint import CheckpointError
     from trainables.models import default_cam_layer
@@ -102,7 +132,14 @@ def gallery(row: dict[str, Any], path: Path, n: int = 4) -> Path:
     inp = state.get("input") or {}
     images = denormalize(x, inp.get("mean", (0.485, 0.456, 0.406)), inp.get("std", (0.229, 0.224, 0.225)))
     panels = [images, y, None if t_logits is None else t_logits.argmax(1), s_logits.argmax(1), t_maps, s_maps]
-    return draw(panels, classes, images, path, f"{row['run_name']} ({distill.get('cam') or 'gradcam'})")
+    columns = list(COLUMNS)
+    if base_row is not None:
+        base, _ = load_student(checkpoint_file(base_row))
+        panels.append(unicam_distilled(student, base, distill.get("student_layer") or default_cam_layer(student),
+                                       x, y, len(classes)))
+        columns.append(UNICAM)
+    title = f"{row['run_name']} ({distill.get('cam') or 'gradcam'})"
+    return draw(panels, classes, images, path, title + (f"; base {base_row['run_name']}" if base_row else ""), columns)
 
 
 def denormalize(x: Tensor, mean, std) -> Tensor:
@@ -122,13 +159,14 @@ def colorize(mask: Tensor, k: int):
     return palette[m]
 
 
-def draw(panels: list, classes: list[str], images: Tensor, path: Path, title: str) -> Path:
+def draw(panels: list, classes: list[str], images: Tensor, path: Path, title: str,
+         columns: Sequence[str] = COLUMNS) -> Path:
     from orchestrator.plots import _plt, _save
 
     plt = _plt()
     n = images.shape[0]
-    fig, axes = plt.subplots(n, len(COLUMNS), figsize=(2.1 * len(COLUMNS), 2.1 * n + 0.5), squeeze=False)
-    for j, name in enumerate(COLUMNS):
+    fig, axes = plt.subplots(n, len(columns), figsize=(2.1 * len(columns), 2.1 * n + 0.5), squeeze=False)
+    for j, name in enumerate(columns):
         axes[0][j].set_title(name, fontsize=9)
         for i in range(n):
             ax, panel = axes[i][j], panels[j]

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from orchestrator.cli import main
+from orchestrator.cli import UserError, main
 
 CLASSES = ["background", "cable", "tower_lattice", "tower_tucohy", "tower_wooden"]  # the synthetic set's
 BASE = {"pi": 0.60, "xgd": 0.66}  # final val_miou by method, + 0.02 * alpha + 0.01 * seed
@@ -245,6 +245,32 @@ def test_gallery_rebuilds_the_trial_and_draws_cams(store, tmp_path):
     assert not any(p.grad is not None for p in student.parameters())
     png = gallery.gallery(row, tmp_path / "g.png", n=2)
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+    # UniCAM against a base model (here: another checkpoint of the same architecture)
+    base, _ = load_student(store["checkpoint"].parent / "teacher.pt")
+    x4, y4 = gallery.samples(cfg["data"], state["classes"], 4)
+    maps = gallery.unicam_distilled(student, base, "decoder.block1", x4, y4, len(CLASSES))
+    assert maps.shape == (4, *x4.shape[-2:]) and float(maps.min()) >= 0 and float(maps.max()) == pytest.approx(1.0)
+    assert not any(p.grad is not None for p in [*student.parameters(), *base.parameters()])
+    with pytest.raises(UserError, match="at least 4 images"):
+        gallery.unicam_distilled(student, base, "decoder.block1", x, y, len(CLASSES))
+    base_row = {**row, "checkpoint": str(store["checkpoint"].parent / "teacher.pt"), "run_name": "base"}
+    wide = gallery.gallery(row, tmp_path / "u.png", n=4, base_row=base_row)
+    width = lambda f: int.from_bytes(f.read_bytes()[16:20], "big")  # PNG IHDR
+    assert width(wide) > width(gallery.gallery(row, tmp_path / "n.png", n=4))  # one more column
+
+
+def test_gallery_base_is_the_best_undistilled_trial_of_the_same_student():
+    from orchestrator.commands.report import _base_trial
+
+    arch = {"params.model.arch": "deeplabv3plus", "params.model.encoder": "resnet18"}
+    ranked = [{**arch, "params.distill.method": "xgd", "run_name": "a"},
+              {**arch, "params.model.encoder": "mobilenet_v2", "params.distill.method": "none", "run_name": "b"},
+              {**arch, "params.distill.method": "none", "run_name": "c"},
+              {**arch, "params.distill.method": "none", "run_name": "d"}]
+    assert _base_trial(ranked[0], ranked)["run_name"] == "c"
+    assert _base_trial(ranked[2], ranked) is None  # an undistilled trial has no base
+    assert _base_trial({**ranked[0], "params.model.arch": "pspnet"}, ranked) is None
 
 
 def test_cell_labels_name_rows_in_spec_order_and_stand_for_what_they_fix():

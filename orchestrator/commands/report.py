@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from orchestrator.cli import UserError
 
@@ -111,17 +112,27 @@ def _galleries(counted, metric: str, maximize: bool, k: int, pdir: Path, rep: Re
     from orchestrator.specs import SpecError
     from trainables.data import DataError
 
-    rows = sorted(counted.to_pylist(), key=lambda r: r[metric], reverse=maximize)[:max(k, 0)]
+    everyone = sorted(counted.to_pylist(), key=lambda r: r[metric], reverse=maximize)
     out = []
-    for rank, row in enumerate(rows, 1):
+    for rank, row in enumerate(everyone[:max(k, 0)], 1):
         try:
-            out.append(gallery.gallery(row, pdir / f"gallery_{rank}.png"))
+            out.append(gallery.gallery(row, pdir / f"gallery_{rank}.png", base_row=_base_trial(row, everyone)))
         except (UserError, SpecError, DataError) as e:
             rep.notes.append(f"no saliency gallery for {row['run_name']}: {e}")
         except Exception as e:  # a picture is optional: any other failure is a note with its type, too
             first = str(e).splitlines()[0] if str(e) else ""
             rep.notes.append(f"no saliency gallery for {row['run_name']}: {type(e).__name__}: {first}")
     return out
+
+
+def _base_trial(row: dict, ranked: list[dict]) -> Optional[dict]:
+    """The best trial of the same student architecture trained without KD (UniCAM's base), if
+    the sweep has one and `row` is distilled."""
+    same = ("params.model.arch", "params.model.encoder")
+    if row.get("params.distill.method") in (None, "none"):
+        return None
+    return next((r for r in ranked if r.get("params.distill.method") == "none"
+                 and all(r.get(k) == row.get(k) for k in same)), None)
 
 
 def _labels(sweep) -> list[str]:
