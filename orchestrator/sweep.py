@@ -27,7 +27,8 @@ from orchestrator.driver import SESSIONS, DriverCallback, Session
 from orchestrator.live import SweepView
 from orchestrator.specs import TrainSpec
 from orchestrator.sweep_results import SweepOutcome, finish, parent_params, parent_tags, print_best
-from orchestrator.sweep_spec import SweepSpec, canonical, is_uri, join, save_spec, saved_spec
+from orchestrator.storage import is_uri, join
+from orchestrator.sweep_spec import SweepSpec, canonical, save_spec, saved_spec
 from orchestrator.sweep_spec import sampler as make_sampler
 from orchestrator.trial import EPOCHS_DONE, TrialPlan, make_trainable, trial_dirname
 

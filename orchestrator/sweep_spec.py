@@ -17,6 +17,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from orchestrator import space as S
+from orchestrator.storage import is_uri, join, read_text, write_text
 from orchestrator.specs import (ModelSpec, SpecError, Strict, TrainSpec, apply_overrides, read_yaml,
                                 validate)
 
@@ -151,14 +152,6 @@ class SweepSpec(Strict):
 
 
 # ------------------------------------------------------------------ paths
-
-
-def is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def join(root: str, *parts: str) -> str:
-    return "/".join([root.rstrip("/"), *parts]) if is_uri(root) else str(Path(root, *parts))
 
 
 def _abs(path: Optional[str]) -> Optional[str]:
@@ -414,40 +407,18 @@ SPEC_FILE = "xgd_sweep.json"
 
 
 def save_spec(spec: SweepSpec) -> None:
-    _fs_write(join(spec.experiment_dir, SPEC_FILE), canonical(spec.model_dump()))
+    write_text(join(spec.experiment_dir, SPEC_FILE), canonical(spec.model_dump()))
 
 
 def saved_spec(spec: SweepSpec, console) -> SweepSpec:
     """Resume with the spec the sweep started with (a changed space would confuse the searcher)."""
     try:
-        saved = SweepSpec.model_validate(json.loads(_fs_read(join(spec.experiment_dir, SPEC_FILE))))
+        saved = SweepSpec.model_validate(json.loads(read_text(join(spec.experiment_dir, SPEC_FILE))))
     except (OSError, ValueError):
         return spec
     if canonical(saved.model_dump()) != canonical(spec.model_dump()):
         console.print("[yellow]the spec changed since the sweep started; resuming with the saved one[/]")
     return saved
-
-
-def _fs_write(path: str, text: str) -> None:
-    if is_uri(path):
-        import pyarrow.fs as pafs
-
-        fs, p = pafs.FileSystem.from_uri(path)
-        with fs.open_output_stream(p) as f:
-            f.write(text.encode())
-    else:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text)
-
-
-def _fs_read(path: str) -> str:
-    if is_uri(path):
-        import pyarrow.fs as pafs
-
-        fs, p = pafs.FileSystem.from_uri(path)
-        with fs.open_input_stream(p) as f:
-            return f.read().decode()
-    return Path(path).read_text()
 
 
 def _check_labels(cells: list[dict]) -> None:

@@ -26,7 +26,7 @@ from typing import Callable, Optional
 
 from orchestrator import space as S
 from orchestrator.failures import FatalTrialError, fatal_cause
-from orchestrator.sweep_spec import _fs_read, _fs_write, join
+from orchestrator.storage import join, read_text, write_text
 
 from trainables.reporting import EPOCHS_DONE, with_epochs_done  # noqa: F401 (EPOCHS_DONE re-exported)
 
@@ -95,7 +95,7 @@ def _replace_ray_cleaner(link) -> bool:
 
 def _read(path: str) -> str:
     try:
-        return _fs_read(path).strip()
+        return read_text(path).strip()
     except (OSError, ValueError):
         return ""
 
@@ -113,7 +113,7 @@ def _run_marking_fatal(fn: Callable[[], object], marker: str) -> None:
     except Exception:
         cause = fatal_cause(traceback.format_exc())
         if cause:
-            _fs_write(marker, cause)
+            write_text(marker, cause)
         raise
 
 
