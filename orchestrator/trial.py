@@ -153,7 +153,9 @@ def make_trainable(plan: TrialPlan):
                 name=trial_id, storage_path=plan.train_storage, callbacks=callbacks,
                 # retries belong to Tune (resources.max_failures): a Tune retry restarts this
                 # function, which finds the same Train run and resumes from its checkpoint
-                failure_config=ray.train.FailureConfig(max_failures=0)),
+                failure_config=ray.train.FailureConfig(max_failures=0),
+                # the last checkpoint holds best.pt too: older ones are only disk
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)),
         )
         _run_marking_fatal(trainer.fit, fatal_marker(plan, trial_id))
 

@@ -89,6 +89,11 @@ cluster.shutdown()
 """
 
 
+def tune_errors(experiment: Path) -> dict[str, str]:
+    """Each failed attempt of each trial, as Tune recorded it: what a failure here needs to be read."""
+    return {p.parent.name: p.read_text()[-3000:] for p in experiment.glob("trial_*/error.txt")}
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_two_node_cluster_sweep_survives_losing_a_node(tmp_path):
@@ -115,7 +120,8 @@ def test_two_node_cluster_sweep_survives_losing_a_node(tmp_path):
     # the worker node was removed mid-sweep, after a trial had finished, and the sweep still finished
     assert s["removed"].get("finished_before") and s["removed"].get("interrupted"), s
     states = {r["trial_id"]: r for r in s["rows"]}
-    assert len(states) == 4 and all(r["state"] == "completed" and r["epoch"] == 3 for r in states.values()), s["rows"]
+    assert len(states) == 4 and all(r["state"] == "completed" and r["epoch"] == 3 for r in states.values()), \
+        (s["rows"], tune_errors(shared / "sweeps" / "cluster"))
     assert s["available"] == s["total"] == 1.0, s  # one node left, nothing reserved
 
     from mlflow import MlflowClient

@@ -76,6 +76,38 @@ def poll_trials(db: Path) -> dict[str, dict]:
     return {tid: {"run_id": rid, "status": st, "epochs": epochs.get(rid, 0)} for tid, rid, st in runs}
 
 
+def resumable_in_snapshot(experiment_dir: str) -> bool:
+    """Whether Tune's last experiment snapshot on storage holds an unfinished trial with a
+    checkpoint: only then can a killed driver's sweep resume a trial rather than restart it.
+    One-process trials checkpoint through Tune, which snapshots a step later and copies the
+    snapshot to storage in the background; Train runs keep their checkpoints in their own run
+    folder (<sweep>/train/<trial>), which the restarted trial's TorchTrainer finds again.
+    So a trial's logged epoch alone does not say that it can resume yet."""
+    import logging
+
+    from ray.tune import ExperimentAnalysis
+
+    # the sweep keeps no result files for the analysis to read: it warns on every poll otherwise
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    if not list(Path(experiment_dir).glob("experiment_state-*.json")):
+        return False
+    try:
+        trials = ExperimentAnalysis(experiment_dir).trials
+    except Exception:  # noqa: BLE001 - a snapshot half copied: poll again
+        return False
+
+    def train_checkpointed(trial_id: str) -> bool:
+        try:
+            snap = json.loads(Path(experiment_dir, "train", trial_id, "checkpoint_manager_snapshot.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return bool(snap.get("checkpoint_results"))
+
+    # a loaded snapshot shows a running trial as PENDING: the state it would resume in
+    return any(t.status not in ("TERMINATED", "ERROR") and (t.checkpoint is not None or train_checkpointed(t.trial_id))
+               for t in trials)
+
+
 def wait_all_resources_free(ray, timeout: float = 30.0) -> tuple[float, float]:
     deadline = time.time() + timeout
     while True:
@@ -234,9 +266,8 @@ def test_resume_after_the_driver_is_killed_continues_without_duplicates(ray_clus
             trials = poll_trials(Path(spec.results, "mlflow.db"))
             done = [t for t in trials.values() if t["status"] == "FINISHED"]
             midway = [t for t in trials.values() if t["status"] == "RUNNING" and t["epochs"] >= 1]
-            if done and midway:
-                before = {tid: t["run_id"] for tid, t in trials.items()}
-                time.sleep(0.4)  # the driver logs an epoch just before it registers its checkpoint
+            if done and midway and resumable_in_snapshot(spec.experiment_dir):
+                before = {tid: t["run_id"] for tid, t in poll_trials(Path(spec.results, "mlflow.db")).items()}
                 break
             time.sleep(0.3)
     finally:
