@@ -6,10 +6,14 @@ the MLflow model registry as a version of `xgd-<sweep>`.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import math
+import os
 import shutil
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -163,6 +167,26 @@ def write_torchscript(model: nn.Module, state: dict, d: Path, size) -> tuple[Pat
     return path, {"torchscript_max_abs_diff": diff}
 
 
+@contextlib.contextmanager
+def _silenced():
+    """Mute stdout/stderr down to the file descriptors: a failed TorchScript-based export prints
+    its whole graph from C++, and the dynamo exporter prints its progress."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
 def write_onnx(model: nn.Module, state: dict, d: Path, size) -> tuple[Path, dict]:
     """ONNX with dynamic batch/height/width, then the same random input through onnxruntime."""
     try:
@@ -178,13 +202,16 @@ def write_onnx(model: nn.Module, state: dict, d: Path, size) -> tuple[Path, dict
     # When the pooled size does not divide the feature size either, only the (slower) dynamo
     # exporter can decompose it: that is the last resort, at the fixed size.
     for axes in ({0: "batch", 2: "height", 3: "width"}, {0: "batch"}, None):
+        # The TorchScript-based exporter takes seconds here, where dynamo=True took minutes on CPU.
+        # Dynamo exports at its lowest native opset (18): asking it for 17 runs a version converter
+        # that fails on PSPNet's graph and prints a traceback.
+        kw = dict(dynamo=False, opset_version=17, dynamic_axes={"image": axes, "logits": axes}) if axes \
+            else dict(dynamo=True, opset_version=18)
         try:
-            with torch.no_grad(), warnings.catch_warnings():
+            with torch.no_grad(), warnings.catch_warnings(), _silenced():
                 warnings.simplefilter("ignore")
-                # The TorchScript-based exporter: seconds here, where dynamo=True took minutes on CPU.
-                kw = dict(dynamo=False, dynamic_axes={"image": axes, "logits": axes}) if axes else dict(dynamo=True)
-                torch.onnx.export(model, (_example(size),), str(path), opset_version=17,
-                                  input_names=["image"], output_names=["logits"], **kw)
+                torch.onnx.export(model, (_example(size),), str(path), input_names=["image"],
+                                  output_names=["logits"], **kw)
             break
         except torch.onnx.errors.SymbolicValueError:
             continue
@@ -198,7 +225,8 @@ def write_onnx(model: nn.Module, state: dict, d: Path, size) -> tuple[Path, dict
         path.unlink(missing_ok=True)
         raise UserError(f"ONNX check failed for {d}: onnxruntime vs torch max abs diff {diff:.3g} > {ONNX_ATOL}; "
                         "model.onnx removed")
-    return path, {"onnx_max_abs_diff": diff, "onnx_opset": 17, "onnx_dynamic_size": bool(axes) and len(axes) == 3}
+    return path, {"onnx_max_abs_diff": diff, "onnx_opset": kw["opset_version"],
+                  "onnx_dynamic_size": bool(axes) and len(axes) == 3}
 
 
 Writer = Callable[[nn.Module, dict, Path, tuple[int, int]], tuple[Path, dict]]

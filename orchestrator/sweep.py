@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -279,6 +280,8 @@ def _quiet() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # a retried Train trial counts its iterations from 1 again; Optuna keeps the first report of each
+    warnings.filterwarnings("ignore", message="The reported value is ignored because this `step=", category=UserWarning)
     for name in ("mlflow", "alembic", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # with the auto loggers off, Tune's ResultGrid warns it has no result files: results are tracked here

@@ -172,3 +172,21 @@ def test_sweep_names_cannot_escape_the_out_root(tmp_path):
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("model.safetensors"))
     assert written == ["deep/out/escape/1/model.safetensors", "deep/out/tmp_abs_sweep/1/model.safetensors"]
     assert not (tmp_path / "escape").exists() and not Path("/tmp/abs_sweep").exists()
+
+
+@pytest.mark.slow
+def test_pspnet_onnx_falls_back_to_a_fixed_size_quietly(tmp_path, capfd):
+    """PSPNet's pyramid pools to fixed grids: no dynamic H/W, and at 64x64 (an 8x8 feature map that
+    6 does not divide) only the dynamo exporter works. The failed attempts print whole graphs from
+    C++ and the dynamo exporter its progress: none of that may reach the terminal."""
+    import onnx
+
+    from orchestrator import export as ex
+    from trainables.models import create_model
+
+    model = create_model("pspnet", "resnet18", classes=3).eval()
+    path, check = ex.write_onnx(model, model.state_dict(), tmp_path, (64, 64))
+    out = capfd.readouterr()
+    assert path.is_file() and check["onnx_dynamic_size"] is False and check["onnx_max_abs_diff"] <= ex.ONNX_ATOL
+    assert onnx.load(str(path), load_external_data=False).opset_import[0].version == check["onnx_opset"]
+    assert "graph" not in out.out + out.err and "Traceback" not in out.err, (out.out + out.err)[-2000:]
