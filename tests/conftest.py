@@ -22,7 +22,7 @@ def ray_cluster():
     if not ray.is_initialized():
         for k, v in LOCAL_ENV.items():  # what the CLI's embedded Ray runs with
             os.environ.setdefault(k, v)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         started = True
     yield ray
     if started:

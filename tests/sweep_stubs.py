@@ -14,7 +14,7 @@ import time
 
 
 def stub_worker(config: dict, api=None) -> dict:
-    from trainables.reporting import session_api
+    from trainables.reporting import replay_restored_epoch, session_api
 
     api = api or session_api()
     epochs = config["optim"]["epochs"]
@@ -26,6 +26,7 @@ def stub_worker(config: dict, api=None) -> dict:
         with ckpt.as_directory() as d:
             state = json.load(open(os.path.join(d, "checkpoint.json")))
         start, best = state["epoch"] + 1, state["best"]
+        replay_restored_epoch(api, state.get("metrics"))  # as trainables.reporting.RayReporter does
     out: dict = {}
     for epoch in range(start, epochs):
         time.sleep(sleep_s)
@@ -38,7 +39,7 @@ def stub_worker(config: dict, api=None) -> dict:
         if epoch == epochs - 1:
             out.update(params=1000.0, gflops=1.5 + config["distill"]["tau"], latency_ms=10.0 * config["distill"]["tau"])
         with tempfile.TemporaryDirectory() as d:
-            json.dump({"epoch": epoch, "best": best}, open(os.path.join(d, "checkpoint.json"), "w"))
+            json.dump({"epoch": epoch, "best": best, "metrics": out}, open(os.path.join(d, "checkpoint.json"), "w"))
             open(os.path.join(d, "best.pt"), "w").write("stub")
             api.report(out, checkpoint=api.Checkpoint.from_directory(d))
     return out

@@ -2,6 +2,7 @@
 that the saliency term really trains the student (the published code's beta trained nothing)."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,3 +96,55 @@ def test_baseline_methods_train_through_the_loop(tmp_path, teacher, method):
                           distill__method=method, optim__epochs=1, run__max_steps_per_epoch=1))
     assert math.isfinite(out["train_loss"]) and "val_miou" in out
     assert any(k.startswith("train_") and k not in ("train_loss", "train_seg", "train_pi") for k in out)
+
+
+def test_a_restored_train_checkpoint_replays_its_epoch_once(tmp_path, monkeypatch):
+    """A Train run persists its checkpoint before the sweep's driver logs the epoch: the checkpoint
+    carries that epoch's metrics and a restored run reports them once more (no checkpoint), so a
+    driver killed in between still logs every epoch. Outside Train nothing is replayed."""
+    import shutil
+
+    from trainables import reporting
+
+    class FakeTrain:  # ray.train's report/get_checkpoint/Checkpoint, keeping what it was given
+        class Checkpoint:
+            def __init__(self, path):
+                self.path = path
+
+            @classmethod
+            def from_directory(cls, d):
+                kept = tmp_path / f"ckpt{len(list(tmp_path.glob('ckpt*')))}"
+                shutil.copytree(d, kept)
+                return cls(str(kept))
+
+            def as_directory(self):
+                import contextlib
+
+                return contextlib.nullcontext(self.path)
+
+        def __init__(self, restore_from=None):
+            self.reports, self.restore_from = [], restore_from
+
+        def report(self, metrics, checkpoint=None):
+            self.reports.append((metrics, checkpoint))
+
+        def get_checkpoint(self):
+            return self.restore_from
+
+    state = {"epoch": 1, "model": {"w": torch.ones(2)}}
+    first = FakeTrain()
+    rep = reporting.RayReporter(first)
+    rep.report({"epoch": 1, "val_miou": 0.25, "iou_c0": float("nan")}, state, best=state)
+    (metrics, ckpt), = first.reports
+    assert json.loads(Path(ckpt.path, reporting.METRICS_FILE).read_text()) == {"epoch": 1, "val_miou": 0.25}
+
+    monkeypatch.setattr(reporting, "in_ray_train", lambda: True)
+    resumed = FakeTrain(restore_from=ckpt)
+    restored = reporting.RayReporter(resumed).restore()
+    assert restored["epoch"] == 1 and torch.equal(restored["model"]["w"], torch.ones(2))
+    assert resumed.reports == [({"epoch": 1, "val_miou": 0.25}, None)]
+
+    monkeypatch.setattr(reporting, "in_ray_train", lambda: False)  # a one-process trial: no replay
+    again = FakeTrain(restore_from=ckpt)
+    reporting.RayReporter(again).restore()
+    assert again.reports == []

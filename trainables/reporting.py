@@ -13,6 +13,7 @@ from trainables import checkpoint
 
 
 EPOCHS_DONE = "epochs_done"  # 1-based epoch count added to every sweep result: ASHA's time axis
+METRICS_FILE = "metrics.json"  # in each reported checkpoint: the metrics of the epoch it closes
 
 
 def in_ray_train() -> bool:
@@ -60,6 +61,16 @@ class TuneSession:
 
     def report(self, metrics: dict, checkpoint=None) -> None:
         self.tune.report(with_epochs_done(metrics), checkpoint=checkpoint)
+
+
+def replay_restored_epoch(api, metrics: Optional[dict]) -> None:
+    """Report a restored Train checkpoint's epoch once more, without the checkpoint. A Train run
+    persists its checkpoint before the sweep's driver hears of the report, so a driver killed in
+    between never logged that epoch, and the resumed run would start after it. The resumed driver
+    logs it now, and skips it when it had it (MLflow holds each epoch once). A one-process trial
+    needs none of this: Tune snapshots its checkpoint only after the driver has the result."""
+    if metrics is not None and in_ray_train():
+        api.report(metrics, checkpoint=None)
 
 
 def session_api():
@@ -117,6 +128,9 @@ class RayReporter:
             state = checkpoint.load(Path(d) / checkpoint.FILE)
             best = Path(d) / "best.pt"
             self.best = checkpoint.load(best) if best.exists() else None
+            metrics = Path(d) / METRICS_FILE
+            last = json.loads(metrics.read_text()) if metrics.exists() else None
+        replay_restored_epoch(self.train, last)
         return state
 
     def report(self, metrics: dict, state: Optional[dict], best: Optional[dict]) -> None:
@@ -129,6 +143,7 @@ class RayReporter:
             checkpoint.save(state, Path(d) / checkpoint.FILE)
             if self.best is not None:
                 checkpoint.save(self.best, Path(d) / "best.pt")
+            (Path(d) / METRICS_FILE).write_text(json.dumps(_finite(metrics)))
             self.train.report(_finite(metrics), checkpoint=self.train.Checkpoint.from_directory(d))
 
     def finish(self, final: dict) -> None:
