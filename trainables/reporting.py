@@ -136,15 +136,16 @@ class RayReporter:
     def report(self, metrics: dict, state: Optional[dict], best: Optional[dict]) -> None:
         if best is not None:
             self.best = best
+        metrics = _finite(metrics)
         if state is None or self.rank != 0:
-            self.train.report(_finite(metrics), checkpoint=None)
+            self.train.report(metrics, checkpoint=None)
             return
         with tempfile.TemporaryDirectory() as d:
             checkpoint.save(state, Path(d) / checkpoint.FILE)
             if self.best is not None:
                 checkpoint.save(self.best, Path(d) / "best.pt")
-            (Path(d) / METRICS_FILE).write_text(json.dumps(_finite(metrics)))
-            self.train.report(_finite(metrics), checkpoint=self.train.Checkpoint.from_directory(d))
+            (Path(d) / METRICS_FILE).write_text(json.dumps(metrics))
+            self.train.report(metrics, checkpoint=self.train.Checkpoint.from_directory(d))
 
     def finish(self, final: dict) -> None:
         pass
