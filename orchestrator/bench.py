@@ -6,6 +6,9 @@ frozen teacher (random weights: speed does not depend on them). Variants are int
 round-robin, the start rotating each repetition, so load from other processes hits all of them
 alike. Figures per variant, after warm-up: median wall time per step (the headline), median
 process CPU time (less sensitive to other processes on a shared CPU) and the fastest step.
+The saliency column ("CAM s") is the median time of the step's saliency terms (`Term.saliency`:
+CAM gradients, maps and their loss, not their share of the one backward): host seconds on the
+CPU, device seconds from CUDA events on CUDA (`trainables.timing.SpanTimer`).
 
 Peak memory is the most bytes the step held on top of what was live when it started (which
 includes the previous step's gradients, freed by this step's zero_grad): on CUDA
@@ -279,7 +282,7 @@ def measure(steps: dict[str, Callable[[], object]], s: BenchSettings, device: to
             if r >= s.warmup:
                 times[v].append(t)
                 cpu[v].append(time.process_time() - c0)
-                saliency[v].append(out[0].saliency_s)
+                saliency[v].append(out[0].saliency.seconds())  # CUDA: device time, read after timed()'s sync
     if not peaks:
         peaks = {v: peak_bytes(steps[v], device) for v in names}
     rows = {}

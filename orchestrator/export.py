@@ -264,7 +264,7 @@ def model_card(sweep: str, choice: Choice, state: dict, model: nn.Module, size: 
 
     row = choice.row
     params = {k.removeprefix(agg.PARAM): v for k, v in row.items() if k.startswith(agg.PARAM) and v is not None}
-    metrics = {k: v for k, v in row.items() if k.startswith(("val_", "best_val_")) and v is not None}
+    metrics = {k: v for k, v in row.items() if k.startswith(("val_", "best_val_", "test_")) and v is not None}
     cost = {k: row.get(k) for k in ("gflops", "latency_ms") if row.get(k) is not None}
     cost["params"] = int(row["params"]) if row.get("params") is not None else count_params(model)
     inp = state.get("input") or {}
@@ -301,7 +301,8 @@ def card_markdown(card: dict) -> str:
              f"- normalisation: mean {i['mean']}, std {i['std']} (ImageNet)",
              f"- output `{card['output']['name']}`: {card['output']['shape']}; {card['output']['postprocess']}", "",
              "## Metrics", "", "| metric | value |", "|:--|--:|"]
-    lines += [f"| {k} | {pct(v) if k.startswith(('val_miou', 'best_val', 'val_iou', 'val_pixel')) else v} |"
+    fractions = tuple(f"{split}_{m}" for split in ("val", "best_val", "test") for m in ("miou", "iou", "pixel"))
+    lines += [f"| {k} | {pct(v) if k.startswith(fractions) else v} |"
               for k, v in sorted(card["metrics"].items()) if isinstance(v, (int, float))]
     c = card["cost"]
     lines += ["", "## Cost", "", f"- parameters: {c['params'] / 1e6:.2f} M"]

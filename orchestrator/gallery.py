@@ -74,7 +74,7 @@ def predict_with_cam(model: nn.Module, layer: str, x: Tensor, y: Tensor, t_logit
         target = "gt"
     with torch.enable_grad(), tap(model, {"cam": layer}, leaf=True) as feats:
         logits = model(x)
-        masks = class_masks(y, t_logits, logits.shape[1], target)
+        masks = class_masks(y, t_logits, logits.shape[1], target, distill.get("cam_classes") or "all")
         maps = cam_maps(logits, feats["cam"], masks, distill.get("cam") or "gradcam", "sum")
     maps = F.interpolate(maps.detach(), size=x.shape[-2:], mode="bilinear", align_corners=False)
     return logits.detach(), normalize_maps(maps)[:, 0]

@@ -29,6 +29,8 @@ class DataSpec(Strict):
     classes: Optional[list[str]] = None  # `folder` only: class names, index = mask value
     train_split: str = "train"
     val_split: str = "val"
+    # held-out split, evaluated once with the best-on-val weights; auto: the kind's (trainables.data.held_out_split)
+    test_split: Optional[str] = "auto"
     # synthetic scene set
     num_train: int = Field(96, ge=1)
     num_val: int = Field(24, ge=1)
@@ -50,6 +52,9 @@ class DataSpec(Strict):
             raise ValueError(f"data.root is required for data.kind={self.kind!r}")
         if self.kind == "folder" and not self.classes:
             raise ValueError("data.classes (list of class names) is required for data.kind='folder'")
+        if self.test_split is not None and self.test_split in (self.train_split, self.val_split):
+            raise ValueError(f"data.test_split {self.test_split!r} is also the train or val split; name a held-out "
+                             "split, 'auto' (the dataset's own) or null (none)")
         if not 0 < self.scale[0] <= self.scale[1]:
             raise ValueError(f"data.scale must be (low, high) with 0 < low <= high, got {list(self.scale)}")
         return self
@@ -79,6 +84,7 @@ class DistillSpec(Strict):
     tau: float = Field(1.0, gt=0.0)  # softmax temperature of PI
     cam: Literal[CAM_METHODS] = "gradcam"  # type: ignore[valid-type]
     cam_target: Literal["gt", "teacher"] = "gt"  # which masks define the class scores
+    cam_classes: Literal["all", "foreground"] = "all"  # foreground: class 0 left out of the CAM target
     cam_reduce: Literal["sum", "per_class"] = "sum"
     teacher_layer: Optional[str] = None  # dotted module path; None -> METHOD.md default
     student_layer: Optional[str] = None

@@ -186,9 +186,12 @@ def _run(spec, resume, worker, verbose, console, t0) -> SweepOutcome:
                      num_workers=spec.resources.num_workers, use_train=use_train,
                      cpus_per_worker=spec.resources.cpus_per_worker,
                      gpus_per_worker=spec.resources.gpus_per_worker, reaper_name=reaper_name)
+    from trainables.data import held_out_split
+
     obj = spec.objectives
+    held_out = ("test_miou",) if held_out_split(spec.train.data.model_dump()) else ()  # shown, never selected on
     view = SweepView(spec.name, spec.num_samples, obj[0].metric, obj[0].mode, spec.max_epochs, console,
-                     extra_metrics=tuple(o.metric for o in obj[1:]))
+                     extra_metrics=tuple(o.metric for o in obj[1:]) + held_out)
     parent = None
     if tracker is not None:
         parent = tracker.start_sweep(yaml.safe_dump(json.loads(canonical(spec.model_dump())), sort_keys=False),

@@ -25,6 +25,8 @@ from orchestrator.specs import (ModelSpec, SpecError, Strict, TrainSpec, apply_o
 METRICS = ("val_miou", "best_val_miou", "val_pixel_acc", "train_loss", "lr", "params", "gflops",
            "latency_ms", "step_time_s", "saliency_time_s", "epoch_time_s")
 METRIC_PREFIXES = ("val_iou_", "train_")
+# Reported once, at the end of a finished trial, for the tables; never something to select on.
+HELD_OUT_PREFIX = "test_"
 DEFAULT_SAMPLES = 10
 
 
@@ -49,6 +51,9 @@ class Objective(Strict):
 
     @model_validator(mode="after")
     def _known(self):
+        if self.metric.startswith(HELD_OUT_PREFIX):
+            raise ValueError(f"objective metric {self.metric!r} is measured on the held-out test split, which search "
+                             f"and early stopping never see; select on val (e.g. {'val_' + self.metric[5:]!r})")
         if self.metric not in METRICS and not self.metric.startswith(METRIC_PREFIXES):
             close = difflib.get_close_matches(self.metric, METRICS, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(METRICS)}, val_iou_<class>, train_<term>"

@@ -33,8 +33,9 @@ class Col:
 
 
 COLUMNS: dict[str, Col] = {c.key: c for c in (
-    Col("val_miou", "mIoU (%)", "max", 100.0),
-    Col("best_val_miou", "best mIoU (%)", "max", 100.0),
+    Col("val_miou", "val mIoU (%)", "max", 100.0),
+    Col("best_val_miou", "best val mIoU (%)", "max", 100.0),
+    Col("test_miou", "test mIoU (%)", "max", 100.0),  # the best-on-val weights on the held-out split
     Col("val_pixel_acc", "pixel acc (%)", "max", 100.0),
     Col("gflops", "GFLOPs", "min", spread=False),
     Col("params", "params (M)", "min", 1e-6, spread=False),
@@ -48,17 +49,22 @@ COLUMNS: dict[str, Col] = {c.key: c for c in (
 def col(key: str) -> Col:
     if key in COLUMNS:
         return COLUMNS[key]
-    if key.startswith("val_iou_"):
-        return Col(key, key.removeprefix("val_iou_"), "max", 100.0)
+    for prefix in ("val_iou_", "test_iou_"):
+        if key.startswith(prefix):
+            return Col(key, key.removeprefix(prefix), "max", 100.0)
     return Col(key, key, None, 1.0, 4)
 
 
 def _summary(t: pa.Table) -> list[str]:
-    return ["val_miou", "best_val_miou", "val_pixel_acc", "gflops", "params", "latency_ms"]
+    return ["val_miou", "best_val_miou", "test_miou", "val_pixel_acc", "gflops", "params", "latency_ms"]
 
 
-def _per_class(t: pa.Table) -> list[str]:
-    return [*sorted(k for k in t.column_names if k.startswith("val_iou_")), "val_miou"]
+def _per_class(t: pa.Table, split: str = "val") -> list[str]:
+    return [*sorted(k for k in t.column_names if k.startswith(f"{split}_iou_")), f"{split}_miou"]
+
+
+def _per_class_test(t: pa.Table) -> list[str]:
+    return _per_class(t, "test")
 
 
 def _timing(t: pa.Table) -> list[str]:
@@ -69,13 +75,15 @@ def _timing(t: pa.Table) -> list[str]:
 # comma-separated `xgd.layouts` tag; otherwise `default_layouts` decides.
 LAYOUTS: dict[str, tuple[str, Callable[[pa.Table], list[str]]]] = {
     "summary": ("mIoU, cost and speed", _summary),
-    "per_class": ("per-class IoU (%)", _per_class),
+    "per_class": ("per-class val IoU (%)", _per_class),
+    "per_class_test": ("per-class IoU on the test split (%)", _per_class_test),
     "timing": ("time per iteration (CAM methods)", _timing),
 }
 
 
 def default_layouts(t: pa.Table) -> list[str]:
     out = ["summary", "per_class"]
+    out += ["per_class_test"] if "test_miou" in t.column_names else []
     return out + ["timing"] if "params.distill.cam" in factors(t) else out
 
 

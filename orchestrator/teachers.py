@@ -2,7 +2,8 @@
 
 Cache layout: <results>/teachers/<sha256 of the canonical recipe>[:16]/ with recipe.json,
 result.json and the run folder teacher/ (best.pt, checkpoint.pt, metrics.jsonl). The hash ignores
-where the run writes (run.out_dir) and its name, so moving results or renaming never retrains.
+where the run writes (run.out_dir), its name and its test split (evaluated after training, it does
+not change the weights), so moving results or renaming never retrains.
 The recipe trains as a Ray task with the resources a trial would get, so on a cluster it lands on
 a node with GPUs; the results folder must then be on storage every node sees.
 """
@@ -44,6 +45,7 @@ def recipe_hash(recipe: dict) -> str:
     """sha256 over the canonical recipe with defaults filled in (equal recipes, equal hash)."""
     full = TrainSpec.model_validate({**recipe, "name": RUN_NAME}).model_dump()
     full["run"].pop("out_dir", None)
+    full["data"].pop("test_split", None)
     full.pop("name", None)
     return hashlib.sha256(canonical(full).encode()).hexdigest()[:16]
 

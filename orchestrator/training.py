@@ -11,10 +11,15 @@ from trainables.data import build_dataset, class_names
 
 def precheck(spec: TrainSpec) -> list[str]:
     """Fail fast on what would otherwise fail inside a worker; returns the class names."""
+    import torch
+
+    from trainables.setup import make_test_loader
+
     data = spec.data.model_dump()
     classes = class_names(data)
     for split in (data["train_split"], data["val_split"]):
         build_dataset(data, split, train=False)  # DataError names the missing/empty/bad file
+    make_test_loader({"data": data}, torch.device("cpu"))  # the held-out split, when there is one
     if spec.teacher is not None:
         try:
             state = load(spec.teacher.checkpoint)

@@ -188,7 +188,7 @@ def test_saliency_loss_trains_student_not_teacher(method, cam_target, reduce):
                 s_feats={"cam": sf["cam"]}, t_feats={"cam": t_acts})
     cfg = {"cam": method, "cam_target": cam_target, "cam_reduce": reduce, "beta": 1.0}
     loss = TERMS["sa"].fn(step, cfg)
-    assert loss.ndim == 0 and loss.item() > 0 and step.timings["saliency"] > 0
+    assert loss.ndim == 0 and loss.item() > 0
     loss.backward()
     for name in ("encoder.conv1.weight", "encoder.layer4.0.conv1.weight", "decoder.block1.0.weight",
                  "decoder.block2.0.0.weight", "segmentation_head.0.weight"):

@@ -24,10 +24,11 @@ from fixtures_data import (
 from PIL import Image
 
 from trainables.data import DataError, build_dataset, class_names, pad_collate
-from trainables.data.base import SegDataset
+from trainables.data.base import SegDataset, sample_seed
 from trainables.data.synthetic import CLASSES as TTPLA_CLASSES
 from trainables.data.synthetic import render
 from trainables.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from trainables.setup import make_loaders
 
 
 def mask_of(cfg: dict, split: str = "train", i: int = 0) -> np.ndarray:
@@ -327,6 +328,54 @@ def test_train_transform_reproducible_with_torch_seed():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[0], c[0])
 
 
+def _train_batches(workers: int, epochs: tuple[int, ...], seed: int = 5) -> list[list]:
+    cfg = {"data": data_cfg("synthetic", num_train=6, num_val=2, image_size=48, crop=32, jitter=0.3,
+                            batch_size=2, workers=workers)}
+    train, _, _ = make_loaders(cfg, torch.device("cpu"), seed)
+    out = []
+    for epoch in epochs:
+        train.sampler.set_epoch(epoch)
+        out.append(list(train))
+    return out
+
+
+def _same(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+
+
+def test_training_items_are_a_function_of_seed_epoch_and_index_whatever_the_workers():
+    """Shuffle and augmentations come from (seed, epoch, index): the same batches in the main
+    process and in 2 persistent workers, also when the workers start at a later epoch (a resumed
+    run); other epochs and seeds differ, and loading leaves the global RNG alone."""
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    inline = _train_batches(0, (0, 2))
+    assert torch.equal(torch.get_rng_state(), before)
+    assert _same(inline[0], _train_batches(2, (0, 2))[0]) and _same(inline[1], _train_batches(2, (2,))[0])
+    assert not _same(inline[0], inline[1]) and not _same(inline[1], _train_batches(0, (2,), seed=6)[0])
+
+
+def test_a_seeded_item_ignores_the_global_rng():
+    ds = build_dataset(data_cfg("synthetic", num_train=2, image_size=64, crop=48, jitter=0.3), "train", train=True)
+    torch.manual_seed(1)
+    a = ds[(1, sample_seed(5, 2, 1))]
+    torch.manual_seed(2)
+    b = ds[(1, sample_seed(5, 2, 1))]
+    c = ds[(1, sample_seed(5, 3, 1))]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[0], c[0])
+
+
+def test_ddp_shards_partition_the_training_set_in_a_seeded_order():
+    cfg = {"data": data_cfg("synthetic", num_train=16, num_val=2, image_size=48, crop=32, batch_size=4)}
+    order = {}
+    for seed in (3, 4):
+        shards = [make_loaders(cfg, torch.device("cpu"), seed, rank, 2)[0] for rank in (0, 1)]
+        assert [len(dl) for dl in shards] == [2, 2]  # 16 images / 2 ranks / batch 4
+        order[seed] = [[i for i, _ in dl.sampler] for dl in shards]
+        assert sorted(order[seed][0] + order[seed][1]) == list(range(16))
+    assert order[3] != order[4]
+
+
 def test_eval_size_resizes_shorter_side_with_nearest_masks(tmp_path):
     write_folder(tmp_path)
     cfg = data_cfg("folder", tmp_path, classes=["bg", "road", "car"], eval_size=32)
@@ -348,3 +397,20 @@ def test_pad_collate_rounds_up_to_32():
     assert (masks[1, :, :33] == 0).all() and (images[1, :, :, :33] == 2).all()
     images, _ = pad_collate([(torch.zeros(3, 64, 96), torch.zeros(64, 96, dtype=torch.long))])
     assert images.shape == (1, 3, 64, 96)
+
+
+def test_held_out_split_per_kind_and_setting(tmp_path):
+    from trainables.data import held_out_split
+
+    assert held_out_split(data_cfg("synthetic")) == "test"
+    assert held_out_split(data_cfg("ttpla", tmp_path)) == "test"
+    assert held_out_split(data_cfg("voc", tmp_path)) is None  # train/val only
+    folder = data_cfg("folder", tmp_path, classes=["bg", "fg"])
+    assert held_out_split(folder) is None  # <root>/test/images absent
+    write_folder(tmp_path, "test")
+    assert held_out_split(folder) == "test"
+    assert held_out_split(data_cfg("synthetic", val_split="test")) is None  # the kind's own is val here
+    assert held_out_split(data_cfg("synthetic", test_split=None)) is None
+    assert held_out_split(data_cfg("voc", tmp_path, test_split="trainval")) == "trainval"
+    with pytest.raises(ValueError, match="data.test_split 'val' is also the train or val split"):
+        data_cfg("synthetic", test_split="val")

@@ -137,6 +137,78 @@ def test_focus_on_a_constructed_example():
     assert E.topk_iou(t, t, 0.1).item() == pytest.approx(1.0)
 
 
+def _sparse_maps(rng, n: int, length: int, support: np.ndarray) -> np.ndarray:
+    """ReLU'd-CAM-like rows: positive values on `support` (bool (n, L)), exactly 0 elsewhere."""
+    return np.where(support, rng.uniform(0.1, 1.0, size=(n, length)), 0.0)
+
+
+def test_topk_iou_of_disjoint_identical_and_all_zero_sparse_maps():
+    rng = np.random.default_rng(3)
+    n, length = 6, 400
+    perm = np.argsort(rng.random((n, length)), axis=1)  # disjoint 5% supports per row
+    sup_a, sup_b = np.zeros((n, length), bool), np.zeros((n, length), bool)
+    np.put_along_axis(sup_a, perm[:, :20], True, axis=1)
+    np.put_along_axis(sup_b, perm[:, 20:40], True, axis=1)
+    a, b = (torch.tensor(_sparse_maps(rng, n, length, s)) for s in (sup_a, sup_b))
+    assert (E.topk_iou(a, b, 0.2) <= 0.05).all()  # tie-breaking among the zeros used to give 0.27-0.64
+    assert torch.equal(E.topk_iou(a, a.clone(), 0.2), torch.ones(n, dtype=torch.float64))
+    assert torch.equal(E.topk_mask(a, 0.2), a > 0)  # fewer positive pixels than k: the region is them
+    zeros = torch.zeros(2, length)
+    assert torch.isnan(E.topk_iou(zeros, zeros.clone(), 0.2)).all()  # no positive pixel: undefined
+    assert torch.isnan(E.topk_iou(a[:2], zeros, 0.2)).all()
+    assert torch.isnan(E.topk_iou(-a[:2], a[:2], 0.2)).all()  # negative values never enter a region
+
+
+def test_focus_is_undefined_for_an_all_zero_teacher_map():
+    s = torch.rand(2, 100)
+    assert torch.isnan(E.focus(s, torch.zeros(2, 100), 0.2)).all()
+    t = torch.zeros(2, 100)
+    t[:, :5] = 1.0  # 5 positive pixels < k = 20: the region is those 5
+    assert torch.allclose(E.focus(s, t, 0.2), s[:, :5].double().sum(-1) / s.double().sum(-1))
+
+
+def test_topk_ties_include_every_pixel_at_the_kth_value():
+    m = torch.tensor([[3.0, 2.0, 2.0, 2.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    assert E.topk_mask(m, 0.2).tolist() == [[True, True, True, True] + [False] * 6]  # k = 2, three tie at 2
+
+
+def _brute_region(row: np.ndarray, frac: float) -> np.ndarray:
+    """Pixel i is in the region iff it is positive and fewer than k pixels are strictly larger."""
+    k = max(1, round(frac * len(row)))
+    return np.array([v > 0 and (row > v).sum() < k for v in row])
+
+
+@pytest.mark.parametrize("frac", [0.05, 0.2, 0.5])
+def test_topk_iou_and_focus_match_a_brute_force_reference(frac):
+    rng = np.random.default_rng(int(frac * 100))
+    n, length = 40, 60
+    support = rng.random((n, length)) < rng.uniform(0.0, 0.6, size=(n, 1))  # 0-60% positive
+    a = np.round(_sparse_maps(rng, n, length, support), 1)  # rounded: ties among positive values too
+    b = np.round(_sparse_maps(rng, n, length, rng.random((n, length)) < 0.3), 1)
+    b[:8] = np.where(support[:8], a[:8], 0.0) + b[:8] * 0.5  # some overlap, so IoUs are not all ~0
+    a[:3] -= 0.3  # negative values as well (not ReLU'd)
+    a[10], b[11] = 0.0, 0.0  # all-zero maps on either side
+    iou, foc = [], []
+    for ra, rb in zip(a, b):
+        ma, mb = _brute_region(ra, frac), _brute_region(rb, frac)
+        iou.append((ma & mb).sum() / (ma | mb).sum() if ma.any() and mb.any() else np.nan)
+        mass = np.clip(ra, 0, None)
+        foc.append(mass[mb].sum() / mass.sum() if mass.sum() > 0 and mb.any() else np.nan)
+    ta, tb = torch.tensor(a), torch.tensor(b)
+    assert np.array_equal(E.topk_mask(ta, frac).numpy(), np.stack([_brute_region(r, frac) for r in a]))
+    ours_iou, ours_foc = E.topk_iou(ta, tb, frac).numpy(), E.focus(ta, tb, frac).numpy()
+    assert np.isnan(iou).any() and not np.isnan(iou).all() and 0 < np.nanmax(iou)
+    assert np.allclose(ours_iou, iou, equal_nan=True) and np.allclose(ours_foc, foc, equal_nan=True)
+
+
+def test_means_leave_undefined_values_out():
+    acc = E._Means()
+    acc.add("k", torch.tensor([1.0, float("nan"), 0.0]))
+    acc.add("k", torch.tensor([float("nan")]))
+    acc.add("none", torch.tensor([float("nan")]))
+    assert acc.mean("k") == pytest.approx(0.5) and np.isnan(acc.mean("none"))
+
+
 def test_label_embedding_holds_class_shares_and_rs_sees_labels_in_features():
     y = torch.tensor([[[0, 0, 1, 1], [0, 0, 1, 255], [2, 2, 2, 2], [2, 2, 255, 255]]])
     e = E.label_embedding(y, 3, (2, 2)).view(3, 2, 2)

@@ -42,8 +42,11 @@ def test_same_seed_same_metrics(tmp_path):
     assert keys and all(a[k] == b[k] for k in keys)
 
 
-def test_resume_from_mid_run_checkpoint_matches_uninterrupted(tmp_path, teacher, monkeypatch):
-    full = train_loop(spec(tmp_path, "full", teacher={"checkpoint": teacher}))
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_resume_from_mid_run_checkpoint_matches_uninterrupted(tmp_path, teacher, monkeypatch, workers):
+    """Also with 2 persistent loader workers, whose processes restart with the resumed run."""
+    data = {**TINY, "workers": workers}
+    full = train_loop(spec(tmp_path, "full", data=data, teacher={"checkpoint": teacher}))
 
     original = FolderReporter.report
 
@@ -54,11 +57,11 @@ def test_resume_from_mid_run_checkpoint_matches_uninterrupted(tmp_path, teacher,
 
     monkeypatch.setattr(FolderReporter, "report", killed_after_epoch_1)
     with pytest.raises(KeyboardInterrupt):
-        train_loop(spec(tmp_path, "part", teacher={"checkpoint": teacher}))
+        train_loop(spec(tmp_path, "part", data=data, teacher={"checkpoint": teacher}))
     monkeypatch.undo()
     mid = tmp_path / "part" / "checkpoint.pt"
     assert checkpoint.load(mid)["epoch"] == 1
-    cfg = spec(tmp_path, "part", teacher={"checkpoint": teacher})
+    cfg = spec(tmp_path, "part", data=data, teacher={"checkpoint": teacher})
     cfg["run"]["resume"] = str(mid)
     resumed = train_loop(cfg)
     assert resumed["epoch"] == 2
@@ -148,3 +151,89 @@ def test_a_restored_train_checkpoint_replays_its_epoch_once(tmp_path, monkeypatc
     again = FakeTrain(restore_from=ckpt)
     reporting.RayReporter(again).restore()
     assert again.reports == []
+
+
+def test_held_out_split_is_evaluated_once_with_the_best_on_val_weights(tmp_path):
+    """metrics.json's test_* equal best.pt evaluated on the test split by hand (a model rebuilt from
+    the file, its own confusion matrix); no epoch before the last reports a test metric."""
+    from torch.utils.data import DataLoader
+
+    from trainables import metrics as M
+    from trainables.data import build_dataset, pad_collate
+    from trainables.models import model_from_config
+
+    cfg = spec(tmp_path, "held", optim__epochs=2)
+    run_training(TrainSpec.model_validate(cfg))
+    d = tmp_path / "held"
+    final = json.loads((d / "metrics.json").read_text())
+    epochs = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+    assert [sorted(k for k in e if k.startswith("test_")) != [] for e in epochs] == [False, True]
+
+    best = checkpoint.load(d / "best.pt")
+    model = model_from_config(best["model_cfg"], len(best["classes"]))
+    model.load_state_dict(best["model"])
+    model.eval()
+    k = len(best["classes"])
+    cm = torch.zeros(k, k, dtype=torch.int64)
+    loader = DataLoader(build_dataset(cfg["data"], "test", train=False), batch_size=4, collate_fn=pad_collate)
+    with torch.no_grad():
+        for x, y in loader:
+            cm += M.confusion_matrix(model(x).argmax(1), y, k)
+    assert cm.sum() == 4 * 64 * 64  # the 4 test images, whole
+    iou = M.iou_per_class(cm)
+    assert final["test_miou"] == pytest.approx(float(iou[~iou.isnan()].mean()), abs=1e-12)
+    assert final["test_pixel_acc"] == pytest.approx(float(cm.diag().sum() / cm.sum()), abs=1e-12)
+    for name, v in zip(best["classes"], iou.tolist()):
+        assert final.get(f"test_iou_{name}", math.nan) == pytest.approx(v, abs=1e-12, nan_ok=True)
+
+
+def test_evaluate_best_uses_the_given_weights_and_gives_the_model_its_own_back():
+    from trainables.loop import evaluate, evaluate_best
+
+    torch.manual_seed(0)
+    classes = ["a", "b", "c"]
+    model, other = torch.nn.Conv2d(3, 3, 1), torch.nn.Conv2d(3, 3, 1)
+    data = [(torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))) for _ in range(3)]
+    own = {k: v.clone() for k, v in model.state_dict().items()}
+    out = evaluate_best(model, {"model": other.state_dict()}, data, classes, torch.device("cpu"))
+    assert out == {k.replace("val_", "test_", 1): v for k, v in evaluate(other, data, classes, torch.device("cpu")).items()}
+    assert out != {k.replace("val_", "test_", 1): v for k, v in evaluate(model, data, classes, torch.device("cpu")).items()}
+    assert all(torch.equal(v, own[k]) for k, v in model.state_dict().items())
+
+
+def test_a_dataset_without_a_test_split_says_so_once_and_skips_it(tmp_path, capsys):
+    from fixtures_data import write_voc
+
+    write_voc(tmp_path)
+    cfg = spec(tmp_path, "voc", data={"kind": "voc", "root": str(tmp_path), "crop": 32, "batch_size": 2},
+               optim__epochs=2)
+    assert cfg["data"]["test_split"] == "auto"
+    out = run_training(TrainSpec.model_validate(cfg))["metrics"]
+    printed = capsys.readouterr().out
+    assert printed.count("no test split") == 1 and "data.kind 'voc'" in printed
+    assert "val_miou" in out and not any(k.startswith("test_") for k in out)
+
+
+def test_a_named_test_split_that_is_missing_fails_before_training(tmp_path):
+    from trainables.data import DataError
+
+    bad = TrainSpec.model_validate(spec(tmp_path, "nosplit", data={**TINY, "test_split": "holdout"}))
+    with pytest.raises(DataError, match=r"'holdout'.*null runs without a test split") as e:
+        run_training(bad)
+    assert "\n" not in str(e.value) and not (tmp_path / "nosplit" / "metrics.jsonl").exists()
+
+
+def test_a_resumed_folder_run_keeps_its_best_on_val_weights(tmp_path):
+    """The resumed run's test split is evaluated with the best.pt beside its checkpoint, unless that
+    best.pt is of a later epoch than the checkpoint (an epoch the resumed run trains again)."""
+    run = tmp_path / "r"
+    run.mkdir()
+    checkpoint.save({"epoch": 1, "model": {"w": torch.zeros(1)}}, run / "checkpoint.pt")
+    cfg = {"name": "r2", "run": {"out_dir": str(tmp_path), "resume": str(run / "checkpoint.pt")}}
+    for best_epoch, kept in ((0, True), (1, True), (2, False)):
+        checkpoint.save({"epoch": best_epoch, "model": {"w": torch.ones(1)}}, run / "best.pt")
+        rep = FolderReporter(cfg)
+        assert rep.restore()["epoch"] == 1
+        assert (rep.best is not None and rep.best["epoch"] == best_epoch) == kept
+    rep.report({"epoch": 2, "train_loss": 1.0, "step_time_s": 0.1}, None, {"epoch": 2, "model": {}})
+    assert rep.best["epoch"] == 2

@@ -25,6 +25,11 @@ def final_miou(method: str, alpha: float, seed: int) -> float:
     return BASE[method] + 0.02 * alpha + 0.01 * seed
 
 
+def held_out_miou(method: str, alpha: float, seed: int) -> float:
+    """The held-out split's mIoU, reported once with the last epoch (as trainables.loop does)."""
+    return final_miou(method, alpha, seed) - 0.04 + 0.03 * seed
+
+
 def _flat(d: dict, prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in d.items():
@@ -88,8 +93,11 @@ def build_store(root: Path, sweep: str = "demo", checkpoints: bool = True) -> di
                             "saliency_time_s": 0.05 * (method == "xgd"),
                             **{f"val_iou_{c}": miou + 0.1 * (1 - k) for k, c in enumerate(CLASSES)}}
                     metrics += [Metric(k, float(v), ts + epoch, epoch) for k, v in vals.items()]
+                test = held_out_miou(method, alpha, seed)
                 extras = {"params": 4.379e6, "gflops": 0.5 + 0.1 * (method == "xgd"),
-                          "latency_ms": LATENCY[(method, alpha)] + 0.1 * seed}
+                          "latency_ms": LATENCY[(method, alpha)] + 0.1 * seed,
+                          "test_miou": test, "test_pixel_acc": test + 0.2,
+                          **{f"test_iou_{c}": test + 0.1 * (1 - k) for k, c in enumerate(CLASSES)}}
                 metrics += [Metric(k, v, ts + 3, 2) for k, v in extras.items()]
                 client.log_batch(rid, metrics=metrics, params=[Param(k, v) for k, v in _flat(spec).items()])
                 client.set_terminated(rid, "FINISHED")
@@ -138,7 +146,7 @@ def test_summary_grid_means_over_seeds_and_marks_best_and_second(store):
     t = agg.done(agg.trials_table(store["client"], agg.find_sweep(store["client"], "demo")), "val_miou")
     assert tables.factors(t) == ["params.distill.method", "params.distill.alpha"]  # seed, name excluded
     g = tables.build_grid(t, "summary")
-    assert g.headers[:3] == ["method", "alpha", "mIoU (%)"] and g.headers[-1] == "n"
+    assert g.headers[:3] == ["method", "alpha", "val mIoU (%)"] and g.headers[-1] == "n"
     rows = {(r[1].text, r[0].text): r for r in g.rows}
     assert len(rows) == 4 and all(r[-1].text == "2" for r in g.rows)
     best, second = rows[("1", "xgd")][2], rows[("0.5", "xgd")][2]
@@ -153,7 +161,18 @@ def test_summary_grid_means_over_seeds_and_marks_best_and_second(store):
     assert "\\textbf{" + best.text.replace(" ± ", r" $\pm$ ") + "}" in tex and "\\underline{" in tex
     assert "mIoU (\\%)" in tex and "\\toprule" in tex
     per_class = tables.build_grid(t, "per_class")
-    assert per_class.headers[2:] == [*CLASSES, "mIoU (%)", "n"]
+    assert per_class.headers[2:] == [*CLASSES, "val mIoU (%)", "n"]
+    # the paper's figure, the held-out split's mIoU, sits next to val's; its own ranking
+    assert g.headers[2:5] == ["val mIoU (%)", "best val mIoU (%)", "test mIoU (%)"]
+    held_out = {k: r[4] for k, r in rows.items()}
+    assert held_out[("1", "xgd")].mean == pytest.approx(50 * sum(held_out_miou("xgd", 1.0, s) for s in (0, 1)))
+    assert held_out[("1", "xgd")].rank == 1 and held_out[("0.5", "xgd")].rank == 2
+    per_test = tables.build_grid(t, "per_class_test")
+    assert per_test.title == "per-class IoU on the test split (%)"
+    assert per_test.headers[2:] == [*CLASSES, "test mIoU (%)", "n"]
+    cable = per_test.headers.index("cable")
+    assert {(r[1].text, r[0].text): r[cable].mean for r in per_test.rows}[("0.5", "pi")] == pytest.approx(
+        50 * sum(held_out_miou("pi", 0.5, s) for s in (0, 1)))
 
 
 def test_pareto_front_and_safe_names():
@@ -179,14 +198,15 @@ def test_report_command_writes_tables_plots_and_logs_them(store, tmp_path, capsy
     trials = pq.read_table(d / "trials.parquet")
     assert len(trials) == 9 and "params.distill.alpha" in trials.column_names
     assert (d / "trials.csv").read_text().count("\n") == 10
-    for layout in ("summary", "per_class"):
+    for layout in ("summary", "per_class", "per_class_test"):
         assert (d / f"{layout}.md").read_text().count("**") >= 2
         assert "\\textbf" in (d / f"{layout}.tex").read_text()
     for png in ("hyperparams", "pareto", "importances", "gallery_1"):
         assert (d / "plots" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     imp = (d / "importances.csv").read_text().splitlines()
     assert imp[0] == "param,importance" and [r.split(",")[0] for r in imp[1:]] == ["distill.method", "distill.alpha"]
-    assert "mIoU (%)" in printed and "xgd" in printed  # the rich tables
+    assert "val mIoU (%)" in printed and "test mIoU (%)" in printed and "xgd" in printed  # the rich tables
+    assert "test_miou" in trials.column_names and "test_iou_cable" in trials.column_names
     logged = {f.path for f in store["client"].list_artifacts(store["parent"], "report")}
     assert {"report/summary.md", "report/summary.tex", "report/trials.parquet", "report/plots"} <= logged
 
@@ -290,7 +310,7 @@ def test_cell_labels_name_rows_in_spec_order_and_stand_for_what_they_fix():
                   "val_miou": [0.1 * (labels.index(r[0]) + 1) + 0.01 * r[1] + 0.001 * r[2] for r in rows]})
     assert tables.row_factors(t) == ["params.label", "params.distill.tau"]
     g = tables.build_grid(t.take(list(reversed(range(len(t))))), "summary", labels)  # ran in any order
-    assert g.headers[:3] == ["label", "tau", "mIoU (%)"]
+    assert g.headers[:3] == ["label", "tau", "val mIoU (%)"]
     assert [(r[0].text, r[1].text) for r in g.rows] == [(lab, tau) for lab in labels for tau in ("0.5", "1")]
     assert g.rows[-1][2].rank == 1 and g.rows[0][2].mean == pytest.approx(100 * (0.1 + 0.005 + 0.0005))
     unordered = tables.build_grid(t, "summary")  # no spec order known: by label text

@@ -231,9 +231,14 @@ def test_trial_with_two_ddp_workers_runs_the_real_trainer_after_training_the_tea
     hit = teachers.cached(spec)
     assert hit is not None and Path(hit.checkpoint).is_file()
     assert Path(spec.results, "teachers", teachers.recipe_hash(spec.teacher.recipe), "result.json").is_file()
-    client, parents, _ = mlflow_runs(spec)
+    client, parents, (trial,) = mlflow_runs(spec)
     assert parents[0].data.tags["xgd.teacher_checkpoint"] == hit.checkpoint
     assert parents[0].data.tags.get("xgd.teacher_run")
+    # the held-out split: once, with the last epoch's result, in MLflow (trial and teacher)
+    held_out = client.get_metric_history(trial.info.run_id, "test_miou")
+    assert [m.step for m in held_out] == [1] and held_out[0].value == pytest.approx(row.result["test_miou"])
+    assert "test_iou_background" in trial.data.metrics and "test_pixel_acc" in trial.data.metrics
+    assert "test_miou" in client.get_run(parents[0].data.tags["xgd.teacher_run"]).data.metrics
 
 
 SCRIPT = """

@@ -17,7 +17,7 @@ float rounding (tests/test_bench.py). A weight or bias gradient the current back
 need (e.g. the CAM's autograd.grad with respect to the activations only) is not computed, as
 the built-in node does.
 
-`speed_up_cam_path` swaps the class of the Conv2d modules that run after a CAM layer.
+`trainables.cam_path.prepare_cam_path` swaps it in for the Conv2d modules that run after a CAM layer.
 """
 from __future__ import annotations
 
@@ -102,32 +102,3 @@ class FastGradConv2d(nn.Conv2d):
             bias = None if bias is None else bias.to(dtype)
         with torch.autocast(device, enabled=False):
             return _Conv2d.apply(input, weight, bias, self.stride, self.padding, self.dilation, self.groups)
-
-
-@torch.no_grad()
-def modules_after(model: nn.Module, layer: str, sample: Tensor) -> list[str]:
-    """Names of the modules whose forward starts after `layer`'s forward returned (one probe forward)."""
-    order: list[str] = []
-    handles = [m.register_forward_pre_hook(lambda _m, _i, n=n: order.append(n)) for n, m in model.named_modules() if n]
-    handles.append(model.get_submodule(layer).register_forward_hook(lambda *_: order.append("<cam>")))
-    was = model.training
-    model.eval()
-    try:
-        model(sample)
-    finally:
-        model.train(was)
-        for h in handles:
-            h.remove()
-    return order[order.index("<cam>") + 1:] if "<cam>" in order else []
-
-
-def speed_up_cam_path(model: nn.Module, layers: list[str], sample: Tensor) -> list[str]:
-    """Make every plain Conv2d that runs after one of `layers` a FastGradConv2d; returns their names."""
-    names = sorted({n for layer in layers for n in modules_after(model, layer, sample)})
-    swapped = []
-    for name in names:
-        m = model.get_submodule(name)
-        if type(m) is nn.Conv2d:
-            m.__class__ = FastGradConv2d
-            swapped.append(name)
-    return swapped

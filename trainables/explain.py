@@ -6,9 +6,12 @@ over the validation split. Metric keys:
 - expl_sal_spearman / expl_sal_pearson: per-image rank / linear correlation between the
   student's and the teacher's CAM maps (XGD's CAM method, layers and targets; both resized to
   the label size), averaged over images (seed 004's explanation alignment).
-- expl_topk_iou: IoU of the two maps' top-k% pixels (k = 20 by default).
+- expl_topk_iou: IoU of the two maps' top-k% regions (k = 20 by default). Only positive pixels
+  enter a region (`topk_mask`): a map with fewer positive pixels than k% has them all as its
+  region, and a map with none has no region and no IoU.
 - expl_focus: share of the student's attribution mass inside the teacher's top-k% region (seed
-  004's focus; a uniform student map scores k/100, a student looking only there scores 1).
+  004's focus; a uniform student map scores k/100 when the teacher's region holds k% of the
+  pixels, a student looking only there scores 1); undefined for an all-zero teacher map.
 - expl_logit_spearman: mean over pixels of the Spearman correlation between student and teacher
   class-probability vectors (seed 004's logit alignment; softmax keeps ranks, so logits are ranked).
 - expl_fss: FSS of seed 002 = mean over batches of the bias-corrected (U-centred) squared
@@ -24,8 +27,9 @@ over the validation split. Metric keys:
 
 UniCAM (seed 002, github gadhane/UniCAM): `unicam_map` is the Grad-CAM of the score
 R^2(P_removal(P(student), P(base)), P(target)); saving UniCAM images is not done here.
-Spearman ties get average ranks (as scipy.stats.spearmanr); constant maps have no correlation
-and are left out of the means (NaN if nothing is left).
+Spearman ties get average ranks (as scipy.stats.spearmanr). Undefined values (NaN: constant
+maps have no correlation, all-zero maps no top-k region) are left out of the means (NaN if
+nothing is left).
 """
 from __future__ import annotations
 
@@ -67,23 +71,36 @@ def spearman_rows(a: Tensor, b: Tensor) -> Tensor:
 
 
 def topk_mask(maps: Tensor, frac: float) -> Tensor:
-    """(N, L) bool: each row's k = max(1, round(frac * L)) largest entries (ties broken by topk)."""
+    """(N, L) bool: each row's top-k region, k = max(1, round(frac * L)).
+
+    Only positive pixels can enter: CAMs are ReLU'd, so most pixels are often exactly 0 and a
+    plain top-k would fill the region by tie-breaking among them. The region is every positive
+    pixel >= the row's k-th largest value: with fewer than k positive pixels, all of them; with
+    ties at the k-th value, all the tied pixels (so it may hold more than k). A row with no
+    positive pixel gets an empty region.
+    """
     k = max(1, round(frac * maps.shape[-1]))
-    idx = maps.topk(k, dim=-1).indices
-    return torch.zeros_like(maps, dtype=torch.bool).scatter_(-1, idx, True)
+    kth = maps.topk(k, dim=-1).values[..., -1:]
+    return (maps >= kth) & (maps > 0)
 
 
 def topk_iou(a: Tensor, b: Tensor, frac: float = 0.2) -> Tensor:
+    """(N,) IoU of the rows' top-k regions (`topk_mask`); NaN where either map has no positive pixel."""
     ma, mb = topk_mask(a, frac), topk_mask(b, frac)
-    return (ma & mb).sum(-1).double() / (ma | mb).sum(-1).double()
+    inter, union = (ma & mb).sum(-1).double(), (ma | mb).sum(-1).double()
+    defined = ma.any(-1) & mb.any(-1)
+    return torch.where(defined, inter / union.clamp_min(1), torch.full_like(union, float("nan")))
 
 
 def focus(s_maps: Tensor, t_maps: Tensor, frac: float = 0.2) -> Tensor:
-    """(N,) share of the student's non-negative attribution mass inside the teacher's top-k region."""
+    """(N,) share of the student's non-negative attribution mass inside the teacher's top-k region
+    (`topk_mask`); NaN where the student has no positive mass or the teacher map no positive pixel."""
     s = s_maps.double().clamp_min(0)
     mass = s.sum(-1)
-    inside = (s * topk_mask(t_maps, frac)).sum(-1)
-    return torch.where(mass > 0, inside / mass, torch.full_like(mass, float("nan")))
+    region = topk_mask(t_maps, frac)
+    inside = (s * region).sum(-1)
+    defined = (mass > 0) & region.any(-1)
+    return torch.where(defined, inside / mass.clamp_min(1e-300), torch.full_like(mass, float("nan")))
 
 
 def logit_alignment(s_logits: Tensor, t_logits: Tensor) -> Tensor:
@@ -232,7 +249,7 @@ def explanation_metrics(student: nn.Module, teacher: nn.Module, loader: Iterable
                         base: Optional[nn.Module] = None) -> dict[str, float]:
     """Explanation metrics of `student` against `teacher` over (images, labels) batches.
 
-    cfg: the trial config or its `distill` section (cam, cam_target, student_layer,
+    cfg: the trial config or its `distill` section (cam, cam_target, cam_classes, student_layer,
     teacher_layer). Models are put in eval mode and restored; nothing is trained.
     """
     from trainables.baselines import decoder_output
@@ -271,7 +288,7 @@ def explanation_metrics(student: nn.Module, teacher: nn.Module, loader: Iterable
             x, y = x.to(device), y.to(device)
             out = {k: _forward(m, x, layers[k], decoder_output(m)) for k, m in models.items()}
             (s_logits, s_acts, s_feat), (t_logits, t_acts, t_feat) = out["s"], out["t"]
-            masks = class_masks(y, t_logits.detach(), s_logits.shape[1], source)
+            masks = class_masks(y, t_logits.detach(), s_logits.shape[1], source, distill.get("cam_classes") or "all")
             size = tuple(y.shape[-2:])
             ms, mt = _maps(s_logits, s_acts, masks, method, size), _maps(t_logits, t_acts, masks, method, size)
             acc.add("sal_spearman", spearman_rows(ms, mt))

@@ -4,13 +4,16 @@ Per batch: `trainables.step.train_step` (student forward with taps, frozen teach
 graph only from its CAM layer when the saliency term is on, the registered loss terms, one
 backward; the benchmark times this same step). Per epoch:
 averaged terms, val mIoU from one confusion matrix, a report with a checkpoint that holds all
-an exact resume needs. Teacher training is this loop without a teacher.
+an exact resume needs. The last report adds costs, explanation metrics and, once, the held-out
+test split scored with the best-on-val weights. Teacher training is this loop without a teacher.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from contextlib import nullcontext
+from typing import Optional
 
 import torch
 
@@ -19,21 +22,26 @@ from trainables.checkpoint import rng_state, set_rng_state
 from trainables.explain import explanation_metrics
 from trainables.models import count_flops, count_params, measure_latency, model_from_config
 from trainables.reporting import in_ray_train, make_reporter
-from trainables.setup import load_teacher, make_loaders, pick_device, seed_everything
+from trainables.setup import load_teacher, make_loaders, make_test_loader, pick_device, seed_everything
 from trainables.step import build_trainer, train_step
+from trainables.timing import SpanTimer
 
 
 def train_loop(config: dict) -> dict:
     seed_everything(config["seed"])
     reporter = make_reporter(config)
     device = pick_device(config["run"]["device"])
-    train_dl, val_dl, classes = make_loaders(config, device, config["seed"])
+    rank, world = _world()
+    train_dl, val_dl, classes = make_loaders(config, device, config["seed"], rank, world)
     student = model_from_config(config["model"], len(classes)).to(device)
     teacher = load_teacher(config.get("teacher"), classes, device)
     optim, run = config["optim"], config["run"]
-    steps = min(len(train_dl), run["max_steps_per_epoch"] or len(train_dl))
+    steps = min(len(train_dl), run["max_steps_per_epoch"] or len(train_dl))  # train_dl is this rank's shard
     sample = next(iter(val_dl))[0][:2].to(device)
     tr = build_trainer(config, student, teacher, sample, device, steps * optim["epochs"])
+    test_dl = make_test_loader(config, device)
+    if test_dl is None and reporter.rank == 0:
+        print(f"[{config['name']}] {_no_test_split(config['data'])}: no test_* metrics", flush=True)
 
     start, best_miou = 0, -1.0
     state = reporter.restore()
@@ -45,27 +53,29 @@ def train_loop(config: dict) -> dict:
         tr.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         start, best_miou = state["epoch"] + 1, state["best_miou"]
-    tr.model, train_dl, tr.sync_extras = _distribute(student, tr.extras, train_dl)
+    tr.model, tr.sync_extras = _distribute(student, tr.extras, world)
 
     out: dict = {}
     for epoch in range(start, optim["epochs"]):
-        _set_epoch(train_dl, epoch, config["seed"])
+        train_dl.sampler.set_epoch(epoch)  # shuffle and augmentations from (seed, epoch, index)
         student.train()
         sums = torch.zeros(len(tr.terms) + 1, device=device)
-        sal_time, t0 = 0.0, time.perf_counter()
-        for _, (x, y) in zip(range(steps), train_dl):
+        saliency, t0, taken = SpanTimer(device), time.perf_counter(), 0
+        for x, y in itertools.islice(train_dl, steps):
             out_step = train_step(tr, x, y)
             sums += torch.cat([out_step.loss[None], out_step.losses]).float()
-            sal_time += out_step.saliency_s
+            saliency.add(out_step.saliency)
+            taken += 1
         if device.type == "cuda":
             torch.cuda.synchronize()
         epoch_time = time.perf_counter() - t0
-        avg = (sums / steps).tolist()  # the one host sync per epoch
+        avg = (sums / taken).tolist()  # the one host sync per epoch
+        sal_time = saliency.seconds()  # CUDA: device time from the step's events, read after the sync
         if not math.isfinite(avg[0]):
             raise FloatingPointError(f"training loss became {avg[0]} at epoch {epoch}; trial stopped")
-        out = {"epoch": epoch, "lr": tr.sched.get_last_lr()[0], "train_loss": avg[0],
+        out = {"epoch": epoch, "lr": tr.sched.get_last_lr()[0], "steps": taken, "train_loss": avg[0],
                **{f"train_{n}": v for (n, _, _), v in zip(tr.terms, avg[1:])},
-               "step_time_s": epoch_time / steps, "saliency_time_s": sal_time / steps, "epoch_time_s": epoch_time}
+               "step_time_s": epoch_time / taken, "saliency_time_s": sal_time / taken, "epoch_time_s": epoch_time}
         last = epoch == optim["epochs"] - 1
         if (epoch + 1) % run["eval_every"] == 0 or last:
             out.update(evaluate(student, val_dl, classes, device, tr.autocast, tr.channels_last))
@@ -84,13 +94,16 @@ def train_loop(config: dict) -> dict:
             out.update(costs(student, config["data"]))
             if teacher is not None and run["explain"]:
                 out.update(explanation_metrics(student, teacher, val_dl, config["distill"]))
+            if test_dl is not None:  # once, with the best-on-val weights; nothing selects on it
+                out.update(evaluate_best(student, best or reporter.best, test_dl, classes, device, tr.autocast,
+                                         tr.channels_last))
         reporter.report(out, state, best)
     reporter.finish(out)
     return out
 
 
 @torch.no_grad()
-def evaluate(model, loader, classes, device, autocast=nullcontext, channels_last=False) -> dict:
+def evaluate(model, loader, classes, device, autocast=nullcontext, channels_last=False, prefix="val_") -> dict:
     """Confusion matrix over the whole split. The student is evaluated in eval mode and put back."""
     was = model.training
     model.eval()
@@ -103,7 +116,28 @@ def evaluate(model, loader, classes, device, autocast=nullcontext, channels_last
             pred = model(x).argmax(1)
         cm += M.confusion_matrix(pred, y, len(classes))
     model.train(was)
-    return M.summarize(cm.cpu(), classes)
+    return M.summarize(cm.cpu(), classes, prefix)
+
+
+def evaluate_best(model, best: Optional[dict], loader, classes, device, autocast=nullcontext,
+                  channels_last=False) -> dict:
+    """test_miou, test_pixel_acc, test_iou_<class> of the best-on-val weights (`best`, as in
+    best.pt), not the last epoch's; the model gets its own weights back afterwards."""
+    if best is None:  # no finite val mIoU in the whole run
+        print("no best-on-val weights to evaluate on the test split: no test_* metrics", flush=True)
+        return {}
+    own = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best["model"])
+    try:
+        return evaluate(model, loader, classes, device, autocast, channels_last, prefix="test_")
+    finally:
+        model.load_state_dict(own)
+
+
+def _no_test_split(data: dict) -> str:
+    if data.get("test_split") is None:
+        return "data.test_split is null"
+    return f"data.kind {data['kind']!r} has no test split here (data.test_split: {data.get('test_split')})"
 
 
 def costs(model, data: dict) -> dict:
@@ -120,19 +154,24 @@ def _model_state(student, config: dict, classes: list[str], epoch: int, metrics:
                       "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
 
 
-def _distribute(student, extras, train_dl):
-    """DDP and a distributed sampler under Ray Train with several workers; the terms' extras
-    (connectors, attention) get their gradients averaged across ranks. Taps stay on the
-    unwrapped modules; val runs whole on every rank (exact metrics, no padded shards)."""
+def _world() -> tuple[int, int]:
+    """(rank, world size) of this Ray Train worker; (0, 1) outside Ray Train."""
     if not in_ray_train():
-        return student, train_dl, lambda: None
+        return 0, 1
     import ray.train
+
+    ctx = ray.train.get_context()
+    return ctx.get_world_rank(), ctx.get_world_size()
+
+
+def _distribute(student, extras, world: int):
+    """DDP with several Ray Train workers (the loader is already this rank's shard); the terms'
+    extras (connectors, attention) get their gradients averaged across ranks. Taps stay on the
+    unwrapped modules; val runs whole on every rank (exact metrics, no padded shards)."""
+    if world == 1:
+        return student, lambda: None
     import ray.train.torch
     import torch.distributed as dist
-
-    world = ray.train.get_context().get_world_size()
-    if world == 1:
-        return student, train_dl, lambda: None
 
     def sync_extras():
         for p in extras.parameters():
@@ -140,14 +179,4 @@ def _distribute(student, extras, train_dl):
                 dist.all_reduce(p.grad)
                 p.grad /= world
 
-    model = ray.train.torch.prepare_model(student, move_to_device=False)
-    return model, ray.train.torch.prepare_data_loader(train_dl, move_to_device=False), sync_extras
-
-
-def _set_epoch(loader, epoch: int, seed: int) -> None:
-    """Shuffle order is a function of (seed, epoch), so a resumed run sees the same batches."""
-    if loader.generator is not None:
-        loader.generator.manual_seed(seed * 100_003 + epoch)
-    sampler = getattr(loader, "sampler", None)
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
+    return ray.train.torch.prepare_model(student, move_to_device=False), sync_extras

@@ -31,7 +31,6 @@ class Step:
     s_feats: dict[str, torch.Tensor] = field(default_factory=dict)
     t_feats: dict[str, torch.Tensor] = field(default_factory=dict)  # leaves when teacher_grad
     extras: dict[str, nn.Module] = field(default_factory=dict)  # trainable modules by term name
-    timings: dict[str, float] = field(default_factory=dict)  # e.g. saliency seconds
 
 
 Taps = Callable[[dict, nn.Module], dict[str, str]]  # (distill cfg, model) -> {name: dotted path}
@@ -45,6 +44,7 @@ class Term:
     student_taps: Optional[Taps] = None
     teacher_taps: Optional[Taps] = None
     teacher_grad: bool = False  # teacher taps must be autograd leaves (CAM gradients)
+    saliency: bool = False  # its time is the step's saliency time (`saliency_time_s`, the bench's CAM s)
     # (student feature shapes, teacher feature shapes, cfg) -> trainable module, or None
     build: Optional[Callable[[dict, dict, dict], nn.Module]] = None
 
@@ -128,7 +128,7 @@ def _cam_layer(role: str) -> Taps:
 
 
 @register("sa", weight=weight_from("beta"), student_taps=_cam_layer("student"),
-          teacher_taps=_cam_layer("teacher"), teacher_grad=True)
+          teacher_taps=_cam_layer("teacher"), teacher_grad=True, saliency=True)
 def _sa(step: Step, cfg: dict) -> torch.Tensor:
     from trainables.saliency import xgd_saliency_loss
 

@@ -84,20 +84,33 @@ def session_api():
 
 
 class FolderReporter:
-    """Writes `<out_dir>/<name>/`: checkpoint.pt (latest), best.pt, metrics.jsonl."""
+    """Writes `<out_dir>/<name>/`: checkpoint.pt (latest), best.pt, metrics.jsonl. `best` is the
+    best-on-val state so far (the test split is evaluated with it at the end)."""
 
     def __init__(self, config: dict):
         self.dir = Path(config["run"]["out_dir"]) / config["name"]
         self.dir.mkdir(parents=True, exist_ok=True)
         self.resume_from: Optional[str] = config["run"].get("resume")
         self.rank = 0
+        self.best: Optional[dict] = None
         if not self.resume_from:  # a fresh run starts a fresh metrics log
             (self.dir / "metrics.jsonl").unlink(missing_ok=True)
 
     def restore(self) -> Optional[dict[str, Any]]:
-        return checkpoint.load(self.resume_from) if self.resume_from else None
+        """The resume checkpoint, and the best.pt beside it when that is no newer (a best.pt written
+        after the checkpoint is of an epoch the resumed run trains again)."""
+        if not self.resume_from:
+            return None
+        state = checkpoint.load(self.resume_from)
+        best = Path(self.resume_from).parent / "best.pt"
+        if best.exists():
+            kept = checkpoint.load(best)
+            self.best = kept if kept.get("epoch", math.inf) <= state["epoch"] else None
+        return state
 
     def report(self, metrics: dict, state: Optional[dict], best: Optional[dict]) -> None:
+        if best is not None:
+            self.best = best
         val = f" val_miou {metrics['val_miou']:.4f}" if "val_miou" in metrics else ""
         print(f"[{self.dir.name}] epoch {metrics['epoch']}: loss {metrics['train_loss']:.4f}{val} "
               f"({metrics['step_time_s']:.3f} s/step)", flush=True)

@@ -13,7 +13,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from trainables import checkpoint
-from trainables.data import build_dataset, class_names, pad_collate
+from trainables.data import DataError, build_dataset, class_names, held_out_split, pad_collate
+from trainables.data.base import SeededSampler
 from trainables.losses import Term
 from trainables.models import model_from_config
 from trainables.taps import tap
@@ -49,7 +50,11 @@ def load_teacher(teacher_cfg: Optional[dict], classes: list[str], device: torch.
     return teacher
 
 
-def make_loaders(config: dict, device: torch.device, seed: int) -> tuple[DataLoader, DataLoader, list[str]]:
+def make_loaders(config: dict, device: torch.device, seed: int, rank: int = 0,
+                 world: int = 1) -> tuple[DataLoader, DataLoader, list[str]]:
+    """Train loader: this rank's shard (`SeededSampler`: shuffle and augmentations from (seed, epoch,
+    index); seed * 100_003 so seed s's epoch e+1 is not seed s+1's epoch e). Its workers' base seed
+    comes from `gen`, so loading never draws from the global RNG the step uses."""
     data = config["data"]
     train_set = build_dataset(data, data["train_split"], train=True)
     val_set = build_dataset(data, data["val_split"], train=False)
@@ -57,10 +62,27 @@ def make_loaders(config: dict, device: torch.device, seed: int) -> tuple[DataLoa
     workers = data["workers"]
     common = dict(num_workers=workers, collate_fn=pad_collate, pin_memory=device.type == "cuda",
                   persistent_workers=workers > 0)
-    train = DataLoader(train_set, batch_size=data["batch_size"], shuffle=True, drop_last=len(train_set) > data["batch_size"],
+    sampler = SeededSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed * 100_003)
+    train = DataLoader(train_set, batch_size=data["batch_size"], sampler=sampler, drop_last=len(sampler) > data["batch_size"],
                        generator=gen, worker_init_fn=_seed_worker, **common)
     val = DataLoader(val_set, batch_size=data["batch_size"], shuffle=False, **common)
     return train, val, class_names(data)
+
+
+def make_test_loader(config: dict, device: torch.device) -> Optional[DataLoader]:
+    """The held-out split (eval transforms, in order; `data.test_split`), or None when the data
+    has none. Built before the first epoch so a missing split fails the run at once."""
+    data = config["data"]
+    split = held_out_split(data)
+    if split is None:
+        return None
+    try:
+        test_set = build_dataset(data, split, train=False)
+    except DataError as e:
+        raise DataError(f"{e} (data.test_split is {data.get('test_split')!r}; "
+                        "null runs without a test split)") from None
+    return DataLoader(test_set, batch_size=data["batch_size"], shuffle=False, num_workers=data["workers"],
+                      collate_fn=pad_collate, pin_memory=device.type == "cuda")
 
 
 def _seed_worker(worker_id: int) -> None:

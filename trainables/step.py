@@ -6,8 +6,9 @@ schedule, AMP, memory format); `train_step` runs one batch: student forward (tap
 teacher forward (autograd only from its CAM-layer leaves, see below), the registered loss terms,
 one backward, the optimizer step. Its phases carry torch.profiler labels (step.*). Nothing in it
 waits on the device (no .item(), .cpu(), numpy): the step returns device tensors and the caller
-decides when to read them. The student's convolutions after its CAM layer become
-`trainables.convgrad.FastGradConv2d` (same function, cheap double backward).
+decides when to read them. The student's convolutions and BatchNorms after its CAM layer become
+the drop-in classes of `trainables.cam_path` (same forward; a cheap double backward, and a CAM
+gradient that treats the batch statistics as constants, so each image's CAM is its own).
 
 Teacher graph: the teacher's parameters never require grad and its input does not either, so
 under `set_grad_enabled(True)` autograd records nothing up to the CAM layer; the leaf tap there
@@ -17,6 +18,7 @@ under no_grad.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -24,10 +26,11 @@ import torch
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from trainables.convgrad import speed_up_cam_path
+from trainables.cam_path import prepare_cam_path
 from trainables.losses import Step, Term, active_terms
 from trainables.setup import amp_setup, build_extras, collect_taps, make_optimizer
 from trainables.taps import tap
+from trainables.timing import SpanTimer
 
 
 @dataclass
@@ -63,7 +66,7 @@ class Trainer:
 class StepOut:
     loss: Tensor  # detached total, on the device
     losses: Tensor  # detached per-term values (order of `Trainer.terms`)
-    saliency_s: float  # host seconds spent in the saliency term (enqueue time on CUDA)
+    saliency: SpanTimer  # the saliency terms' time (CUDA: events, read by the caller after its sync)
 
 
 def build_trainer(config: dict, student: nn.Module, teacher: Optional[nn.Module], sample: Tensor,
@@ -81,8 +84,8 @@ def build_trainer(config: dict, student: nn.Module, teacher: Optional[nn.Module]
         if teacher is not None:
             teacher.to(memory_format=torch.channels_last)
     cam_layers = [s_paths[k] for k in t_leaf if k in s_paths]  # student side of the CAM terms
-    if cam_layers:  # their create_graph gradient is differentiated again: cheap conv double backward
-        speed_up_cam_path(student, cam_layers, sample)
+    if cam_layers:  # per-image CAM gradients, differentiated again cheaply
+        prepare_cam_path(student, cam_layers, sample)
     if run.get("compile"):
         compile_off_cam_path(student, s_paths)
         if teacher is not None:
@@ -126,7 +129,8 @@ def train_step(tr: Trainer, x: Tensor, y: Tensor) -> StepOut:
             t_feats = {**t_feats, **t_leaves}
         with record_function("step.losses"):
             step = Step(x, y, s_logits, t_logits, s_feats, t_feats, dict(tr.extras.items()))
-            losses = torch.stack([term.fn(step, tr.distill) for _, term, _ in tr.terms])
+            saliency = SpanTimer(tr.device)
+            losses = torch.stack([_term_value(term, step, tr.distill, saliency) for _, term, _ in tr.terms])
             loss = (losses * tr.weights.to(losses.dtype)).sum()
     with record_function("step.backward"):
         tr.opt.zero_grad(set_to_none=True)
@@ -139,5 +143,11 @@ def train_step(tr: Trainer, x: Tensor, y: Tensor) -> StepOut:
         tr.scaler.step(tr.opt)
         tr.scaler.update()
         tr.sched.step()
-    return StepOut(loss.detach(), losses.detach(), step.timings.get("saliency", 0.0))
+    return StepOut(loss.detach(), losses.detach(), saliency)
+
+
+def _term_value(term: Term, step: Step, distill: dict, saliency: SpanTimer) -> Tensor:
+    """The term's loss, timed by `saliency` when it is a saliency term (`Term.saliency`)."""
+    with saliency if term.saliency else nullcontext():
+        return term.fn(step, distill)
 

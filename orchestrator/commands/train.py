@@ -19,7 +19,8 @@ def run(args) -> int:
     spec = load_train_spec(args.spec, args.overrides)
     result = run_training(spec)
     m = result["metrics"]
+    test = f"test mIoU {m['test_miou']:.4f} (best-on-val weights), " if "test_miou" in m else ""
     Console().print(f"[bold]{spec.name}[/]: val mIoU {m.get('val_miou', float('nan')):.4f}, "
-                    f"best {m.get('best_val_miou', float('nan')):.4f}, {m.get('step_time_s', 0):.3f} s/step; "
+                    f"best {m.get('best_val_miou', float('nan')):.4f}, {test}{m.get('step_time_s', 0):.3f} s/step; "
                     f"best checkpoint {result['checkpoint']}")
     return 0

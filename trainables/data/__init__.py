@@ -7,7 +7,7 @@ transforms and the Dataset wrapper are shared (trainables.data.base / .transform
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 
 class DataError(ValueError):
@@ -29,13 +29,14 @@ PAD_MULTIPLE = 32  # smp encoders downsample by 32: inputs must be divisible by 
 class Kind:
     classes: Callable[[dict], list[str]]
     source: Callable[[dict, str], Source]
+    test_split: Callable[[dict], Optional[str]]  # the held-out split `data.test_split: auto` means
 
 
 KINDS: dict[str, Kind] = {
-    "synthetic": Kind(lambda cfg: list(synthetic.CLASSES), synthetic.build),
-    "ttpla": Kind(lambda cfg: list(ttpla.CLASSES), ttpla.build),
-    "voc": Kind(lambda cfg: list(voc.CLASSES), voc.build),
-    "folder": Kind(folder.classes, folder.build),
+    "synthetic": Kind(lambda cfg: list(synthetic.CLASSES), synthetic.build, lambda cfg: "test"),
+    "ttpla": Kind(lambda cfg: list(ttpla.CLASSES), ttpla.build, lambda cfg: "test"),
+    "voc": Kind(lambda cfg: list(voc.CLASSES), voc.build, lambda cfg: None),  # VOC2012 test masks are not public
+    "folder": Kind(folder.classes, folder.build, folder.test_split),
 }
 
 
@@ -49,6 +50,16 @@ def _kind(data_cfg: dict) -> Kind:
 def class_names(data_cfg: dict) -> list[str]:
     """Class names of the configured dataset; index = class id in the masks."""
     return _kind(data_cfg).classes(data_cfg)
+
+
+def held_out_split(data_cfg: dict) -> Optional[str]:
+    """The held-out split a finished run is evaluated on once, or None. `auto` is the kind's own
+    (none when that is already the train or val split); null is none; a name is that split."""
+    name = data_cfg.get("test_split", "auto")
+    if name != "auto":
+        return name
+    name = _kind(data_cfg).test_split(data_cfg)
+    return None if name in (data_cfg.get("train_split"), data_cfg.get("val_split")) else name
 
 
 def build_dataset(data_cfg: dict, split: str, train: bool) -> Dataset:
@@ -73,4 +84,4 @@ def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.T
     return images, masks
 
 
-__all__ = ["DataError", "KINDS", "Kind", "build_dataset", "class_names", "pad_collate", "IGNORE"]
+__all__ = ["DataError", "KINDS", "Kind", "build_dataset", "class_names", "pad_collate", "held_out_split", "IGNORE"]

@@ -1,4 +1,5 @@
-"""What every dataset kind shares: the Source protocol, the Dataset around it, and safe file readers.
+"""What every dataset kind shares: the Source protocol, the Dataset around it, the training
+sampler that seeds its augmentations, and safe file readers.
 
 A *source* knows where samples live and how to load one as raw uint8 arrays (image HxWx3, mask
 HxW with 255 = ignore); `SegDataset` checks the pair and applies the transform. Keeping sources
@@ -8,12 +9,12 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Iterator, Protocol
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler
 from torchvision import tv_tensors
 
 from trainables.data import DataError
@@ -41,7 +42,12 @@ class Source(Protocol):
 
 
 class SegDataset(Dataset):
-    """(image FloatTensor 3xHxW normalised, mask LongTensor HxW) from a source and a transform."""
+    """(image FloatTensor 3xHxW normalised, mask LongTensor HxW) from a source and a transform.
+
+    `ds[i]` draws the transform's randomness from torch's global RNG; `ds[(i, seed)]` (what
+    `SeededSampler` yields) draws it from a fresh stream seeded with `seed` and leaves the global
+    RNG untouched, so an item does not depend on which process loads it or what it loaded before.
+    """
 
     def __init__(self, source: Source, transform: Transform):
         self.source = source
@@ -51,7 +57,8 @@ class SegDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        i, seed = key if isinstance(key, tuple) else (key, None)
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} out of range for a dataset of {len(self)}")
         img, mask = self.source.load(i)
@@ -62,8 +69,30 @@ class SegDataset(Dataset):
             )
         image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1))
         target = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(mask)))
-        x, y = self.transform(image, target)
+        if seed is None:
+            x, y = self.transform(image, target)
+        else:
+            with torch.random.fork_rng(devices=[]):  # v2 ops and RandomScale draw from the global RNG
+                torch.manual_seed(seed)
+                x, y = self.transform(image, target)
         return x.as_subclass(torch.Tensor), y.as_subclass(torch.Tensor).long()
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of sample `index` in `epoch` of a run seeded `seed` (a SeedSequence
+    hash, so nearby triples give unrelated streams)."""
+    return int(np.random.SeedSequence([seed % 2**64, epoch, index]).generate_state(1, np.uint64)[0])
+
+
+class SeededSampler(DistributedSampler):
+    """This rank's shard of a shuffle that is a function of (seed, epoch) (DistributedSampler's,
+    `set_epoch` each epoch), each index paired with `sample_seed(seed, epoch, index)` for
+    `SegDataset`. The sampler runs in the main process, so the epoch reaches persistent loader
+    workers with every index, and the augmentations are the same for any `data.workers` and
+    after a resume. One process is rank 0 of a world of 1."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((i, sample_seed(self.seed, self.epoch, i)) for i in super().__iter__())
 
 
 # ---------------------------------------------------------------- readers

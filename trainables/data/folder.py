@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 
 from trainables.data import DataError
@@ -32,6 +33,11 @@ class FolderSource(PairedFiles):
             if not (mask_dir / f"{img.stem}.png").is_file():
                 raise DataError(f"image {str(img)!r} has no mask {str(mask_dir / (img.stem + '.png'))!r}")
         self.masks = [mask_dir / f"{p.stem}.png" for p in self.images]
+
+
+def test_split(cfg: dict) -> Optional[str]:
+    """`test` when the folder has root/test/images, else none (a folder with train/val only)."""
+    return "test" if (Path(cfg["root"]).expanduser() / "test" / "images").is_dir() else None
 
 
 def build(cfg: dict, split: str) -> FolderSource:

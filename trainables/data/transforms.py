@@ -1,7 +1,8 @@
 """Joint image/mask transforms on torchvision.transforms.v2 tv_tensors.
 
-All randomness is drawn from torch's global RNG (v2's own ops and `RandomScale` below), so a
-run seeded with `torch.manual_seed` (and DataLoader workers seeded from it) is reproducible.
+All randomness is drawn from torch's global RNG (v2's own ops and `RandomScale` below); the
+training loader seeds that RNG per sample from (seed, epoch, index) (`SegDataset`, `SeededSampler`
+in trainables.data.base), so a training item does not depend on the loader's workers.
 Masks are resized with nearest-exact and padded with 255, so padding never counts as a class.
 """
 from __future__ import annotations
