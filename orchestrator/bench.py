@@ -316,7 +316,7 @@ def _taps_encoder(config: dict, teacher: torch.nn.Module) -> bool:
 
 
 def targets(rows: dict[str, dict]) -> dict[str, dict]:
-    """The issue's targets: XGD(GradCAM) <= 1.15 x PI; every CAM method <= 1.3 x GradCAM. `met` judges
+    """The cost targets: XGD(GradCAM) <= 1.15 x PI; every CAM method <= 1.3 x GradCAM. `met` judges
     the ratio of median wall times, `met_cpu` that of median process CPU times (fairer on a shared,
     loaded CPU); `ratio_min` (fastest steps) is given too, the least disturbed by other processes."""
     checks = [(GRADCAM, "ratio_pi", "xgd_gradcam_vs_pi", 1.15)]

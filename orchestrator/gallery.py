@@ -4,7 +4,7 @@ layers, normalised to [0, 1]). Rebuilt from a trial's MLflow params and its weig
 checkpoint; the dataset must be readable on this machine (the synthetic set always is).
 
 With a base trial (the student's architecture trained without KD, from the same sweep) a last
-column shows UniCAM's distilled features (seed 002): where the student's CAM layer carries what
+column shows UniCAM's distilled features [UniCAM]: where the student's CAM layer carries what
 its decoder features share with the labels beyond what the base model's features already do
 (`trainables.explain.unicam_map`; it needs at least 4 images)."""
 from __future__ import annotations

@@ -86,7 +86,7 @@ class DistillSpec(Strict):
     cam_target: Literal["gt", "teacher"] = "gt"  # which masks define the class scores
     cam_classes: Literal["all", "foreground"] = "all"  # foreground: class 0 left out of the CAM target
     cam_reduce: Literal["sum", "per_class"] = "sum"
-    teacher_layer: Optional[str] = None  # dotted module path; None -> METHOD.md default
+    teacher_layer: Optional[str] = None  # dotted module path; None -> first decoder layer (docs/method.md)
     student_layer: Optional[str] = None
     weights: dict[str, float] = Field(default_factory=dict)  # extra per-term weights (baselines)
 

@@ -1,4 +1,4 @@
-"""Load (issue 6): a sweep of 200 stub trials (no training: orchestration only) on the session's
+"""Load: a sweep of 200 stub trials (no training: orchestration only) on the session's
 2-CPU Ray, 2 at a time, through the real sweep (Tune, Optuna random search, the driver's MLflow
 writer). Every trial completes and has exactly one finished MLflow run with its metric; the
 throughput is printed to the terminal."""

@@ -1,4 +1,4 @@
-"""AttnFD (seed 001): distil CBAM-refined features at the encoder's last stage, the ASPP (or
+"""AttnFD [AttnFD]: distil CBAM-refined features at the encoder's last stage, the ASPP (or
 pyramid pooling) output and the decoder output.
 
 Student side: a learned CBAM per layer (channel gate sigmoid(MLP(avg) + MLP(max)), reduction

@@ -1,7 +1,7 @@
 """Batched, differentiable CAMs with pytorch-grad-cam 1.5.x's formulas, in torch.
 
-pytorch-grad-cam returns numpy arrays, so a loss on its maps has no gradient (the published
-XGD code's defect 1). Here every method is a pure torch function of one layer's activations
+pytorch-grad-cam returns numpy arrays, so a loss on its maps has no gradient (why the published
+XGD code's saliency loss trained nothing: docs/method.md). Here every method is a pure torch function of one layer's activations
 and the gradients of a target with respect to them, so a map computed from gradients taken with
 `create_graph=True` trains the model that produced them.
 

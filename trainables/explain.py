@@ -1,23 +1,23 @@
-"""Explaining a distillation: does the student look where the teacher looks? (seeds 002, 004)
+"""Explaining a distillation: does the student look where the teacher looks? ([UniCAM], [KD-XAI])
 
 Pure functions on tensors, then one `explanation_metrics` that runs a student and its teacher
 over the validation split. Metric keys:
 
 - expl_sal_spearman / expl_sal_pearson: per-image rank / linear correlation between the
   student's and the teacher's CAM maps (XGD's CAM method, layers and targets; both resized to
-  the label size), averaged over images (seed 004's explanation alignment).
+  the label size), averaged over images (the explanation alignment of [KD-XAI]).
 - expl_topk_iou: IoU of the two maps' top-k% regions (k = 20 by default). Only positive pixels
   enter a region (`topk_mask`): a map with fewer positive pixels than k% has them all as its
   region, and a map with none has no region and no IoU.
-- expl_focus: share of the student's attribution mass inside the teacher's top-k% region (seed
-  004's focus; a uniform student map scores k/100 when the teacher's region holds k% of the
+- expl_focus: share of the student's attribution mass inside the teacher's top-k% region
+  ([KD-XAI]'s focus; a uniform student map scores k/100 when the teacher's region holds k% of the
   pixels, a student looking only there scores 1); undefined for an all-zero teacher map.
 - expl_logit_spearman: mean over pixels of the Spearman correlation between student and teacher
-  class-probability vectors (seed 004's logit alignment; softmax keeps ranks, so logits are ranked).
-- expl_fss: FSS of seed 002 = mean over batches of the bias-corrected (U-centred) squared
+  class-probability vectors ([KD-XAI]'s logit alignment; softmax keeps ranks, so logits are ranked).
+- expl_fss: FSS of [UniCAM] = mean over batches of the bias-corrected (U-centred) squared
   distance correlation R^2 between flattened student and teacher decoder features (batches of
   at least 4 images; smaller batches are pooled until they are).
-- expl_rs / expl_rs_teacher: relevance score of seed 002 = the same U-centred dCor R^2 between
+- expl_rs / expl_rs_teacher: relevance score of [UniCAM] = the same U-centred dCor R^2 between
   the student's (teacher's) decoder features and the label embedding (`label_embedding`: each
   class's share of every feature-map cell), pooled the same way: how much of the labels the
   features carry.
@@ -25,7 +25,7 @@ over the validation split. Metric keys:
   vs base) and expl_pdcor (partial dCor of student and teacher features given the base's: the
   teacher similarity the base model does not already explain).
 
-UniCAM (seed 002, github gadhane/UniCAM): `unicam_map` is the Grad-CAM of the score
+UniCAM ([UniCAM], github gadhane/UniCAM): `unicam_map` is the Grad-CAM of the score
 R^2(P_removal(P(student), P(base)), P(target)); saving UniCAM images is not done here.
 Spearman ties get average ranks (as scipy.stats.spearmanr). Undefined values (NaN: constant
 maps have no correlation, all-zero maps no top-k region) are left out of the means (NaN if

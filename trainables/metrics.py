@@ -1,7 +1,8 @@
 """Segmentation metrics from one confusion matrix accumulated over the whole split.
 
 mIoU averages IoU over classes present in the ground truth or the prediction; a class absent
-from both has no IoU (NaN) and is excluded, never counted as 1 (defect 5 of the published code).
+from both has no IoU (NaN) and is excluded, never counted as 1 (the published XGD code scored it 1
+per image: docs/method.md).
 """
 from __future__ import annotations
 

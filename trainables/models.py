@@ -13,7 +13,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-# The "first decoder layer" where XGD takes its CAMs (METHOD.md: the published code's layers).
+# The "first decoder layer" where XGD takes its CAMs, as in the published XGD code (docs/method.md).
 CAM_LAYERS = {
     "DeepLabV3Plus": "decoder.block1",
     "PSPNet": "decoder.conv",
