@@ -22,4 +22,14 @@ chromium:
 test: $(VENV)/.installed chromium
 	$(PY) -m pytest -q
 
-.PHONY: install quickstart test chromium
+# The edit loop: the suite without the tests marked slow (Ray sweeps, full training runs)
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow"
+
+# Format, lint and the import contracts (pyproject.toml: [tool.ruff], [tool.importlinter])
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+.PHONY: install quickstart test test-fast lint chromium

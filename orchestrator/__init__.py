@@ -1,1 +1,3 @@
-"""Command line, specs, sweeps, MLflow, aggregator and export around the XGD trainer."""
+"""Around the XGD trainer (`trainables`), in the order data flows: `spec` (what to run), `run`
+(trials on Ray Tune), `tracking` (MLflow), `results` (report, export); `bench`, `commands` and
+`cli` (the command line) on top."""

@@ -1,5 +1,7 @@
-"""`python -m orchestrator <command>`: each command is a module in `orchestrator/commands/`
-with `add_parser(subparsers)` and `run(args) -> int`.
+"""`python -m orchestrator <command>` (the `xgd` console script): each command is a module in
+`orchestrator/commands/` with `add_parser(subparsers)` and `run(args) -> int`. Building the parser
+imports no heavy module (torch, Ray, MLflow, Optuna, the trainer): each command imports them in
+`run`, so `--help` answers at once (tests/test_cli.py measures it).
 
 Errors a user can fix (bad spec, bad data, bad checkpoint, bad arguments) print one line and
 exit with code 2; nothing already stored is touched.
@@ -12,23 +14,44 @@ import importlib.util
 import os
 import sys
 
+from orchestrator.errors import SpecError, UserError
+
 COMMANDS = ("train", "sweep", "ablate", "report", "export", "ui", "bench")
-
-
-class UserError(Exception):
-    """A one-line error for the user (exit code 2)."""
+DISTRIBUTION = "xgd-orchestrator"
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from orchestrator.specs import SpecError
     from trainables.data import DataError
 
     return (UserError, SpecError, DataError)
 
 
+def version() -> str:
+    """The installed distribution's version ("unknown" when run from a checkout that is not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed(DISTRIBUTION)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class _Version(argparse.Action):
+    """`--version`, looked up only when asked for (importlib.metadata is not free at start-up)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{DISTRIBUTION} {version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m orchestrator",
                                      description="XGD distillation: train, sweep, ablate, report, export, ui, bench")
+    parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         if importlib.util.find_spec(f"orchestrator.commands.{name}") is not None:

@@ -1,4 +1,5 @@
-"""Shared test setup: one local Ray per test session (starting Ray costs 7-8 s here).
+"""Shared test setup: one local Ray per test session (starting Ray costs 7-8 s here), a guard for
+commands that must stop before Ray, and one torch thread for CPU-heavy modules.
 
 Environment first, before anything imports Ray: no token auth for the local cluster, no Tune
 default loggers (the sweep tracks results itself).
@@ -17,7 +18,7 @@ def ray_cluster():
     import ray
 
     started = False
-    from orchestrator.cluster import LOCAL_ENV
+    from orchestrator.run.cluster import LOCAL_ENV
 
     if not ray.is_initialized():
         for k, v in LOCAL_ENV.items():  # what the CLI's embedded Ray runs with
@@ -27,3 +28,32 @@ def ray_cluster():
     yield ray
     if started:
         ray.shutdown()
+
+
+class ReachedRay(Exception):
+    """Raised instead of starting Ray: the command passed every check that comes before Ray."""
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Starting Ray raises ReachedRay (returned, for `pytest.raises`): a command that must stop
+    before Ray fails its test with this exception if it gets that far."""
+    import orchestrator.run.cluster
+
+    def reached(*a, **k):
+        raise ReachedRay("the command reached Ray: it passed every check that comes before Ray")
+
+    monkeypatch.setattr(orchestrator.run.cluster, "connect", reached)
+    return ReachedRay
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The machine's CPUs are shared; one intra-op thread avoids spin-wait thrashing. Restored after.
+    A module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

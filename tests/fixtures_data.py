@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from orchestrator.specs import DataSpec
+from orchestrator.spec.train import DataSpec
 
 
 def data_cfg(kind: str, root: Path | None = None, **kw) -> dict:

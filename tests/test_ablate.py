@@ -5,22 +5,22 @@ prints mean +- std over seeds in the layout the ablation chose."""
 import copy
 import json
 import itertools
-import sys
 from pathlib import Path
 
 import pytest
 import ray.cloudpickle
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import sweep_stubs  # noqa: E402
-from sweep_stubs import stub_worker  # noqa: E402
+import sweep_stubs
+from sweep_stubs import stub_worker
 
-from orchestrator import space as S  # noqa: E402
-from orchestrator.ablate import load_ablation, parse_ablation  # noqa: E402
-from orchestrator.cli import main  # noqa: E402
-from orchestrator.specs import SpecError, TrainSpec  # noqa: E402
-from orchestrator.sweep_spec import sampler  # noqa: E402
+from orchestrator.cli import main
+from orchestrator.errors import SpecError
+from orchestrator.run.ablate import load_ablation, parse_ablation
+from orchestrator.spec import space as S
+from orchestrator.spec.sweep import sampler
+from orchestrator.spec.train import TrainSpec
+from orchestrator.tracking import tags as T
 
 ray.cloudpickle.register_pickle_by_value(sweep_stubs)  # Ray workers cannot import tests/
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def test_factorial_ablation_is_every_combination_times_every_seed(tmp_path):
     for cfg in configs(ab):
         TrainSpec.model_validate(cfg)  # every trial config is a valid trainer config
         assert cfg["distill"]["alpha"] == 0.7 and cfg["distill"]["beta"] == 0.3  # the rest from train:
-    assert spec.tags == {"xgd.layouts": "summary,per_class", "xgd.ablation": "factorial", "xgd.seeds": "3"}
+    assert spec.tags == {T.LAYOUTS: "summary,per_class", T.ABLATION: "factorial", T.SEEDS: "3"}
     assert len(ab.cell_points()) == 6
 
 
@@ -86,17 +86,17 @@ def test_listed_cells_cross_factors_and_seeds_and_the_sampler_runs_each_once(tmp
     rows = [("none", 0.7, 0.3), ("xgd", 0.7, 0.0), ("xgd", 0.0, 0.3)]
     assert got == sorted((*r, cam, s) for r in rows for cam in ("gradcam", "layercam") for s in (0, 1))
     # distill.cam is a factor: the timing table (time per iteration) is among the layouts
-    assert spec.tags["xgd.layouts"] == "summary,per_class,timing" and spec.tags["xgd.ablation"] == "cells"
+    assert spec.tags[T.LAYOUTS] == "summary,per_class,timing" and spec.tags[T.ABLATION] == "cells"
     walked = walk_sampler(spec)
     assert len(set(map(repr, walked))) == 12 and sorted(map(repr, walked)) == sorted(map(repr, spec.grid()))
-    assert "xgd.labels" not in spec.tags
+    assert T.LABELS not in spec.tags
 
 
 def test_cell_labels_reach_the_trials_and_the_report_order_but_not_the_trainer(tmp_path):
     cells = [{"label": "seg only", "distill.method": "none"}, {"label": "seg + pi", "distill.method": "xgd",
                                                                 "distill.alpha": 0.0}]
     ab = parse_ablation(base_raw(tmp_path, seeds=1, cells=cells))
-    assert json.loads(ab.sweep.tags["xgd.labels"]) == ["seg only", "seg + pi"]
+    assert json.loads(ab.sweep.tags[T.LABELS]) == ["seg only", "seg + pi"]
     assert sorted(p["label"] for p in ab.sweep.grid()) == ["seg + pi", "seg only"]
     assert all("label" not in c for c in configs(ab))  # resolved trainer configs have no such key
 
@@ -107,13 +107,10 @@ def test_overrides_replace_a_factor_and_the_seed_count(tmp_path):
     ab = load_ablation(path, ["factors.distill.cam=[layercam]", "seeds=2", "optim.epochs=5", "layouts=[timing]"])
     assert [c["distill"]["cam"] for c in configs(ab)] == ["layercam", "layercam"]
     assert [c["seed"] for c in configs(ab)] == [0, 1] and ab.sweep.train.optim.epochs == 5
-    assert ab.sweep.tags["xgd.layouts"] == "timing"
+    assert ab.sweep.tags[T.LAYOUTS] == "timing"
 
 
-def test_dry_run_lists_the_cells_and_starts_nothing(tmp_path, capsys, monkeypatch):
-    import orchestrator.cluster
-
-    monkeypatch.setattr(orchestrator.cluster, "connect", lambda *a, **k: pytest.fail("dry run started Ray"))
+def test_dry_run_lists_the_cells_and_starts_nothing(tmp_path, capsys, no_ray):
     rc = main(["ablate", str(ABLATIONS / "quickstart_table2.yaml"), "--dry-run", "--set", f"results={tmp_path}"])
     out = capsys.readouterr().out
     assert rc == 0 and "4 cells x 1 seed(s)" in out and "= 4 trials" in out and "nothing was started" in out
@@ -130,7 +127,7 @@ def test_paper_and_quickstart_specs_load_with_their_designs():
     t1 = paper["table1_method_student"]
     assert t1.factors["distill.method"] == ["none", "pi", "skd", "cwd", "at", "cat", "xgd"]
     assert t1.factors["student"] == ["dlv3p_r18", "dlv3p_mbv2", "pspnet_r18"]
-    assert paper["table3_cam"].sweep.tags["xgd.layouts"].startswith("timing")
+    assert paper["table3_cam"].sweep.tags[T.LAYOUTS].startswith("timing")
     fig3 = configs(paper["fig3_hparams"])
     grid = {0.05, 0.1, 0.5, 1.0, 2.0}
     for cfg in fig3:  # one weight at a time, the others at 1.0
@@ -138,13 +135,13 @@ def test_paper_and_quickstart_specs_load_with_their_designs():
         assert len(off) <= 1 and {cfg["distill"][k] for k in ("alpha", "beta", "tau")} <= grid
     for k in ("alpha", "beta", "tau"):
         assert {c["distill"][k] for c in fig3} == grid
-    from orchestrator import teachers
-    from orchestrator.sweep_spec import load_sweep_spec
+    from orchestrator.run import teachers
+    from orchestrator.spec.sweep import load_sweep_spec
 
     ttpla = teachers.recipe_hash(load_sweep_spec(ROOT / "search_spaces" / "ttpla.yaml").teacher.recipe)
     assert {teachers.recipe_hash(ab.sweep.teacher.recipe) for ab in paper.values()} == {ttpla}  # trained once
 
-    quick = [load_ablation(p) for p in sorted(ABLATIONS.glob("quickstart_*.yaml"))]
+    quick = [load_ablation(p) for p in sorted(ABLATIONS.glob("quickstart_*.yaml")) if p.stem != "quickstart_beta"]
     assert len(quick) == 5 and len({teachers.recipe_hash(ab.sweep.teacher.recipe) for ab in quick}) == 1
     for ab in quick:
         t = ab.sweep.train
@@ -154,6 +151,11 @@ def test_paper_and_quickstart_specs_load_with_their_designs():
 
     methods = next(ab for ab in quick if ab.sweep.name == "quickstart-methods").factors["distill.method"]
     assert {"none", "pi", "skd", "cwd", "at", "cat", "attnfd", "xgd"} <= set(methods) <= set(METHODS)
+
+    beta = load_ablation(ABLATIONS / "quickstart_beta.yaml")  # longer: students must learn (README table)
+    assert beta.seeds >= 3 and sorted({c["distill"]["beta"] for c in configs(beta)}) == [0.0, 1.0]
+    quickstart = load_sweep_spec(ROOT / "search_spaces" / "quickstart.yaml")
+    assert teachers.recipe_hash(beta.sweep.teacher.recipe) == teachers.recipe_hash(quickstart.teacher.recipe)
 
 
 # ------------------------------------------------------------------ errors
@@ -213,7 +215,7 @@ def test_bad_ablation_specs_are_one_line_errors(tmp_path, capsys, over, message)
 def test_tiny_ablation_runs_each_cell_and_seed_once_and_report_shows_mean_std(ray_cluster, tmp_path, capsys):
     from mlflow import MlflowClient
 
-    from orchestrator.sweep import run_sweep
+    from orchestrator.run.sweep import run_sweep
 
     def seeded_worker(config: dict) -> dict:
         """The stub's val_miou = alpha / 2 at the end; the seed shifts it so seeds differ."""
@@ -229,13 +231,13 @@ def test_tiny_ablation_runs_each_cell_and_seed_once_and_report_shows_mean_std(ra
         [(r.state, r.error) for r in out.rows]
 
     client = MlflowClient(ab.sweep.mlflow.tracking_uri)
-    runs = client.search_runs([client.get_experiment_by_name("xgd").experiment_id], "tags.`xgd.sweep` = 'abl'")
-    (parent,) = [r for r in runs if r.data.tags["xgd.kind"] == "sweep"]
-    children = [r for r in runs if r.data.tags["xgd.kind"] == "trial"]
-    assert parent.data.tags["xgd.layouts"] == "summary" and parent.data.tags["xgd.ablation"] == "factorial"
+    runs = client.search_runs([client.get_experiment_by_name("xgd").experiment_id], T.equals(T.SWEEP, "abl"))
+    (parent,) = [r for r in runs if r.data.tags[T.KIND] == "sweep"]
+    children = [r for r in runs if r.data.tags[T.KIND] == "trial"]
+    assert parent.data.tags[T.LAYOUTS] == "summary" and parent.data.tags[T.ABLATION] == "factorial"
     pairs = sorted((float(c.data.params["distill.alpha"]), int(c.data.params["seed"])) for c in children)
     assert pairs == [(0.5, 0), (0.5, 1), (1.5, 0), (1.5, 1)]  # every cell x seed exactly once
-    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    assert all(c.data.tags[T.PARENT] == parent.info.run_id for c in children)
 
     reports = tmp_path / "reports"
     rc = main(["report", "abl", "--tracking-uri", ab.sweep.mlflow.tracking_uri, "--out", str(reports),

@@ -1,7 +1,7 @@
 """Bad sweep specs through the real command line (`python -m orchestrator sweep`, in-process):
 each one is refused before Ray starts with ONE line on stderr, exit code 2, no traceback, and a
 message that names the key and what is allowed. The good spec they are all made from does reach
-Ray (the sentinel below), so every row fails for its own reason, not a shared one."""
+Ray (the `no_ray` sentinel), so every row fails for its own reason, not a shared one."""
 from __future__ import annotations
 
 import copy
@@ -11,12 +11,7 @@ import pytest
 import torch
 import yaml
 
-import orchestrator.cluster
 from orchestrator.cli import main
-
-
-class ReachedRay(Exception):
-    """Raised instead of starting Ray: the spec passed every check."""
 
 
 def good(tmp: Path) -> dict:
@@ -132,13 +127,6 @@ CASES = [
 ]
 
 
-@pytest.fixture
-def no_ray(monkeypatch):
-    def reached(*a, **k):
-        raise ReachedRay()
-    monkeypatch.setattr(orchestrator.cluster, "connect", reached)
-
-
 def write_spec(tmp: Path, case) -> str:
     path = tmp / "spec.yaml"
     if case is None:
@@ -155,7 +143,7 @@ def write_spec(tmp: Path, case) -> str:
 def test_the_good_spec_passes_every_check_and_reaches_ray(tmp_path, no_ray):
     path = write_spec(tmp_path, edit(teacher={"checkpoint": teacher_file(
         ["background", "cable", "tower_lattice", "tower_tucohy", "tower_wooden"])}))
-    with pytest.raises(ReachedRay):
+    with pytest.raises(no_ray):  # ReachedRay (tests/conftest.py)
         main(["sweep", path])
 
 

@@ -8,9 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import trainables.baselines as B
-from trainables import attnfd as A
 from trainables.losses import METHODS, TERMS, Step, active_terms
+from trainables.losses.at import at_loss
+from trainables.losses.attnfd import CBAM, attnfd_layer_loss, fixed_cbam
+from trainables.losses.cat import cat_loss
+from trainables.losses.cwd import channel_wise_divergence
+from trainables.losses.features import connector
+from trainables.losses.hyperparams import hp
+from trainables.losses.roles import context_layer, encoder_last_stage, probe_last_stage, role_taps
+from trainables.losses.skd import pairwise_loss
 from trainables.models import create_model
 from trainables.taps import tap
 
@@ -32,12 +38,12 @@ def runs():
     y = torch.randint(0, K, (2, 64, 64))
     y[:, :4] = 255
     teacher = create_model("deeplabv3plus", "resnet101", K).eval().requires_grad_(False)
-    with torch.no_grad(), tap(teacher, B.role_taps(*ROLES)({}, teacher)) as t_feats:
+    with torch.no_grad(), tap(teacher, role_taps(*ROLES)({}, teacher)) as t_feats:
         t_logits = teacher(x)
     out = {}
     for arch, enc in STUDENTS:
         student = create_model(arch, enc, K).train()
-        with tap(student, B.role_taps(*ROLES)({}, student)) as s_feats:
+        with tap(student, role_taps(*ROLES)({}, student)) as s_feats:
             s_logits = student(x)
         out[(arch, enc)] = (student, s_logits, dict(s_feats))
     return x, y, teacher, t_logits, dict(t_feats), out
@@ -77,19 +83,19 @@ def test_term_runs_for_each_student_and_trains_student_and_modules_not_teacher(r
 
 def test_tap_roles_and_last_stage_registry_agree_with_probe(runs):
     *_, teacher, _, t_feats, out = runs[2:]
-    assert B.encoder_last_stage(teacher) == "encoder.layer4"
+    assert encoder_last_stage(teacher) == "encoder.layer4"
     expected = {("deeplabv3plus", "resnet18"): "encoder.layer4", ("deeplabv3plus", "mobilenet_v2"): "encoder.features.18",
                 ("pspnet", "resnet18"): "encoder.layer2"}  # smp PSPNet stops at depth 3 (stride 8)
     for key, (student, _, feats) in out.items():
-        assert B.encoder_last_stage(student) == expected[key] == "encoder." + B.probe_last_stage(student.encoder)
-        assert B.context_layer(student) == ("decoder.psp" if key[0] == "pspnet" else "decoder.aspp")
+        assert encoder_last_stage(student) == expected[key] == "encoder." + probe_last_stage(student.encoder)
+        assert context_layer(student) == ("decoder.psp" if key[0] == "pspnet" else "decoder.aspp")
     with pytest.raises(ValueError, match="no ASPP/pyramid-pooling layer.*supported: DeepLabV3Plus"):
-        B.context_layer(create_model("unet", "resnet18", K))
+        context_layer(create_model("unet", "resnet18", K))
 
 
 def test_connector_only_on_channel_mismatch():
-    assert isinstance(B.connector(256, 256), nn.Identity)
-    c = B.connector(512, 256)
+    assert isinstance(connector(256, 256), nn.Identity)
+    c = connector(512, 256)
     assert c(torch.randn(2, 512, 3, 3)).shape == (2, 256, 3, 3)
 
 
@@ -104,12 +110,12 @@ def test_methods_and_combinations_registered():
 
 def test_bad_hyperparameter_is_one_line_error():
     with pytest.raises(ValueError, match=r"distill.weights.cwd_tau = -1.0 is not allowed; use a positive number"):
-        B.hp({"weights": {"cwd_tau": -1}}, "cwd_tau")
+        hp({"weights": {"cwd_tau": -1}}, "cwd_tau")
     with pytest.raises(ValueError, match="attnfd_teacher_cbam = 0.5 .* 0 or 1"):
-        B.hp({"weights": {"attnfd_teacher_cbam": 0.5}}, "attnfd_teacher_cbam")
+        hp({"weights": {"attnfd_teacher_cbam": 0.5}}, "attnfd_teacher_cbam")
     with pytest.raises(ValueError, match="cat_pool = 0.5 .* an integer >= 1"):
-        B.hp({"weights": {"cat_pool": 0.5}}, "cat_pool")
-    assert B.hp({"weights": {}}, "cwd_tau") == 4.0 and B.hp({"weights": {"skd_pool": 0.5}}, "skd_pool") == 0.5
+        hp({"weights": {"cat_pool": 0.5}}, "cat_pool")
+    assert hp({"weights": {}}, "cwd_tau") == 4.0 and hp({"weights": {"skd_pool": 0.5}}, "skd_pool") == 0.5
 
 
 # ------------------------------------------------------------------ SKD pair-wise
@@ -136,10 +142,10 @@ def _skd_reference(f_s, f_t, scale):
 def test_skd_pairwise_matches_reference_and_is_zero_for_equal_features(pool):
     torch.manual_seed(1)
     s, t = torch.randn(2, 6, 7, 9), torch.randn(2, 4, 7, 9)  # channels may differ
-    assert B.pairwise_loss(s, t, pool).item() == pytest.approx(_skd_reference(s, t, pool).item(), rel=1e-5)
-    assert B.pairwise_loss(t, t.clone(), pool).item() == pytest.approx(0.0, abs=1e-12)
+    assert pairwise_loss(s, t, pool).item() == pytest.approx(_skd_reference(s, t, pool).item(), rel=1e-5)
+    assert pairwise_loss(t, t.clone(), pool).item() == pytest.approx(0.0, abs=1e-12)
     # similarity is scale-free per pixel: a positive rescale of the student changes nothing
-    assert B.pairwise_loss(3 * t, t, pool).item() == pytest.approx(0.0, abs=1e-10)
+    assert pairwise_loss(3 * t, t, pool).item() == pytest.approx(0.0, abs=1e-10)
 
 
 # ------------------------------------------------------------------ CWD
@@ -152,8 +158,8 @@ def test_cwd_matches_mmrazor_formula_and_zero_for_equal():
     p_t = F.softmax(t.reshape(-1, w * h) / tau, dim=1)
     ref = torch.sum(p_t * F.log_softmax(t.reshape(-1, w * h) / tau, 1) - p_t * F.log_softmax(s.reshape(-1, w * h) / tau, 1))
     ref = ref * tau**2 / (c * n)
-    assert B.channel_wise_divergence(s, t, tau).item() == pytest.approx(ref.item(), rel=1e-5)
-    assert B.channel_wise_divergence(t, t.clone(), tau).item() == pytest.approx(0.0, abs=1e-6)
+    assert channel_wise_divergence(s, t, tau).item() == pytest.approx(ref.item(), rel=1e-5)
+    assert channel_wise_divergence(t, t.clone(), tau).item() == pytest.approx(0.0, abs=1e-6)
 
 
 # ------------------------------------------------------------------ AT
@@ -163,13 +169,13 @@ def test_at_matches_zagoruyko_and_is_zero_for_equal_and_interpolates():
     torch.manual_seed(3)
     s, t = torch.randn(2, 8, 6, 6), torch.randn(2, 16, 6, 6)
     at = lambda x: F.normalize(x.pow(2).mean(1).view(x.size(0), -1))  # noqa: E731  (AT repo's at())
-    assert B.at_loss(s, t).item() == pytest.approx((at(s) - at(t)).pow(2).mean().item(), rel=1e-6)
-    assert B.at_loss(t, t.clone()).item() == pytest.approx(0.0, abs=1e-12)
+    assert at_loss(s, t).item() == pytest.approx((at(s) - at(t)).pow(2).mean().item(), rel=1e-6)
+    assert at_loss(t, t.clone()).item() == pytest.approx(0.0, abs=1e-12)
     # a student at half the resolution is compared at the teacher's size
     small = torch.randn(2, 8, 3, 3)
     a_small = F.interpolate(small.pow(2).mean(1, keepdim=True), size=(6, 6), mode="bilinear", align_corners=False)
     ref = (F.normalize(a_small.flatten(1)) - at(t)).pow(2).mean()
-    assert B.at_loss(small, t).item() == pytest.approx(ref.item(), rel=1e-6)
+    assert at_loss(small, t).item() == pytest.approx(ref.item(), rel=1e-6)
 
 
 # ------------------------------------------------------------------ CAT
@@ -193,8 +199,8 @@ def test_cat_matches_direct_recomputation_and_zero_for_equal():
             pt = F.avg_pool2d((a_t * m)[None, None], 4).flatten()
             dists.append(((ps / ps.norm() - pt / pt.norm()) ** 2).sum())
     assert len(dists) == 5
-    assert B.cat_loss(s, t, masks, pool).item() == pytest.approx(torch.stack(dists).mean().item(), rel=1e-5)
-    assert B.cat_loss(t, t.clone(), masks, pool).item() == pytest.approx(0.0, abs=1e-12)
+    assert cat_loss(s, t, masks, pool).item() == pytest.approx(torch.stack(dists).mean().item(), rel=1e-5)
+    assert cat_loss(t, t.clone(), masks, pool).item() == pytest.approx(0.0, abs=1e-12)
 
 
 # ------------------------------------------------------------------ AttnFD
@@ -204,14 +210,14 @@ def test_attnfd_layer_loss_formula_and_zero_for_equal():
     torch.manual_seed(5)
     s, t = torch.randn(3, 4, 5, 5), torch.randn(3, 4, 5, 5)
     ref = sum(((s[i] / s[i].norm() - t[i] / t[i].norm()) ** 2).sum() for i in range(3)) / 3
-    assert A.attnfd_layer_loss(s, t).item() == pytest.approx(ref.item(), rel=1e-5)
-    assert A.attnfd_layer_loss(2 * t, t).item() == pytest.approx(0.0, abs=1e-10)
+    assert attnfd_layer_loss(s, t).item() == pytest.approx(ref.item(), rel=1e-5)
+    assert attnfd_layer_loss(2 * t, t).item() == pytest.approx(0.0, abs=1e-10)
 
 
 def test_cbam_gates_match_their_formulas():
     torch.manual_seed(6)
     x = torch.randn(2, 32, 6, 6)
-    cbam = A.CBAM(32, reduction=16).eval()
+    cbam = CBAM(32, reduction=16).eval()
     mlp = cbam.channel.mlp
     xc = x * torch.sigmoid(mlp(x.mean((2, 3))) + mlp(x.amax((2, 3))))[:, :, None, None]
     pooled = torch.cat([xc.mean(1, keepdim=True), xc.amax(1, keepdim=True)], 1)
@@ -221,7 +227,7 @@ def test_cbam_gates_match_their_formulas():
     # the public code's parameter-free teacher gate (cbam.py, model='teacher')
     xt = x * torch.sigmoid(F.avg_pool2d(x, 6) + F.max_pool2d(x, 6))
     ref_t = xt * torch.sigmoid(torch.max(xt, 1)[0].unsqueeze(1) + torch.mean(xt, 1).unsqueeze(1))
-    assert torch.allclose(A.fixed_cbam(x), ref_t, atol=1e-6)
+    assert torch.allclose(fixed_cbam(x), ref_t, atol=1e-6)
 
 
 def test_attnfd_learned_teacher_cbam_option_builds_and_trains_teacher_gates(runs):
@@ -240,7 +246,7 @@ def test_attnfd_learned_teacher_cbam_option_builds_and_trains_teacher_gates(runs
 
 
 def test_gradient_reversal_negates_and_scales():
-    from trainables.holistic import GradReverse
+    from trainables.losses.holistic import GradReverse
 
     x = torch.randn(3, requires_grad=True)
     (GradReverse.apply(x, 0.25) * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
@@ -248,7 +254,7 @@ def test_gradient_reversal_negates_and_scales():
 
 
 def test_holistic_term_trains_the_critic_to_separate_and_the_student_to_fool_it():
-    from trainables.holistic import discriminator, holistic_loss
+    from trainables.losses.holistic import discriminator, holistic_loss
 
     torch.manual_seed(0)
     x = torch.randn(4, 3, 32, 32)
@@ -274,7 +280,8 @@ def test_holistic_term_trains_the_critic_to_separate_and_the_student_to_fool_it(
 def test_skd_with_holistic_term_trains_student_and_critic_in_one_step():
     import copy
 
-    from orchestrator.specs import TrainSpec, validate
+    from orchestrator.spec.load import validate
+    from orchestrator.spec.train import TrainSpec
     from trainables.step import build_trainer, train_step
 
     cfg = validate(TrainSpec, {"data": {"kind": "synthetic", "num_train": 2, "image_size": 64, "crop": 64},

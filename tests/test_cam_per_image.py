@@ -27,12 +27,7 @@ from trainables.taps import tap
 B = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train_student(arch: str, seed: int = 0) -> nn.Module:
@@ -64,7 +59,8 @@ def batch_stat_copy(model: nn.Module, x: torch.Tensor) -> nn.Module:
     return m.eval()
 
 
-def student_maps(student: nn.Module, arch: str, x, y, method: str, reduce: str, amp: bool = False) -> np.ndarray:
+def student_maps(student: nn.Module, arch: str, x, y, method: str, reduce: str, amp: bool = False,
+                 classes: str = "all") -> np.ndarray:
     """The maps L_sa trains on (trainables.saliency.saliency_maps), for a student in train mode."""
     teacher = make_model(arch, seed=7).eval().requires_grad_(False)
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if amp else torch.autocast("cpu", enabled=False)
@@ -74,14 +70,14 @@ def student_maps(student: nn.Module, arch: str, x, y, method: str, reduce: str, 
         with torch.enable_grad(), tap(teacher, {"cam": LAYERS[arch]}, leaf=True) as tf:
             t_logits = teacher(x)
         step = Step(x, y, s_logits, t_logits, {"cam": sf["cam"]}, {"cam": tf["cam"]})
-        s, _ = saliency_maps(step, {"cam": method, "cam_reduce": reduce})
+        s, _ = saliency_maps(step, {"cam": method, "cam_reduce": reduce, "cam_classes": classes})
     return s.detach().float().numpy()
 
 
-def oracle_maps(student: nn.Module, arch: str, x, y, method: str, reduce: str) -> np.ndarray:
+def oracle_maps(student: nn.Module, arch: str, x, y, method: str, reduce: str, classes: str = "all") -> np.ndarray:
     ref = batch_stat_copy(student, x)
     layer = LAYERS[arch]
-    masks = class_masks(y, None, K)
+    masks = class_masks(y, None, K, classes=classes)
     if reduce == "sum":
         targets = [lambda out, m=masks[b]: (out * m).sum() for b in range(len(x))]
         return oracle(method, ref, layer, x, targets)[:, None]
@@ -112,6 +108,17 @@ def test_student_cam_is_each_images_own_map(method, arch, reduce):
     assert min(rho) >= 0.99, f"per-image Spearman {np.round(rho, 3)}"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(CAMS))
+def test_foreground_target_map_is_each_images_own(method):
+    student = train_student("DeepLabV3Plus")
+    x, y = make_batch(b=B, seed=3)
+    ref = oracle_maps(student, "DeepLabV3Plus", x, y, method, "sum", classes="foreground")
+    rho = spearmans(student_maps(student, "DeepLabV3Plus", x, y, method, "sum", classes="foreground"), ref)
+    assert len(rho) == B and min(rho) >= 0.99, np.round(rho, 3)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", list(LAYERS))
 def test_in_float64_the_maps_are_equal(arch):
     """In float32 a few ReLU gates in the decoder flip between the two forwards' roundings, which moves
@@ -129,6 +136,7 @@ def test_in_float64_the_maps_are_equal(arch):
         torch.set_default_dtype(torch.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", list(LAYERS))
 def test_under_bf16_autocast_the_map_is_still_the_images_own(arch):
     """AMP: bf16 keeps 8 mantissa bits, so even the oracle's own map moves under autocast (measured on
@@ -162,6 +170,7 @@ def test_without_constant_statistics_the_map_is_a_batch_artefact():
     assert np.median(rho) < 0.9, np.round(rho, 3)
 
 
+@pytest.mark.slow
 def test_other_images_change_image_0s_map_only_as_the_oracles():
     student = train_student("DeepLabV3Plus")
     x, y = make_batch(b=B, seed=3)

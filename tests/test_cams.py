@@ -41,13 +41,7 @@ def make_batch(b: int = 2, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The machine's CPUs are shared; one intra-op thread avoids spin-wait thrashing. Restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,16 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.tracking import tags as T
+
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 
 SCRIPT = r"""
 import json, os, sqlite3, sys, threading, time
-sys.path.insert(0, {tests!r})
 import ray, ray.cloudpickle, sweep_stubs
 from ray.cluster_utils import Cluster
+from orchestrator.tracking import tags as T
 ray.cloudpickle.register_pickle_by_value(sweep_stubs)
 
 def node_worker(config):
@@ -36,7 +38,7 @@ def trials(db):
         con = sqlite3.connect("file:" + db + "?mode=ro", uri=True, timeout=1)
         rows = con.execute("select t.value, r.status, (select count(*) from metrics m where m.run_uuid = r.run_uuid "
                            "and m.key = 'val_miou') from runs r join tags t on t.run_uuid = r.run_uuid "
-                           "where t.key = 'xgd.trial_id'").fetchall()
+                           f"where t.key = '{T.TRIAL_ID}'").fetchall()
         con.close()
         return rows
     except sqlite3.Error:
@@ -48,7 +50,7 @@ worker_node = cluster.add_node(num_cpus=1)
 cluster.wait_for_nodes()
 ray.init(address=cluster.address, log_to_driver=False)
 head_id = ray.get_runtime_context().get_node_id()
-removed = {{}}
+removed = {}
 
 def remover():
     # remove the worker node once a trial has finished and another is mid-run on that node
@@ -58,8 +60,8 @@ def remover():
     while time.time() < deadline:
         rows = trials(db)
         done = [t for t, st, n in rows if st == "FINISHED"]
-        on_worker = {{f.split("@")[0] for f in (os.listdir(marks) if os.path.isdir(marks) else [])
-                     if f.endswith("@" + worker_node.node_id)}}
+        on_worker = {f.split("@")[0] for f in (os.listdir(marks) if os.path.isdir(marks) else [])
+                     if f.endswith("@" + worker_node.node_id)}
         running = [t for t, st, n in rows if st == "RUNNING" and n >= 1 and t in on_worker]
         if done and running:
             removed.update(finished_before=done, interrupted=running)
@@ -69,8 +71,8 @@ def remover():
 
 t = threading.Thread(target=remover, daemon=True)
 t.start()
-from orchestrator.sweep_spec import parse_sweep_spec
-from orchestrator.sweep import run_sweep
+from orchestrator.run.sweep import run_sweep
+from orchestrator.spec.sweep import parse_sweep_spec
 from rich.console import Console
 out = run_sweep(parse_sweep_spec(raw), worker=node_worker, console=Console(file=sys.stderr))
 t.join(timeout=5)
@@ -107,8 +109,9 @@ def test_two_node_cluster_sweep_survives_losing_a_node(tmp_path):
         "resources": {"num_workers": 1, "cpus_per_worker": 1, "max_concurrent": 2, "max_failures": 2},
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    env.update(RAY_AUTH_MODE="disabled", TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT.format(tests=str(TESTS)), json.dumps(raw)],
+    env.update(RAY_AUTH_MODE="disabled", TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]))  # the script imports sweep_stubs
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(raw)],
                           cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=400)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("SUMMARY ")), None)
     assert proc.returncode == 0 and line, proc.stderr[-4000:]
@@ -128,16 +131,16 @@ def test_two_node_cluster_sweep_survives_losing_a_node(tmp_path):
 
     client = MlflowClient(f"sqlite:///{shared}/results/mlflow.db")
     exp = client.get_experiment_by_name("xgd")
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.`xgd.sweep` = 'cluster'")
-    trials = [r for r in runs if r.data.tags.get("xgd.kind") == "trial"]
-    parent = [r for r in runs if r.data.tags.get("xgd.kind") == "sweep"]
+    runs = client.search_runs([exp.experiment_id], filter_string=T.equals(T.SWEEP, "cluster"))
+    trials = [r for r in runs if r.data.tags.get(T.KIND) == "trial"]
+    parent = [r for r in runs if r.data.tags.get(T.KIND) == "sweep"]
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
-    assert sorted(r.data.tags["xgd.trial_id"] for r in trials) == sorted(states)  # each trial once
+    assert sorted(r.data.tags[T.TRIAL_ID] for r in trials) == sorted(states)  # each trial once
     for r in trials:
         assert r.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_miou")]
         assert steps == [0, 1, 2], steps
-        ckpt = Path(r.data.tags["xgd.checkpoint"])
+        ckpt = Path(r.data.tags[T.CHECKPOINT])
         assert ckpt.is_relative_to(shared / "sweeps" / "cluster") and ckpt.exists(), ckpt
     for tid in s["removed"]["finished_before"]:  # completed before the node went: untouched
         assert tid in states and states[tid]["state"] == "completed"

@@ -23,11 +23,12 @@ from fixtures_data import (
 )
 from PIL import Image
 
+from trainables.constants import IMAGENET_MEAN, IMAGENET_STD
 from trainables.data import DataError, build_dataset, class_names, pad_collate
 from trainables.data.base import SegDataset, sample_seed
 from trainables.data.synthetic import CLASSES as TTPLA_CLASSES
 from trainables.data.synthetic import render
-from trainables.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from trainables.data.transforms import eval_transform, train_transform
 from trainables.setup import make_loaders
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.specs import TrainSpec
+from orchestrator.spec.train import TrainSpec
 
 
 @pytest.mark.slow

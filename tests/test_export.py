@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from orchestrator.cli import main
+from orchestrator.tracking import tags as T
 from test_report import CLASSES, build_store, final_miou
 
 
@@ -21,13 +22,13 @@ def store(tmp_path_factory):
 
 
 def _table(store, sweep="demo"):
-    from orchestrator import aggregate as agg
+    from orchestrator.tracking import reader
 
-    return agg.trials_table(store["client"], agg.find_sweep(store["client"], sweep))
+    return reader.trials_table(store["client"], reader.find_sweep(store["client"], sweep))
 
 
 def test_choose_top_k_and_pareto(store):
-    from orchestrator.export import choose
+    from orchestrator.results.export import choose
 
     t = _table(store)
     top = choose(t, "val_miou", top=3)
@@ -42,6 +43,7 @@ def test_choose_top_k_and_pareto(store):
     assert front[0].row["val_miou"] == pytest.approx(final_miou("xgd", 1.0, 1))
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*torch.jit:FutureWarning")
 def test_export_writes_loadable_checked_students_and_registers_them(store, tmp_path, capsys):
     from safetensors import safe_open
@@ -99,8 +101,8 @@ def test_export_writes_loadable_checked_students_and_registers_them(store, tmp_p
 
 
 def test_writers_check_their_output_and_fail_loudly(tmp_path, monkeypatch):
-    from orchestrator import export as ex
-    from orchestrator.cli import UserError
+    from orchestrator.errors import UserError
+    from orchestrator.results import export as ex
 
     torch.manual_seed(0)
     tiny = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
@@ -125,15 +127,16 @@ def _one_trial_store(root: Path, sweep: str, status: str = "FINISHED", checkpoin
     uri = f"sqlite:///{root / 'mlflow.db'}"
     c = MlflowClient(uri)
     exp = c.create_experiment("x", artifact_location=str(root / "artifacts"))
-    parent = c.create_run(exp, run_name=sweep, tags={"xgd.kind": "sweep", "xgd.sweep": sweep})
-    run = c.create_run(exp, run_name="trial_0", tags={"mlflow.parentRunId": parent.info.run_id, "xgd.kind": "trial",
-                                                      "xgd.sweep": sweep, "xgd.checkpoint": checkpoint})
+    parent = c.create_run(exp, run_name=sweep, tags={T.KIND: "sweep", T.SWEEP: sweep})
+    run = c.create_run(exp, run_name="trial_0", tags={T.PARENT: parent.info.run_id, T.KIND: "trial",
+                                                      T.SWEEP: sweep, T.CHECKPOINT: checkpoint})
     if status == "FINISHED":
         c.log_batch(run.info.run_id, metrics=[Metric("val_miou", 0.5, 0, 0)])
     c.set_terminated(run.info.run_id, status)
     return uri
 
 
+@pytest.mark.slow
 def test_no_finished_trial_bad_and_missing_checkpoints_fail_in_one_line(tmp_path, capsys):
     uri = _one_trial_store(tmp_path / "a", "failing", status="FAILED")
     capsys.readouterr()
@@ -181,7 +184,7 @@ def test_pspnet_onnx_falls_back_to_a_fixed_size_quietly(tmp_path, capfd):
     C++ and the dynamo exporter its progress: none of that may reach the terminal."""
     import onnx
 
-    from orchestrator import export as ex
+    from orchestrator.results import export as ex
     from trainables.models import create_model
 
     model = create_model("pspnet", "resnet18", classes=3).eval()
@@ -190,3 +193,12 @@ def test_pspnet_onnx_falls_back_to_a_fixed_size_quietly(tmp_path, capfd):
     assert path.is_file() and check["onnx_dynamic_size"] is False and check["onnx_max_abs_diff"] <= ex.ONNX_ATOL
     assert onnx.load(str(path), load_external_data=False).opset_import[0].version == check["onnx_opset"]
     assert "graph" not in out.out + out.err and "Traceback" not in out.err, (out.out + out.err)[-2000:]
+
+
+def test_export_refuses_to_pick_students_by_a_test_metric(tmp_path, capsys):
+    from orchestrator.cli import main
+
+    rc = main(["export", "demo", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}", "--metric", "test_miou"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "held-out test split" in err and "val_miou" in err
+    assert not (tmp_path / "none.db").exists()  # refused before the store is opened

@@ -17,16 +17,15 @@ import pytest
 import ray.cloudpickle
 from rich.console import Console
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import sweep_stubs  # noqa: E402
+import sweep_stubs
 
-import orchestrator.cluster  # noqa: E402
-import orchestrator.sweep  # noqa: E402
-from orchestrator.cli import main  # noqa: E402
-from orchestrator.driver import error_line  # noqa: E402
-from orchestrator.failures import fatal_cause, summarize_error  # noqa: E402
-from orchestrator.sweep import run_sweep  # noqa: E402
-from orchestrator.sweep_spec import parse_sweep_spec  # noqa: E402
+import orchestrator.run.sweep
+from orchestrator.cli import main
+from orchestrator.run.callback import error_line
+from orchestrator.run.failures import fatal_cause, summarize_error
+from orchestrator.run.sweep import run_sweep
+from orchestrator.spec.sweep import parse_sweep_spec
+from orchestrator.tracking import tags as T
 
 ray.cloudpickle.register_pickle_by_value(sweep_stubs)
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the stubs below run in Ray workers
@@ -103,9 +102,9 @@ def children(spec):
 
     client = MlflowClient(spec.mlflow.tracking_uri)
     exp = client.get_experiment_by_name(spec.mlflow.experiment)
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`xgd.sweep` = '{spec.name}'")
-    return client, [r for r in runs if r.data.tags.get("xgd.kind") == "trial"], \
-        [r for r in runs if r.data.tags.get("xgd.kind") == "sweep"]
+    runs = client.search_runs([exp.experiment_id], filter_string=T.equals(T.SWEEP, spec.name))
+    return client, [r for r in runs if r.data.tags.get(T.KIND) == "trial"], \
+        [r for r in runs if r.data.tags.get(T.KIND) == "sweep"]
 
 
 def error_file_of(exc: BaseException, tmp_path: Path) -> SimpleNamespace:
@@ -143,7 +142,7 @@ def test_error_summary_keeps_the_root_cause_not_rays_wrapper():
 def test_only_the_latest_failure_counts_and_fatal_causes_are_recognised():
     text = ("Failure # 1 (occurred at x)\nRuntimeError: node lost\n"
             "Failure # 2 (occurred at y)\nray.exceptions.RayTaskError(FatalTrialError): ray::ImplicitFunc.train()\n"
-            "orchestrator.failures.FatalTrialError: FloatingPointError: training loss became inf at epoch 2; trial stopped\n")
+            "orchestrator.run.failures.FatalTrialError: FloatingPointError: training loss became inf at epoch 2; trial stopped\n")
     assert summarize_error(text) == "FloatingPointError: training loss became inf at epoch 2; trial stopped"
     assert fatal_cause("Failure # 1\nRuntimeError: node lost\n") is None
     assert summarize_error("Failure # 1\nRuntimeError: node lost\n") == "RuntimeError: node lost"
@@ -153,11 +152,7 @@ def test_only_the_latest_failure_counts_and_fatal_causes_are_recognised():
     assert summarize_error(wrapped) == "RuntimeError: stub trial failed on purpose"
 
 
-def test_unwritable_results_is_refused_before_ray(tmp_path, monkeypatch, capsys):
-    def no_ray(*a, **k):
-        raise AssertionError("Ray must not start when results cannot be written")
-
-    monkeypatch.setattr(orchestrator.cluster, "connect", no_ray)
+def test_unwritable_results_is_refused_before_ray(tmp_path, no_ray, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     spec = tmp_path / "s.json"
@@ -168,12 +163,8 @@ def test_unwritable_results_is_refused_before_ray(tmp_path, monkeypatch, capsys)
     assert "--set results=" in err
 
 
-def test_full_results_disk_is_refused_before_ray(tmp_path, monkeypatch, capsys):
-    def no_ray(*a, **k):
-        raise AssertionError("Ray must not start when the disk is full")
-
-    monkeypatch.setattr(orchestrator.cluster, "connect", no_ray)
-    monkeypatch.setattr(orchestrator.sweep.shutil, "disk_usage", lambda p: SimpleNamespace(total=1e12, used=1e12, free=5 * 2**20))
+def test_full_results_disk_is_refused_before_ray(tmp_path, no_ray, monkeypatch, capsys):
+    monkeypatch.setattr(orchestrator.run.sweep.shutil, "disk_usage", lambda p: SimpleNamespace(total=1e12, used=1e12, free=5 * 2**20))
     spec = tmp_path / "s.json"
     spec.write_text(json.dumps(raw_spec(tmp_path, "full")))
     assert main(["sweep", str(spec)]) == 2
@@ -209,9 +200,9 @@ def test_nan_and_oom_trials_fail_alone_at_once_with_their_reason(ray_cluster, tm
     assert len(runs) == 3 and parents[0].info.status == "FINISHED"
     by_alpha = {float(r.data.params["distill.alpha"]): r for r in runs}
     nan_run, oom_run = by_alpha[0.5], by_alpha[1.0]
-    assert nan_run.info.status == "FAILED" and "training loss became nan" in nan_run.data.tags["xgd.error"]
+    assert nan_run.info.status == "FAILED" and "training loss became nan" in nan_run.data.tags[T.ERROR]
     assert [m.step for m in client.get_metric_history(nan_run.info.run_id, "train_loss")] == [0]  # stopped at once
-    assert oom_run.info.status == "FAILED" and "resources.max_concurrent" in oom_run.data.tags["xgd.error"]
+    assert oom_run.info.status == "FAILED" and "resources.max_concurrent" in oom_run.data.tags[T.ERROR]
     assert by_alpha[1.5].info.status == "FINISHED"
 
 

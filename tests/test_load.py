@@ -10,7 +10,7 @@ import pytest
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_200_stub_trials_on_two_cpus_lose_no_mlflow_run(ray_cluster, tmp_path, capsys):
-    from orchestrator.bench_sweep import sweep_load
+    from orchestrator.bench.sweep import sweep_load
 
     out = sweep_load(200, concurrent=2, root=str(tmp_path))
     with capsys.disabled():

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.specs import TrainSpec
-from orchestrator.training import run_training
+from orchestrator.run.train import run_training
+from orchestrator.spec.train import TrainSpec
 from trainables import checkpoint
 from trainables.loop import train_loop
 from trainables.reporting import FolderReporter
@@ -35,6 +35,7 @@ def teacher(tmp_path_factory):
     return str(tmp / "teacher" / "best.pt")
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(tmp_path):
     a = train_loop(spec(tmp_path, "a", optim__epochs=2))
     b = train_loop(spec(tmp_path, "b", optim__epochs=2))
@@ -42,7 +43,8 @@ def test_same_seed_same_metrics(tmp_path):
     assert keys and all(a[k] == b[k] for k in keys)
 
 
-@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2])
 def test_resume_from_mid_run_checkpoint_matches_uninterrupted(tmp_path, teacher, monkeypatch, workers):
     """Also with 2 persistent loader workers, whose processes restart with the resumed run."""
     data = {**TINY, "workers": workers}
@@ -69,6 +71,7 @@ def test_resume_from_mid_run_checkpoint_matches_uninterrupted(tmp_path, teacher,
         assert resumed[k] == pytest.approx(full[k], rel=1e-6, abs=1e-7), k
 
 
+@pytest.mark.slow
 def test_beta_changes_trained_weights(tmp_path, teacher):
     runs = {}
     for beta in (0.0, 1.0):
@@ -83,6 +86,7 @@ def test_beta_changes_trained_weights(tmp_path, teacher):
     assert any(k.startswith("encoder.") for k in changed) and any(k.startswith("decoder.block1") for k in changed)
 
 
+@pytest.mark.slow
 def test_run_training_writes_checkpoints_and_metrics(tmp_path):
     out = run_training(TrainSpec.model_validate(spec(tmp_path, "t", optim__epochs=2)))
     d = tmp_path / "t"
@@ -93,6 +97,7 @@ def test_run_training_writes_checkpoints_and_metrics(tmp_path):
     assert best["classes"][1] == "cable" and best["model_cfg"]["encoder"] == "resnet18"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["xgd+cwd", "attnfd", "skd"])
 def test_baseline_methods_train_through_the_loop(tmp_path, teacher, method):
     out = train_loop(spec(tmp_path, method.replace("+", "_"), teacher={"checkpoint": teacher},
@@ -153,6 +158,7 @@ def test_a_restored_train_checkpoint_replays_its_epoch_once(tmp_path, monkeypatc
     assert again.reports == []
 
 
+@pytest.mark.slow
 def test_held_out_split_is_evaluated_once_with_the_best_on_val_weights(tmp_path):
     """metrics.json's test_* equal best.pt evaluated on the test split by hand (a model rebuilt from
     the file, its own confusion matrix); no epoch before the last reports a test metric."""
@@ -201,6 +207,7 @@ def test_evaluate_best_uses_the_given_weights_and_gives_the_model_its_own_back()
     assert all(torch.equal(v, own[k]) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_a_dataset_without_a_test_split_says_so_once_and_skips_it(tmp_path, capsys):
     from fixtures_data import write_voc
 

@@ -43,3 +43,10 @@ def test_zero_weight_terms_are_skipped_and_teacher_terms_need_a_teacher():
     assert [n for n, _, _ in active_terms(cfg, has_teacher=True)] == ["seg", "pi"]  # beta=0: no CAM at all
     assert [n for n, _, _ in active_terms(cfg, has_teacher=False)] == ["seg"]
     assert set(METHODS["xgd"]) <= set(TERMS)
+
+
+def test_every_method_names_only_registered_terms():
+    # methods are names (trainables.losses.methods), terms register in their own modules: a method
+    # naming a term no module registers would fail only when a run picks it
+    for name, terms in METHODS.items():
+        assert terms[0] == "seg" and set(terms) <= set(TERMS), name

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import aggregate as agg
-from orchestrator.cli import UserError, main
-from orchestrator.specs import SpecError, TrainSpec, validate
-from orchestrator.sweep_spec import parse_sweep_spec
+from orchestrator.cli import main
+from orchestrator.errors import SpecError, UserError
+from orchestrator.spec.load import validate
+from orchestrator.spec.sweep import parse_sweep_spec
+from orchestrator.spec.train import TrainSpec
+from orchestrator.tracking import reader
+from orchestrator.tracking import tags as T
 
 ESCAPES = ["..", "../x", "../../etc/cron.d/x", "/etc/passwd", "/tmp/x", "a/../../b", "a/b", ".", ".hidden",
            "~root", "x\x00y", "C:\\Windows", "a\\..\\b", "-rf", " spaced", ""]
@@ -60,7 +63,7 @@ def test_escaping_name_from_the_command_line_is_one_line_exit_2(tmp_path, capsys
 
 @pytest.mark.parametrize("name", ESCAPES + ODD_BUT_SAFE + ["../" * 20 + "x", "a" * 500])
 def test_safe_name_is_one_plain_component(name):
-    clean = agg.safe_name(name)
+    clean = reader.safe_name(name)
     assert re.fullmatch(r"[A-Za-z0-9_=+-][A-Za-z0-9_.=+-]{0,119}", clean), clean
     assert clean not in (".", "..") and "/" not in clean and "\\" not in clean
 
@@ -69,7 +72,7 @@ def test_safe_name_is_one_plain_component(name):
 def test_safe_join_stays_under_root(tmp_path, name):
     root = tmp_path / "exports"
     for parts in ((name,), (name, "1"), ("sweep", name)):
-        path = agg.safe_join(root, *parts)
+        path = reader.safe_join(root, *parts)
         assert path.is_relative_to(root.resolve()) and path != root.resolve(), (parts, path)
 
 
@@ -78,21 +81,21 @@ def test_safe_join_refuses_a_symlink_that_leads_out(tmp_path):
     root.mkdir()
     (root / "sneaky").symlink_to(tmp_path.parent)
     with pytest.raises(UserError, match="refusing to write outside"):
-        agg.safe_join(root, "sneaky", "x")
+        reader.safe_join(root, "sneaky", "x")
 
 
 def test_report_for_a_sweep_named_with_dotdots_writes_under_its_root(tmp_path):
     """A store written by someone else can hold any sweep name: the report folder stays inside."""
     from mlflow import MlflowClient
 
-    from orchestrator.commands.report import make_report
+    from orchestrator.results.report import make_report
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     exp = client.create_experiment("xgd", artifact_location=(tmp_path / "art").as_uri())
     evil = "../../../escaped"
-    parent = client.create_run(exp, tags={"xgd.kind": "sweep", "xgd.sweep": evil})
-    child = client.create_run(exp, tags={"xgd.kind": "trial", "xgd.sweep": evil, "xgd.trial_id": "t1",
-                                         "mlflow.parentRunId": parent.info.run_id})
+    parent = client.create_run(exp, tags={T.KIND: "sweep", T.SWEEP: evil})
+    child = client.create_run(exp, tags={T.KIND: "trial", T.SWEEP: evil, T.TRIAL_ID: "t1",
+                                         T.PARENT: parent.info.run_id})
     client.log_param(child.info.run_id, "distill.alpha", "0.5")
     client.log_metric(child.info.run_id, "val_miou", 0.5, step=0)
     client.set_terminated(child.info.run_id, "FINISHED")

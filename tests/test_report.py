@@ -14,7 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from orchestrator.cli import UserError, main
+from orchestrator.cli import main
+from orchestrator.errors import UserError
+from orchestrator.tracking import tags as T
 
 CLASSES = ["background", "cable", "tower_lattice", "tower_tucohy", "tower_wooden"]  # the synthetic set's
 BASE = {"pi": 0.60, "xgd": 0.66}  # final val_miou by method, + 0.02 * alpha + 0.01 * seed
@@ -60,12 +62,12 @@ def build_store(root: Path, sweep: str = "demo", checkpoints: bool = True) -> di
     from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.specs import TrainSpec
+    from orchestrator.spec.train import TrainSpec
 
     uri = f"sqlite:///{(root / 'mlflow.db').resolve()}"
     client = MlflowClient(uri)
     exp = client.create_experiment("xgd", artifact_location=str((root / "artifacts").resolve()))
-    parent = client.create_run(exp, run_name=sweep, tags={"xgd.kind": "sweep", "xgd.sweep": sweep})
+    parent = client.create_run(exp, run_name=sweep, tags={T.KIND: "sweep", T.SWEEP: sweep})
     pid = parent.info.run_id
     ckpt_dir = root / "ckpt" / "trial_best"
     teacher = root / "ckpt" / "teacher.pt"
@@ -81,8 +83,8 @@ def build_store(root: Path, sweep: str = "demo", checkpoints: bool = True) -> di
                 spec = TrainSpec(name=name, seed=seed, model={"encoder": "mobilenet_v2"},
                                  teacher={"checkpoint": str(teacher)},
                                  distill={"method": method, "alpha": alpha}).model_dump()
-                tags = {"mlflow.parentRunId": pid, "xgd.kind": "trial", "xgd.sweep": sweep,
-                        "xgd.trial_id": f"t{i:03d}", "xgd.checkpoint": str(ckpt_dir)}
+                tags = {T.PARENT: pid, T.KIND: "trial", T.SWEEP: sweep,
+                        T.TRIAL_ID: f"t{i:03d}", T.CHECKPOINT: str(ckpt_dir)}
                 run = client.create_run(exp, run_name=name, tags=tags)
                 rid, ts = run.info.run_id, int(time.time() * 1000)
                 final = final_miou(method, alpha, seed)
@@ -104,7 +106,7 @@ def build_store(root: Path, sweep: str = "demo", checkpoints: bool = True) -> di
                 trials.append(rid)
                 i += 1
     failed = client.create_run(exp, run_name=f"{sweep}_failed", tags={
-        "mlflow.parentRunId": pid, "xgd.kind": "trial", "xgd.sweep": sweep, "xgd.trial_id": "t999"})
+        T.PARENT: pid, T.KIND: "trial", T.SWEEP: sweep, T.TRIAL_ID: "t999"})
     client.log_batch(failed.info.run_id, params=[Param("distill.method", "xgd"), Param("seed", "3")],
                      tags=[RunTag("note", "crashed")])
     client.set_terminated(failed.info.run_id, "FAILED")
@@ -122,10 +124,10 @@ def store(tmp_path_factory):
 
 
 def test_trials_table_reads_params_metrics_and_status(store):
-    from orchestrator import aggregate as agg
+    from orchestrator.tracking import reader
 
-    sweep = agg.find_sweep(store["client"], "demo")
-    t = agg.trials_table(store["client"], sweep)
+    sweep = reader.find_sweep(store["client"], "demo")
+    t = reader.trials_table(store["client"], sweep)
     assert len(t) == 9 and set(t.column("status").to_pylist()) == {"FINISHED", "FAILED"}
     assert t.schema.field("params.distill.alpha").type == "double"
     assert t.schema.field("params.seed").type == "int64"
@@ -135,15 +137,15 @@ def test_trials_table_reads_params_metrics_and_status(store):
     assert row["best_val_miou"] == pytest.approx(final_miou("xgd", 1.0, 1) + 0.02)  # ...and the best epoch's
     assert row["val_iou_cable"] == pytest.approx(final_miou("xgd", 1.0, 1))
     assert row["gflops"] == pytest.approx(0.6) and row["wall_time_s"] >= 0
-    counted = agg.done(t, "val_miou")
+    counted = reader.done(t, "val_miou")
     assert len(counted) == 8 and "FAILED" not in counted.column("status").to_pylist()
 
 
 def test_summary_grid_means_over_seeds_and_marks_best_and_second(store):
-    from orchestrator import aggregate as agg
-    from orchestrator import tables
+    from orchestrator.results import tables
+    from orchestrator.tracking import reader
 
-    t = agg.done(agg.trials_table(store["client"], agg.find_sweep(store["client"], "demo")), "val_miou")
+    t = reader.done(reader.trials_table(store["client"], reader.find_sweep(store["client"], "demo")), "val_miou")
     assert tables.factors(t) == ["params.distill.method", "params.distill.alpha"]  # seed, name excluded
     g = tables.build_grid(t, "summary")
     assert g.headers[:3] == ["method", "alpha", "val mIoU (%)"] and g.headers[-1] == "n"
@@ -176,11 +178,14 @@ def test_summary_grid_means_over_seeds_and_marks_best_and_second(store):
 
 
 def test_pareto_front_and_safe_names():
-    from orchestrator.aggregate import pareto_front, safe_join, safe_name
+    from orchestrator.results.pareto import pareto_front
+    from orchestrator.tracking.reader import safe_join, safe_name
 
     pts = [(0.7, 10.0), (0.6, 5.0), (0.65, 12.0), (0.7, 11.0), (0.5, 5.0)]
-    assert pareto_front(pts) == [0, 1]
-    assert pareto_front([(0.3, 1.0), (0.2, 2.0)], maximize=False) == [1, 0]
+    assert pareto_front(pts, ("max", "min")) == [0, 1]
+    assert pareto_front([(0.3, 1.0), (0.2, 2.0)], ("min", "min")) == [0, 1]  # neither beats the other
+    assert pareto_front([(0.3, 1.0), (0.2, 2.0)], ("max", "min")) == [0]
+    assert pareto_front([(0.5, 1.0), (0.5, 1.0)], ("max", "min")) == [0, 1]  # equal points both stay
     for bad in ("../../etc", "/abs/path", "..", "a/../../b", ""):
         assert "/" not in safe_name(bad) and safe_name(bad) not in ("", ".", "..")
     assert safe_join("/tmp/root", "../../x").parent == Path("/tmp/root").resolve()
@@ -189,6 +194,7 @@ def test_pareto_front_and_safe_names():
 # ------------------------------------------------------------------ the command
 
 
+@pytest.mark.slow
 def test_report_command_writes_tables_plots_and_logs_them(store, tmp_path, capsys):
     out = tmp_path / "reports"
     rc = main(["report", "demo", "--tracking-uri", store["uri"], "--out", str(out)])
@@ -213,7 +219,7 @@ def test_report_command_writes_tables_plots_and_logs_them(store, tmp_path, capsy
 
 def test_layouts_tag_on_parent_picks_tables(tmp_path, capsys):
     s = build_store(tmp_path, sweep="cams", checkpoints=False)
-    s["client"].set_tag(s["parent"], "xgd.layouts", "timing,nope")
+    s["client"].set_tag(s["parent"], T.LAYOUTS, "timing,nope")
     assert main(["report", "cams", "--tracking-uri", s["uri"], "--out", str(tmp_path / "r"), "--no-log"]) == 0
     out = capsys.readouterr().out
     assert "unknown layouts ['nope']" in out
@@ -232,7 +238,7 @@ def test_unknown_empty_and_missing_stores_fail_in_one_line(store, tmp_path, caps
 
     uri = f"sqlite:///{tmp_path / 'empty.db'}"
     c = MlflowClient(uri)
-    c.create_run(c.create_experiment("x"), run_name="empty", tags={"xgd.kind": "sweep", "xgd.sweep": "empty"})
+    c.create_run(c.create_experiment("x"), run_name="empty", tags={T.KIND: "sweep", T.SWEEP: "empty"})
     capsys.readouterr()  # MLflow's own log lines from creating this store
     assert main(["report", "empty", "--tracking-uri", uri, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
@@ -246,16 +252,17 @@ def test_unknown_empty_and_missing_stores_fail_in_one_line(store, tmp_path, caps
     assert "no MLflow store" in capsys.readouterr().err and not missing.exists()
 
 
+@pytest.mark.slow
 def test_gallery_rebuilds_the_trial_and_draws_cams(store, tmp_path):
-    from orchestrator import aggregate as agg
-    from orchestrator import gallery
+    from orchestrator.results import gallery
+    from orchestrator.tracking import reader
 
-    t = agg.done(agg.trials_table(store["client"], agg.find_sweep(store["client"], "demo")), "val_miou")
+    t = reader.done(reader.trials_table(store["client"], reader.find_sweep(store["client"], "demo")), "val_miou")
     row = t.to_pylist()[0]
-    cfg = gallery.trial_config(row)
+    cfg = gallery.config_from_row(row)
     assert cfg["data"]["scale"] == (0.75, 1.5) and cfg["teacher"]["checkpoint"].endswith("teacher.pt")
     assert cfg["distill"]["weights"] == {} and cfg["run"]["max_steps_per_epoch"] is None
-    from orchestrator.export import load_student
+    from orchestrator.results.export import load_student
 
     student, state = load_student(store["checkpoint"] / "best.pt")
     x, y = gallery.samples(cfg["data"], state["classes"], 2)
@@ -281,7 +288,7 @@ def test_gallery_rebuilds_the_trial_and_draws_cams(store, tmp_path):
 
 
 def test_gallery_base_is_the_best_undistilled_trial_of_the_same_student():
-    from orchestrator.commands.report import _base_trial
+    from orchestrator.results.report import _base_trial
 
     arch = {"params.model.arch": "deeplabv3plus", "params.model.encoder": "resnet18"}
     ranked = [{**arch, "params.distill.method": "xgd", "run_name": "a"},
@@ -298,7 +305,7 @@ def test_cell_labels_name_rows_in_spec_order_and_stand_for_what_they_fix():
     still varies within a label (here tau) stays a column; rows follow the spec's label order."""
     import pyarrow as pa
 
-    from orchestrator import tables
+    from orchestrator.results import tables
 
     labels = ["seg only", "seg + pi", "seg + sa", "all"]
     method = {"seg only": "none", "seg + pi": "xgd", "seg + sa": "xgd", "all": "xgd"}

@@ -6,8 +6,8 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from orchestrator import space as S
-from orchestrator.specs import TrainSpec
+from orchestrator.spec import space as S
+from orchestrator.spec.train import TrainSpec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -19,7 +19,7 @@ def P(**kw) -> S.Param:
 def sample(space: dict, n: int, sampler=None) -> list[tuple[dict, dict]]:
     """(params, distributions) of n define-by-run trials."""
     study = optuna.create_study(sampler=sampler or optuna.samplers.RandomSampler(seed=0))
-    define = S.define_by_run(space)
+    define = S.DefineByRun(space)
     out = []
     for _ in range(n):
         t = study.ask()
@@ -95,7 +95,7 @@ def test_grid_branches_only_where_conditionals_exist():
 
 def test_grid_sampler_visits_every_point_once_then_stops():
     space = {"distill.alpha": P(type="choice", values=[0.1, 1.0]), "distill.cam": P(type="grid", values=["gradcam", "layercam"])}
-    sampler, define, n = S.make_sampler("grid", 0, space)
+    sampler, define, n = S.space_sampler("grid", 0, space)
     assert n == 4
     study = optuna.create_study(sampler=sampler)
     seen = []
@@ -107,7 +107,7 @@ def test_grid_sampler_visits_every_point_once_then_stops():
 def test_seeded_tpe_and_random_are_reproducible():
     space = {"a": P(type="uniform", low=0, high=1), "b": P(type="choice", values=["x", "y", "z"])}
     for algo in ("tpe", "random"):
-        runs = [[p for p, _ in sample(space, 6, S.make_sampler(algo, 7, space)[0])] for _ in range(2)]
+        runs = [[p for p, _ in sample(space, 6, S.space_sampler(algo, 7, space)[0])] for _ in range(2)]
         assert runs[0] == runs[1]
 
 
@@ -117,7 +117,7 @@ def test_optuna_search_proposes_conditional_configs_for_tune():
 
     space = {"student": P(type="choice", values=["r18", "psp"]),
              "distill.cam": P(type="choice", values=["gradcam", "layercam"], when={"student": "r18"})}
-    sampler, define, _ = S.make_sampler("random", 0, space)
+    sampler, define, _ = S.space_sampler("random", 0, space)
     searcher = OptunaSearch(space=define, sampler=sampler, metric="val_miou", mode="max")
     configs = [searcher.suggest(f"t{i}") for i in range(20)]
     assert {c["student"] for c in configs} == {"r18", "psp"}

@@ -6,7 +6,9 @@ import pytest
 import yaml
 
 from orchestrator.cli import main
-from orchestrator.specs import SpecError, TrainSpec, apply_overrides, load_train_spec
+from orchestrator.errors import SpecError
+from orchestrator.spec.load import apply_overrides
+from orchestrator.spec.train import TrainSpec, load_train_spec
 
 BAD = [
     ({"optim": {"lr": -1}}, "optim.lr"),
@@ -72,3 +74,10 @@ def test_cli_exit_code_2_without_traceback(tmp_path):
     path.write_text("optim: {lr: 0}\n")
     r = subprocess.run([sys.executable, "-m", "orchestrator", "train", str(path)], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "optim.lr" in r.stderr
+
+
+def test_cam_classes_default_is_the_trainers():
+    from orchestrator.spec.train import DistillSpec
+    from trainables.saliency import DEFAULT_CAM_CLASSES
+
+    assert DistillSpec().cam_classes == DEFAULT_CAM_CLASSES == "foreground"

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 import ray.cloudpickle
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import sweep_stubs  # noqa: E402
+import sweep_stubs
 
-from orchestrator.cli import main  # noqa: E402
-from orchestrator.live import Row  # noqa: E402
-from orchestrator.sweep import run_sweep  # noqa: E402
-from orchestrator.sweep_results import pareto_front  # noqa: E402
-from orchestrator.sweep_spec import Objective, parse_sweep_spec  # noqa: E402
+from orchestrator.cli import main
+from orchestrator.run.live import Row
+from orchestrator.run.outcome import pareto_trials
+from orchestrator.run.sweep import run_sweep
+from orchestrator.spec.sweep import Objective, parse_sweep_spec
+from orchestrator.tracking import tags as T
 
 ray.cloudpickle.register_pickle_by_value(sweep_stubs)  # Ray workers cannot import tests/
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,9 +54,9 @@ def mlflow_runs(spec):
     exp = client.get_experiment_by_name(spec.mlflow.experiment)
     if exp is None:
         return client, [], []
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`xgd.sweep` = '{spec.name}'")
-    parents = [r for r in runs if r.data.tags.get("xgd.kind") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("xgd.kind") == "trial"]
+    runs = client.search_runs([exp.experiment_id], filter_string=T.equals(T.SWEEP, spec.name))
+    parents = [r for r in runs if r.data.tags.get(T.KIND) == "sweep"]
+    children = [r for r in runs if r.data.tags.get(T.KIND) == "trial"]
     return client, parents, children
 
 
@@ -68,7 +68,7 @@ def poll_trials(db: Path) -> dict[str, dict]:
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
         runs = con.execute("select t.value, r.run_uuid, r.status from runs r join tags t on t.run_uuid = r.run_uuid "
-                           "where t.key = 'xgd.trial_id'").fetchall()
+                           f"where t.key = '{T.TRIAL_ID}'").fetchall()
         epochs = dict(con.execute("select run_uuid, count(*) from metrics where key = 'val_miou' group by run_uuid").fetchall())
         con.close()
     except sqlite3.Error:
@@ -124,13 +124,7 @@ def live_placement_groups(ray) -> list[dict]:
 # ------------------------------------------------------------------ without Ray
 
 
-def test_missing_dataset_stops_before_ray_with_where_to_get_it(monkeypatch, capsys):
-    import orchestrator.cluster
-
-    def no_ray(*a, **k):
-        raise AssertionError("Ray must not start when the dataset is missing")
-
-    monkeypatch.setattr(orchestrator.cluster, "connect", no_ray)
+def test_missing_dataset_stops_before_ray_with_where_to_get_it(no_ray, capsys):
     rc = main(["sweep", str(ROOT / "search_spaces" / "ttpla.yaml"), "--set", "data.root=/nonexistent/ttpla"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err
@@ -144,7 +138,7 @@ def test_pareto_front_keeps_only_non_dominated_trials():
             Row("c", result={"val_miou": 0.5, "latency_ms": 20}),  # beaten by b on both
             Row("d", result={"val_miou": 0.8}),  # no latency: not comparable
             Row("e", state="failed", result={"val_miou": 0.9, "latency_ms": 1})]
-    assert sorted(pareto_front(rows, objs)) == ["a", "b"]
+    assert sorted(pareto_trials(rows, objs)) == ["a", "b"]
 
 
 # ------------------------------------------------------------------ on Ray
@@ -177,20 +171,20 @@ def test_asha_sweep_two_concurrent_on_two_cpus_leaks_nothing_and_tracks_mlflow(r
     assert len(parents) == 1 and len(children) == 6
     parent = parents[0]
     assert parent.info.status == "FINISHED"
-    assert parent.data.tags["xgd.best_trial_id"] == out.best.trial_id
-    assert parent.data.tags["xgd.best_checkpoint"].endswith("best.pt")
+    assert parent.data.tags[T.BEST_TRIAL_ID] == out.best.trial_id
+    assert parent.data.tags[T.BEST_CHECKPOINT].endswith("best.pt")
     assert parent.data.params["space.distill.alpha"].startswith("uniform [0.1, 2]")
     assert "sweep.yaml" in [a.path for a in client.list_artifacts(parent.info.run_id)]
-    by_trial = {c.data.tags["xgd.trial_id"]: c for c in children}
+    by_trial = {c.data.tags[T.TRIAL_ID]: c for c in children}
     for row in out.rows:
         run = by_trial[row.trial_id]
-        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags[T.PARENT] == parent.info.run_id
         assert run.info.status == {"completed": "FINISHED", "stopped": "KILLED"}[row.state]
         assert float(run.data.params["distill.alpha"]) == pytest.approx(row.point["distill.alpha"])
         assert run.data.params["model.encoder"] == "resnet18" and run.data.params["optim.epochs"] == "4"
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_miou")]
         assert steps == list(range(row.epoch)), steps  # one point per epoch, step = epoch
-        assert os.path.exists(run.data.tags["xgd.checkpoint"])
+        assert os.path.exists(run.data.tags[T.CHECKPOINT])
         if row.state == "completed":
             assert {"params", "gflops", "latency_ms"} <= set(run.data.metrics)
 
@@ -226,28 +220,27 @@ def test_trial_with_two_ddp_workers_runs_the_real_trainer_after_training_the_tea
     best = load(Path(row.checkpoint, "best.pt"))
     assert best["model_cfg"]["encoder"] == "resnet18" and "model" in best
     # the teacher recipe was trained once and cached; the next sweep reuses it
-    from orchestrator import teachers
+    from orchestrator.run import teachers
 
     hit = teachers.cached(spec)
     assert hit is not None and Path(hit.checkpoint).is_file()
     assert Path(spec.results, "teachers", teachers.recipe_hash(spec.teacher.recipe), "result.json").is_file()
     client, parents, (trial,) = mlflow_runs(spec)
-    assert parents[0].data.tags["xgd.teacher_checkpoint"] == hit.checkpoint
-    assert parents[0].data.tags.get("xgd.teacher_run")
+    assert parents[0].data.tags[T.TEACHER_CHECKPOINT] == hit.checkpoint
+    assert parents[0].data.tags.get(T.TEACHER_RUN_ID)
     # the held-out split: once, with the last epoch's result, in MLflow (trial and teacher)
     held_out = client.get_metric_history(trial.info.run_id, "test_miou")
     assert [m.step for m in held_out] == [1] and held_out[0].value == pytest.approx(row.result["test_miou"])
     assert "test_iou_background" in trial.data.metrics and "test_pixel_acc" in trial.data.metrics
-    assert "test_miou" in client.get_run(parents[0].data.tags["xgd.teacher_run"]).data.metrics
+    assert "test_miou" in client.get_run(parents[0].data.tags[T.TEACHER_RUN_ID]).data.metrics
 
 
 SCRIPT = """
 import json, sys
-sys.path.insert(0, {tests!r})
 import ray.cloudpickle, sweep_stubs
 ray.cloudpickle.register_pickle_by_value(sweep_stubs)
-from orchestrator.sweep_spec import parse_sweep_spec
-from orchestrator.sweep import run_sweep
+from orchestrator.run.sweep import run_sweep
+from orchestrator.spec.sweep import parse_sweep_spec
 run_sweep(parse_sweep_spec(json.loads(sys.argv[1])), address=sys.argv[2], worker=sweep_stubs.resume_marking_worker)
 """
 
@@ -261,9 +254,9 @@ def test_resume_after_the_driver_is_killed_continues_without_duplicates(ray_clus
                    train={"optim": {"epochs": 3}, "run": {"max_steps_per_epoch": 10}},
                    resources={"executor": executor})
     spec = parse_sweep_spec(raw)
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT.format(tests=str(Path(__file__).parent)),
-                             json.dumps(raw), ray.get_runtime_context().gcs_address],
-                            cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}  # for sweep_stubs
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, json.dumps(raw), ray.get_runtime_context().gcs_address],
+                            cwd=str(tmp_path), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     before: dict[str, str] = {}
     try:
         deadline = time.time() + 300
@@ -284,15 +277,15 @@ def test_resume_after_the_driver_is_killed_continues_without_duplicates(ray_clus
 
     client, parents, children = mlflow_runs(spec)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    ids = [c.data.tags["xgd.trial_id"] for c in children]
+    ids = [c.data.tags[T.TRIAL_ID] for c in children]
     assert len(ids) == len(set(ids))  # no trial has two runs
     # a trial the killed driver started after Tune's last experiment snapshot is unknown to the
     # restored sweep (which samples anew): its run is closed as KILLED and tagged, not left RUNNING
-    orphans = [c for c in children if c.data.tags.get("xgd.status") == "orphaned"]
+    orphans = [c for c in children if c.data.tags.get(T.STATUS) == "orphaned"]
     assert all(c.info.status == "KILLED" for c in orphans)
     children = [c for c in children if c not in orphans]
-    assert len(children) == 3 and {c.data.tags["xgd.trial_id"] for c in children} == {r.trial_id for r in out.rows}
-    assert all(before[t] == r for t, r in ((c.data.tags["xgd.trial_id"], c.info.run_id) for c in children) if t in before)
+    assert len(children) == 3 and {c.data.tags[T.TRIAL_ID] for c in children} == {r.trial_id for r in out.rows}
+    assert all(before[t] == r for t, r in ((c.data.tags[T.TRIAL_ID], c.info.run_id) for c in children) if t in before)
     for c in children:
         assert c.info.status == "FINISHED", c.data.tags
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_miou")]

@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from orchestrator.cli import main
-from orchestrator.specs import SpecError
-from orchestrator.sweep_spec import apply_sweep_overrides, load_sweep_spec, parse_sweep_spec
+from orchestrator.errors import SpecError
+from orchestrator.spec.sweep import apply_sweep_overrides, load_sweep_spec, parse_sweep_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,8 +12,8 @@ import torch
 
 import trainables.loop
 import trainables.step
-from orchestrator.bench import BenchSettings, build_trainers, fixed_batch, measure, variant_config
-from orchestrator.specs import TrainSpec
+from orchestrator.bench.steps import BenchSettings, build_trainers, fixed_batch, measure, variant_config
+from orchestrator.spec.train import TrainSpec
 from trainables import checkpoint
 from trainables.data import class_names
 from trainables.loop import train_loop
@@ -115,6 +115,7 @@ def trainers():
     return build_trainers(s, configs, x, torch.device("cpu")), x, y
 
 
+@pytest.mark.slow  # the trainers fixture builds real teacher and student models (about 10 s here)
 def test_step_times_its_saliency_term_in_host_seconds_on_cpu(trainers):
     trs, x, y = trainers
     xgd, pi = train_step(trs["xgd_gradcam"], x, y).saliency, train_step(trs["pi"], x, y).saliency
@@ -122,6 +123,7 @@ def test_step_times_its_saliency_term_in_host_seconds_on_cpu(trainers):
     assert pi.seconds() == 0.0
 
 
+@pytest.mark.slow  # the trainers fixture builds real teacher and student models (about 10 s here)
 def test_step_records_one_event_pair_per_saliency_term_and_reads_none(trainers, fake_cuda):
     trs, x, y = trainers
     xgd, pi = train_step(trs["xgd_gradcam"], x, y).saliency, train_step(trs["pi"], x, y).saliency

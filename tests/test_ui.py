@@ -119,7 +119,7 @@ def test_ui_serves_the_sweeps_runs_to_a_real_browser(tmp_path):
 
 def test_ui_defaults_to_loopback_and_warns_when_exposed():
     from orchestrator.cli import build_parser
-    from orchestrator.commands.ui import exposure_warning, server_command
+    from orchestrator.tracking.server import exposure_warning, server_command
 
     args = build_parser().parse_args(["ui"])
     assert (args.host, args.port) == ("127.0.0.1", 5000)

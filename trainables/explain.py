@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trainables.constants import IGNORE_INDEX
+
 # --------------------------------------------------------------------------- rank statistics
 
 
@@ -211,7 +213,7 @@ def _forward(model: nn.Module, x: Tensor, cam_layer: str, feat_layer: str) -> tu
     return logits, cam["cam"], feat["feat"]
 
 
-def label_embedding(y: Tensor, num_classes: int, size: tuple[int, int], ignore_index: int = 255) -> Tensor:
+def label_embedding(y: Tensor, num_classes: int, size: tuple[int, int], ignore_index: int = IGNORE_INDEX) -> Tensor:
     """(B, H, W) labels -> (B, K*h*w): each class's share of the pixels in each cell of an h x w
     grid (ignored pixels count for no class). RS's label side, at the features' resolution."""
     valid = y != ignore_index
@@ -252,9 +254,9 @@ def explanation_metrics(student: nn.Module, teacher: nn.Module, loader: Iterable
     cfg: the trial config or its `distill` section (cam, cam_target, cam_classes, student_layer,
     teacher_layer). Models are put in eval mode and restored; nothing is trained.
     """
-    from trainables.baselines import decoder_output
+    from trainables.losses.roles import decoder_output
     from trainables.models import default_cam_layer
-    from trainables.saliency import class_masks
+    from trainables.saliency import cam_classes_of, class_masks
 
     distill = cfg.get("distill", cfg)
     method, source = distill.get("cam") or "gradcam", distill.get("cam_target") or "gt"
@@ -288,7 +290,7 @@ def explanation_metrics(student: nn.Module, teacher: nn.Module, loader: Iterable
             x, y = x.to(device), y.to(device)
             out = {k: _forward(m, x, layers[k], decoder_output(m)) for k, m in models.items()}
             (s_logits, s_acts, s_feat), (t_logits, t_acts, t_feat) = out["s"], out["t"]
-            masks = class_masks(y, t_logits.detach(), s_logits.shape[1], source, distill.get("cam_classes") or "all")
+            masks = class_masks(y, t_logits.detach(), s_logits.shape[1], source, cam_classes_of(distill))
             size = tuple(y.shape[-2:])
             ms, mt = _maps(s_logits, s_acts, masks, method, size), _maps(t_logits, t_acts, masks, method, size)
             acc.add("sal_spearman", spearman_rows(ms, mt))

@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 
 from trainables import metrics as M
+from trainables.constants import IMAGENET_MEAN, IMAGENET_STD
 from trainables.checkpoint import rng_state, set_rng_state
 from trainables.explain import explanation_metrics
 from trainables.models import count_flops, count_params, measure_latency, model_from_config
@@ -151,7 +152,7 @@ def _model_state(student, config: dict, classes: list[str], epoch: int, metrics:
             "model_cfg": dict(config["model"]), "classes": list(classes), "epoch": epoch,
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
             "input": {"crop": config["data"]["crop"], "eval_size": config["data"]["eval_size"],
-                      "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
+                      "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}}
 
 
 def _world() -> tuple[int, int]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import torch
 
-IGNORE = 255
+from trainables.constants import IGNORE_INDEX
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(K, K) int64 counts, rows = ground truth, cols = prediction; IGNORE pixels skipped."""
-    valid = target != IGNORE
+    """(K, K) int64 counts, rows = ground truth, cols = prediction; IGNORE_INDEX pixels skipped."""
+    valid = target != IGNORE_INDEX
     idx = target[valid].long() * num_classes + pred[valid].long()
     return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 

@@ -65,7 +65,9 @@ MASKS: dict[str, Callable[[Tensor, Optional[Tensor], int], Tensor]] = {
     "teacher": _teacher_masks,
 }
 
-# which classes enter the CAM target: a (K,) weight per class, 0 drops a class
+# which classes enter the CAM target: a (K,) weight per class, 0 drops a class. Default foreground:
+# with all classes the target is mostly background pixels and so is the map (README, "cam_classes").
+DEFAULT_CAM_CLASSES = "foreground"
 CAM_CLASSES: dict[str, Callable[[int], Tensor]] = {
     "all": lambda k: torch.ones(k),
     "foreground": lambda k: torch.cat([torch.zeros(1), torch.ones(k - 1)]),
@@ -143,6 +145,11 @@ def saliency_mse(s_maps: Tensor, t_maps: Tensor) -> Tensor:
     return F.mse_loss(normalize_maps(fit(s_maps)), normalize_maps(fit(t_maps)))
 
 
+def cam_classes_of(cfg: dict) -> str:
+    """The distill config's `cam_classes` (the spec always sets it; partial configs get the default)."""
+    return cfg.get("cam_classes") or DEFAULT_CAM_CLASSES
+
+
 def saliency_maps(step, cfg: dict) -> tuple[Tensor, Tensor]:
     """(student maps with a graph, detached teacher maps) of L_sa for one step; see the module docstring.
 
@@ -153,7 +160,7 @@ def saliency_maps(step, cfg: dict) -> tuple[Tensor, Tensor]:
     reduce = cfg.get("cam_reduce") or "sum"
     num_classes = step.s_logits.shape[1]
     masks = class_masks(step.labels, step.t_logits, num_classes, cfg.get("cam_target") or "gt",
-                        cfg.get("cam_classes") or "all")
+                        cam_classes_of(cfg))
     with torch.enable_grad():
         with record_function("cam.teacher"):
             t_maps = cam_maps(step.t_logits, step.t_feats["cam"], masks, method, reduce, create_graph=False).detach()

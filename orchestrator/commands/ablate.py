@@ -16,18 +16,18 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from rich.console import Console
 
-    from orchestrator.ablate import load_ablation
+    from orchestrator.run.ablate import load_ablation
 
     console = Console()
     ab = load_ablation(args.spec, args.overrides)
     if args.dry_run:
-        from orchestrator.ablate import render
+        from orchestrator.run.ablate import render
 
         console.print(render(ab))
         return 0
     if execute(ab.sweep, args, console):
         return 1
-    from orchestrator.aggregate import default_tracking_uri
+    from orchestrator.tracking.store import default_tracking_uri
 
     uri = ab.sweep.mlflow.tracking_uri
     store = "" if uri == default_tracking_uri() else f" --tracking-uri {uri}"

@@ -2,12 +2,13 @@
 each CAM method and the baselines (orchestrator.bench); a rich table and a JSON file."""
 from __future__ import annotations
 
+import argparse
+
+from orchestrator.bench.presets import STUDENTS, TEACHERS
+from orchestrator.errors import UserError
+
 
 def add_parser(sub) -> None:
-    import argparse
-
-    from orchestrator.bench import STUDENTS, TEACHERS, VARIANTS
-
     p = sub.add_parser("bench", help="benchmark one training step of every distillation variant, side by side")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--student", default="dlv3p_r18", help=f"{', '.join(STUDENTS)} or arch:encoder")
@@ -16,7 +17,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--iters", type=int, default=10, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of: " + ", ".join(VARIANTS))
+    p.add_argument("--variants", default="", help="comma-separated subset of: ce, pi, xgd_<CAM method> for each of "
+                   "the trainer's CAM methods (xgd_gradcam, ...), and each baseline method (skd, ...); default: all")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto",
                    help="auto: bf16 on CUDA, off on CPU")
@@ -42,13 +44,12 @@ def run(args) -> int:
 
     from rich.console import Console
 
-    from orchestrator import bench
-    from orchestrator.cli import UserError
+    from orchestrator.bench import steps as bench
 
     console = Console() if sys.stdout.isatty() else Console(width=150)  # a log file gets the whole table
     settings = bench.BenchSettings(
         device=args.device, student=args.student, teacher=args.teacher, crop=args.crop, batch=args.batch,
-        iters=args.iters, warmup=args.warmup, variants=[v for v in args.variants.split(",") if v],
+        iters=args.iters, warmup=args.warmup, variants=[v for v in args.variants.split(",") if v] or list(bench.VARIANTS),
         threads=args.threads, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
         profile=[v for v in args.profile.split(",") if v], builtin_conv_grad=args.builtin_conv_grad)
     if args.sweep_trials < 2 or args.load < 0:
@@ -58,7 +59,7 @@ def run(args) -> int:
         result = bench.run_bench(settings, log=console.print)
     except ValueError as e:
         raise UserError(str(e)) from None
-    from orchestrator import bench_sweep
+    from orchestrator.bench import sweep as bench_sweep
 
     for key, wanted, fn in (("orchestration", args.sweep, lambda: bench_sweep.sweep_overhead(args.sweep_trials, log=console.print)),
                             ("load", args.load, lambda: bench_sweep.sweep_load(args.load, log=console.print))):

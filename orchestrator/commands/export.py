@@ -4,10 +4,9 @@ ONNX (checked with onnxruntime), each with a model card, and register them in ML
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from orchestrator.cli import UserError
+from orchestrator.errors import UserError
 
 DEFAULT_OUT = "results/exports"
 
@@ -36,32 +35,40 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    import json
+
     from rich.console import Console
 
-    from orchestrator import aggregate as agg
-    from orchestrator import export as ex
+    from orchestrator.results import export as ex
+    from orchestrator.spec.sweep import HELD_OUT_PREFIX
+    from orchestrator.tracking import reader
+    from orchestrator.tracking.store import default_tracking_uri
 
     if args.top < 1:
         raise UserError(f"--top must be >= 1, got {args.top}")
+
+    if args.metric.startswith(HELD_OUT_PREFIX):
+        raise UserError(f"--metric {args.metric} would pick students by the held-out test split; "
+                        f"pick by a val metric (e.g. --metric val_{args.metric[5:]}) and report test")
     formats = ex.parse_formats(args.format)
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)
-    uri = args.tracking_uri or agg.default_tracking_uri()
-    client = agg.open_store(uri)
+    uri = args.tracking_uri or default_tracking_uri()
+    client = reader.open_store(uri)
     name = args.sweep
     if name is None:
-        names = agg.list_sweeps(client)
+        names = reader.list_sweeps(client)
         if not names:
             raise UserError(f"the MLflow store {uri} holds no sweeps (no run tagged xgd.kind=sweep)")
         name = names[0]
-    sweep = agg.find_sweep(client, name)
-    table = agg.trials_table(client, sweep)
+    sweep = reader.find_sweep(client, name)
+    table = reader.trials_table(client, sweep)
     maximize = args.mode == "max"
     cost = args.cost if args.pareto else None
     choices = ex.choose(table, args.metric, maximize, args.top, cost)
     selection = ex.selection(args.metric, maximize, args.top, cost)
-    model_name = args.model_name or f"xgd-{agg.safe_name(sweep.name)}"
+    model_name = args.model_name or f"xgd-{reader.safe_name(sweep.name)}"
     index = []
     for choice in choices:
         exp = ex.export_choice(sweep.name, choice, Path(args.out), formats, selection, uri, client, args.size)
@@ -74,7 +81,7 @@ def run(args) -> int:
         index.append({"rank": exp.rank, "dir": str(exp.dir), "run_id": choice.row["run_id"],
                       "run_name": choice.row["run_name"], args.metric: value,
                       "registered_model": model_name if exp.version else None, "version": exp.version})
-    root = agg.safe_join(args.out, sweep.name)
+    root = reader.safe_join(args.out, sweep.name)
     (root / "index.json").write_text(json.dumps({"sweep": sweep.name, "selection": selection,
                                                  "exports": index}, indent=2))
     console.print(f"[green]{sweep.name}[/]: exported {len(index)} student(s); index at {root / 'index.json'}")

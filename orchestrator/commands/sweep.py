@@ -26,12 +26,12 @@ def add_run_args(p, what: str, examples: str, dry: str) -> None:
 def run(args) -> int:
     from rich.console import Console
 
-    from orchestrator.sweep_spec import load_sweep_spec
+    from orchestrator.spec.sweep import load_sweep_spec
 
     console = Console()
     spec = load_sweep_spec(args.spec, args.overrides)
     if args.dry_run:
-        from orchestrator.dry_run import render
+        from orchestrator.run.dry_run import render
 
         console.print(render(spec))
         return 0
@@ -40,7 +40,7 @@ def run(args) -> int:
 
 def execute(spec, args, console) -> int:
     """Run (or resume) a sweep spec; exit code 1 when every trial failed."""
-    from orchestrator.sweep import run_sweep
+    from orchestrator.run.sweep import run_sweep
 
     outcome = run_sweep(spec, resume=args.resume, address=args.address, verbose=args.verbose, console=console)
     if outcome.status == "failed":

@@ -13,8 +13,8 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from rich.console import Console
 
-    from orchestrator.specs import load_train_spec
-    from orchestrator.training import run_training
+    from orchestrator.run.train import run_training
+    from orchestrator.spec.train import load_train_spec
 
     spec = load_train_spec(args.spec, args.overrides)
     result = run_training(spec)

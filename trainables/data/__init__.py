@@ -9,18 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import torch
+from torch.utils.data import Dataset
 
-class DataError(ValueError):
-    """Bad data on disk: one line that names the file and what is wrong."""
-
-
-# Submodules import DataError from here, so it must exist before they load.
-import torch  # noqa: E402
-from torch.utils.data import Dataset  # noqa: E402
-
-from trainables.data import folder, synthetic, ttpla, voc  # noqa: E402
-from trainables.data.base import IGNORE, SegDataset, Source  # noqa: E402
-from trainables.data.transforms import eval_transform, train_transform  # noqa: E402
+from trainables.constants import IGNORE_INDEX
+from trainables.data import folder, synthetic, ttpla, voc
+from trainables.data.base import SegDataset, Source
+from trainables.data.errors import DataError
+from trainables.data.transforms import eval_transform, train_transform
 
 PAD_MULTIPLE = 32  # smp encoders downsample by 32: inputs must be divisible by it
 
@@ -77,11 +73,11 @@ def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.T
     w = max(img.shape[-1] for img, _ in batch)
     h, w = -(-h // PAD_MULTIPLE) * PAD_MULTIPLE, -(-w // PAD_MULTIPLE) * PAD_MULTIPLE
     images = batch[0][0].new_zeros((len(batch), batch[0][0].shape[0], h, w))
-    masks = torch.full((len(batch), h, w), IGNORE, dtype=torch.long)
+    masks = torch.full((len(batch), h, w), IGNORE_INDEX, dtype=torch.long)
     for k, (img, mask) in enumerate(batch):
         images[k, :, : img.shape[-2], : img.shape[-1]] = img
         masks[k, : mask.shape[-2], : mask.shape[-1]] = mask
     return images, masks
 
 
-__all__ = ["DataError", "KINDS", "Kind", "build_dataset", "class_names", "pad_collate", "held_out_split", "IGNORE"]
+__all__ = ["DataError", "KINDS", "Kind", "build_dataset", "class_names", "pad_collate", "held_out_split"]

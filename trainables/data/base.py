@@ -17,9 +17,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset, DistributedSampler
 from torchvision import tv_tensors
 
-from trainables.data import DataError
+from trainables.constants import IGNORE_INDEX
+from trainables.data.errors import DataError
 
-IGNORE = 255
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # PIL raises a zoo of types for broken files; all of them become one DataError naming the file.
 _PIL_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
@@ -131,10 +131,10 @@ def read_index_mask(path: Path, num_classes: int) -> np.ndarray:
     except _PIL_ERRORS as e:
         raise DataError(f"mask {str(path)!r} cannot be read ({type(e).__name__}: {e})") from None
     ids = np.unique(arr)
-    bad = ids[(ids >= num_classes) & (ids != IGNORE)]
+    bad = ids[(ids >= num_classes) & (ids != IGNORE_INDEX)]
     if bad.size:
         raise DataError(
-            f"mask {str(path)!r} holds class id {int(bad[0])}; allowed 0..{num_classes - 1} or {IGNORE} (ignore)"
+            f"mask {str(path)!r} holds class id {int(bad[0])}; allowed 0..{num_classes - 1} or {IGNORE_INDEX} (ignore)"
         )
     return arr.astype(np.uint8, copy=False)
 

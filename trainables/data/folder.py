@@ -4,9 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-
-from trainables.data import DataError
 from trainables.data.base import PairedFiles, list_images, require_dir
+from trainables.data.errors import DataError
 
 
 def classes(cfg: dict) -> list[str]:

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from trainables.data import DataError
+from trainables.data.errors import DataError
 
 CLASSES = ["background", "cable", "tower_lattice", "tower_tucohy", "tower_wooden"]
 BG, CABLE, LATTICE, TUCOHY, WOODEN = range(5)

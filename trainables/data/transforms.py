@@ -14,10 +14,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from trainables.data.base import IGNORE
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from trainables.constants import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
 
 
 class RandomScale(v2.Transform):
@@ -55,7 +52,7 @@ def train_transform(cfg: dict) -> v2.Compose:
     """Random scale -> random crop (pad image 0, mask 255) -> flip -> colour jitter -> normalise."""
     steps: list[v2.Transform] = [
         RandomScale(tuple(cfg["scale"]), cfg.get("eval_size")),
-        v2.RandomCrop(cfg["crop"], pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE}),
+        v2.RandomCrop(cfg["crop"], pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}),
     ]
     if cfg["flip"]:
         steps.append(v2.RandomHorizontalFlip(0.5))

@@ -24,12 +24,13 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
-from trainables.data import DataError
-from trainables.data.base import IGNORE, IMAGE_EXTS, MaskCache, read_image, require_dir, strip_ext
+from trainables.constants import IGNORE_INDEX
+from trainables.data.base import IMAGE_EXTS, MaskCache, read_image, require_dir, strip_ext
+from trainables.data.errors import DataError
 
 CLASSES = ["background", "cable", "tower_lattice", "tower_tucohy", "tower_wooden"]
-LABELS = {**{name: k for k, name in enumerate(CLASSES)}, "void": IGNORE}
-PRIORITY = {IGNORE: 1, CLASSES.index("cable"): 2}  # everything else 0: drawn first
+LABELS = {**{name: k for k, name in enumerate(CLASSES)}, "void": IGNORE_INDEX}
+PRIORITY = {IGNORE_INDEX: 1, CLASSES.index("cable"): 2}  # everything else 0: drawn first
 SPLIT_DIRS = ("", "splitting_dataset_txt")
 
 

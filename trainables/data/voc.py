@@ -8,8 +8,8 @@ from pathlib import Path
 
 from torchvision.datasets import VOCSegmentation
 
-from trainables.data import DataError
 from trainables.data.base import PairedFiles, require_dir
+from trainables.data.errors import DataError
 
 CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -1,0 +1,169 @@
+"""The driver's side of a running sweep: one Tune callback that feeds the live view and MLflow.
+
+Tune pickles its callbacks into the experiment folder and brings them back on resume, so the
+callback holds only a key; the live objects (MLflow client, console) sit in `SESSIONS` in the
+driver process and are looked up by that key.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from ray import tune
+
+from orchestrator.run.failures import fatal_cause, summarize_error
+from orchestrator.run.live import SweepView
+from orchestrator.run.trial import EPOCHS_DONE, TrialPlan, trial_config
+from orchestrator.spec import space as S
+from orchestrator.spec.sweep import SweepSpec
+from orchestrator.tracking import tags as T
+
+SESSIONS: dict[str, "Session"] = {}
+# Tune internals DriverCallback relies on: it sets trial.max_failures = 0, which Trial.should_recover
+# reads at the next failure, and reads trial.error_file; tests/test_ray_internals.py checks them.
+RAY_INTERNALS = (
+    ("ray.tune.experiment.trial:Trial.should_recover", "reads", ("max_failures",)),
+    ("ray.tune.experiment.trial:Trial", "attrs", ("error_file",)),
+)
+
+
+class DriverCallback(tune.Callback):
+    """Holds only a key (see the module doc)."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def _s(self) -> Optional["Session"]:
+        return SESSIONS.get(self.key)
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self._s():
+            self._s().adopt(trials)
+
+    def on_experiment_end(self, trials, **info):
+        if self._s():  # a resumed sweep with nothing left to run has no steps at all
+            self._s().adopt(trials)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if self._s():
+            self._s().started(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self._s():
+            self._s().result(trial, result)
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        if self._s():  # a one-process trial's checkpoint (a Train run names its own in the result)
+            self._s().checkpointed(trial, checkpoint.path)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A failure no retry can fix (NaN loss, CUDA OOM): the retry Tune has just scheduled fails
+        at once on the trial's fatal marker (orchestrator.run.trial), and must be the last one, even
+        with max_failures -1 (retry forever)."""
+        try:
+            fatal = fatal_cause(Path(trial.error_file).read_text())
+        except (OSError, TypeError):
+            fatal = None
+        if fatal:
+            trial.max_failures = 0
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if self._s():
+            self._s().ended(trial, None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        if self._s():
+            self._s().ended(trial, error_line(trial))
+
+
+def error_line(trial) -> str:
+    try:
+        return summarize_error(Path(trial.error_file).read_text())
+    except (OSError, TypeError):
+        return "failed (no error file)"
+
+
+class Session:
+    """The driver-side state of one sweep run: view + MLflow, fed by DriverCallback."""
+
+    def __init__(self, spec: SweepSpec, plan: TrialPlan, view: SweepView, tracker, resumed: bool = False):
+        self.spec, self.plan, self.view, self.tracker = spec, plan, view, tracker
+        self.seen: set[str] = set()
+        self.orphans_checked = not resumed
+
+    def _safe(self, what: str, fn, *args) -> None:
+        if self.tracker is None:
+            return
+        try:
+            return fn(*args)
+        except Exception as e:  # tracking must not kill a running sweep; say it once per kind
+            msg = f"MLflow {what} failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            if msg not in self.tracker.errors:
+                self.tracker.errors.append(msg)
+                self.view.note(f"[yellow]{msg}[/]")
+
+    def _epochs(self, trial) -> int:
+        return int(trial_config(self.plan, trial.config, trial.trial_id)["optim"]["epochs"])
+
+    def adopt(self, trials) -> None:
+        """Trials restored from an earlier driver: show them, and close their MLflow runs (and,
+        once, the runs of trials the restored state never heard of: Tracker.close_orphans)."""
+        if not self.orphans_checked and trials:
+            self.orphans_checked = True
+            for tid in self._safe("orphan check", self.tracker and self.tracker.close_orphans,
+                                  {t.trial_id for t in trials}) or []:
+                self.view.note(f"[yellow]run of trial {tid} closed: it started after the last Tune snapshot[/]")
+        for t in trials:
+            if t.trial_id in self.seen or t.status not in ("TERMINATED", "ERROR"):
+                continue
+            self.seen.add(t.trial_id)
+            self.view.trial_started(t.trial_id, t.config)
+            if t.last_result:
+                self.view.trial_result(t.trial_id, t.last_result)
+            status = "failed" if t.status == "ERROR" else self._status(t)
+            self.view.trial_ended(t.trial_id, status, error_line(t) if status == "failed" else None)
+            self._safe("reconcile", self._reconcile, t, status)
+
+    def _reconcile(self, trial, status: str) -> None:
+        if self.tracker.known_run(trial.trial_id) not in (None, "RUNNING"):
+            return  # closed by the earlier driver
+        self.tracker.trial_started(trial.trial_id, self._params(trial), {})
+        if trial.last_result:
+            self.tracker.trial_result(trial.trial_id, trial.last_result)
+        self.tracker.trial_ended(trial.trial_id, status, {T.EPOCHS_DONE: self.view.row(trial.trial_id).epoch})
+
+    def _params(self, trial) -> dict:
+        cfg = trial_config(self.plan, trial.config, trial.trial_id)
+        params = S.flatten({k: v for k, v in cfg.items() if k != "name"})
+        for key in (S.STUDENT, S.LABEL):
+            if key in trial.config:
+                params[key] = trial.config[key]
+        return params
+
+    def _status(self, trial) -> str:
+        """completed when every epoch ran (by Tune's last result, the view, or MLflow's history:
+        a trial restored from a stale experiment state may report nothing new), else stopped."""
+        done = max((trial.last_result or {}).get(EPOCHS_DONE, 0) or 0, self.view.row(trial.trial_id).epoch or 0)
+        if self.tracker is not None and trial.trial_id in self.tracker.runs:
+            done = max(done, self.tracker.last_step.get(self.tracker.runs[trial.trial_id], -1) + 1)
+        return "completed" if done >= self._epochs(trial) else "stopped"
+
+    def started(self, trial) -> None:
+        self.seen.add(trial.trial_id)
+        self.view.trial_started(trial.trial_id, trial.config)
+        self._safe("trial start", self.tracker and self.tracker.trial_started, trial.trial_id, self._params(trial),
+                   {T.TRIAL_DIR: getattr(trial, "path", None) or trial.local_path})
+
+    def result(self, trial, result: dict) -> None:
+        self.view.trial_result(trial.trial_id, result)
+        self._safe("metrics", self.tracker and self.tracker.trial_result, trial.trial_id, result)
+
+    def checkpointed(self, trial, path: str) -> None:
+        self.view.row(trial.trial_id).checkpoint = path
+        self._safe("checkpoint tag", self.tracker and self.tracker.trial_checkpoint, trial.trial_id, path)
+
+    def ended(self, trial, error: Optional[str]) -> None:
+        status = "failed" if error else self._status(trial)
+        self.view.trial_ended(trial.trial_id, status, error)
+        tags = {T.EPOCHS_DONE: self.view.row(trial.trial_id).epoch, T.ERROR: error}
+        self._safe("trial end", self.tracker and self.tracker.trial_ended, trial.trial_id, status, tags)

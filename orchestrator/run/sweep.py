@@ -1,0 +1,356 @@
+"""Run a sweep: checks before Ray starts, the teacher, then Ray Tune (Optuna proposes, ASHA stops)
+over trials that each fit a Ray Train run (orchestrator.run.trial), with MLflow and the live view fed
+by one driver-side Tune callback, and resume after the driver was killed.
+
+Order matters: the dataset and spec are checked before Ray starts (a missing dataset costs
+nothing); the teacher is resolved before any trial; the placement-group reaper
+(orchestrator.run.reaper) is up before the first Train run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Optional
+
+import yaml
+from rich.console import Console
+
+from orchestrator.errors import UserError
+from orchestrator.run.callback import SESSIONS, DriverCallback, Session
+from orchestrator.run.live import SweepView
+from orchestrator.run.outcome import SweepOutcome, finish, parent_params, parent_tags, print_best
+from orchestrator.run.storage import save_spec, saved_spec
+from orchestrator.run.trial import EPOCHS_DONE, TrialPlan, make_trainable, trial_dirname
+from orchestrator.spec import space as S
+from orchestrator.spec.load import canonical
+from orchestrator.spec.paths import is_uri, join
+from orchestrator.spec.sweep import SweepSpec, sampler
+from orchestrator.spec.train import TrainSpec
+from orchestrator.tracking.store import sqlite_path
+
+# kind -> (what, where to get it, how it must sit under data.root)
+DATASETS = {
+    "ttpla": ("TTPLA", "https://github.com/R3ab/ttpla_dataset",
+              "unpack it there (images with their LabelMe .json files and the train/val/test split lists)"),
+    "voc": ("Pascal VOC 2012", "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ (VOCtrainval_11-May-2012.tar)",
+            "unpack it there so that VOCdevkit/VOC2012/ is inside"),
+    "folder": ("the dataset folder", "your own data",
+               "lay it out as <root>/<split>/images/* with masks in <root>/<split>/masks/<stem>.png"),
+}
+
+
+# ------------------------------------------------------------------ checks before Ray
+
+
+def check_dataset(spec: SweepSpec) -> None:
+    """A missing dataset stops the sweep at once, with where to get it and where to put it."""
+    for where, data in (("", spec.train.data), ("teacher.recipe.", _recipe_data(spec))):
+        if data is None or data.kind == "synthetic" or not data.root or is_uri(data.root):
+            continue
+        if not Path(data.root).is_dir():
+            what, url, how = DATASETS[data.kind]
+            raise UserError(f"{what} not found at {data.root} ({where}data.root): get it from {url}, {how}, "
+                            f"or point the sweep at it with --set data.root=/path/to/{data.kind}")
+
+
+MIN_FREE_MB = 200  # below this a sweep would die mid-checkpoint: refuse it up front
+
+
+def check_storage(spec: SweepSpec) -> None:
+    """The results folder, the sweep storage and a SQLite MLflow store must be writable and not
+    full before any trial starts (else the first checkpoint or MLflow write fails hours in)."""
+    places = [("results", spec.results)]
+    if spec.storage_path and not is_uri(spec.storage_path):
+        places.append(("storage_path", spec.storage_path))
+    db = sqlite_path(spec.mlflow.tracking_uri or "")
+    if db is not None:
+        places.append(("mlflow.tracking_uri", str(db.parent)))
+    for key, where in places:
+        path = Path(where)
+        while not path.exists() and path != path.parent:
+            path = path.parent  # the nearest existing folder: nothing is created here
+        try:
+            if not path.is_dir():
+                raise NotADirectoryError(20, f"{path} is not a folder")
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as e:
+            raise UserError(f"{key} {where!r} is not writable ({e.strerror or type(e).__name__}): "
+                            f"point it at a folder you can write with --set {key}=...") from None
+        free_mb = shutil.disk_usage(path).free / 2**20
+        if free_mb < MIN_FREE_MB:
+            raise UserError(f"{key} {where!r} has only {free_mb:.0f} MB free (a sweep needs at least {MIN_FREE_MB} MB "
+                            f"for checkpoints and MLflow): free some space or point it elsewhere with --set {key}=...")
+
+
+def _recipe_data(spec: SweepSpec):
+    if spec.teacher and spec.teacher.recipe:
+        return TrainSpec.model_validate({**spec.teacher.recipe, "name": "teacher"}).data
+    return None
+
+
+def sweep_exists(spec: SweepSpec) -> bool:
+    from ray.tune import Tuner
+
+    return Tuner.can_restore(spec.experiment_dir)
+
+
+def capacity(spec: SweepSpec, cluster: dict[str, float]) -> int:
+    """How many trials the cluster holds at once (0: not even one)."""
+    need = spec.resources.per_trial
+    fits = [math.floor(cluster.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0]
+    return min(fits) if fits else spec.resources.max_concurrent
+
+
+# ------------------------------------------------------------------ the sweep
+
+
+def run_sweep(spec: SweepSpec, *, resume: bool = False, address: Optional[str] = None,
+              worker: Optional[Callable] = None, verbose: bool = False, console: Optional[Console] = None) -> SweepOutcome:
+    """Run (or resume) the sweep; returns the rows, best trial and Pareto set."""
+    console = console or Console()
+    t0 = time.monotonic()
+    from orchestrator.run import cluster
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if cluster.is_client(address):
+        return _run_on_head(spec, resume, address, worker, verbose, console)
+    check_dataset(spec)
+    check_storage(spec)
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Save the experiment state often (resume loses at most this much bookkeeping), and accept
+    # results without the objective: a trial resumed from its final checkpoint has nothing left
+    # to report, and Tune's strict check would fail the whole sweep over it.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "5")
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    if not verbose:
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # with verbose=0: no Ray trial tables
+    exists = sweep_exists(spec)
+    if exists and not resume:
+        raise UserError(f"sweep {spec.name!r} already exists at {spec.experiment_dir}: continue it with --resume, "
+                        f"or start another with --set name={spec.name}-2")
+    if resume and not exists:
+        raise UserError(f"no sweep {spec.name!r} to resume at {spec.experiment_dir}; start it without --resume")
+    if resume:
+        spec = saved_spec(spec, console)
+    from orchestrator.run.train import precheck
+
+    precheck(_base_spec(spec, teacher=spec.teacher.checkpoint if spec.teacher and spec.teacher.checkpoint else None))
+
+    import ray
+
+    owned = cluster.connect(address, verbose)
+    try:
+        return _run(spec, resume, worker, verbose, console, t0)
+    finally:
+        if owned:
+            ray.shutdown()
+
+
+def _run(spec, resume, worker, verbose, console, t0) -> SweepOutcome:
+    import ray
+    from ray import tune
+
+    from orchestrator.run import cluster
+    from orchestrator.run.reaper import start_reaper
+    from orchestrator.run.train import precheck
+
+    fits = capacity(spec, ray.cluster_resources())
+    if fits < 1:
+        need = spec.resources.per_trial
+        raise UserError(f"one trial needs {need['CPU']:g} CPU / {need['GPU']:g} GPU "
+                        f"({spec.resources.num_workers} worker(s)) but the cluster has "
+                        f"{cluster.describe(ray.cluster_resources())}: lower resources.* or add nodes")
+    concurrent = min(spec.resources.max_concurrent, fits)
+    if concurrent < spec.resources.max_concurrent:
+        console.print(f"max_concurrent {spec.resources.max_concurrent} -> {concurrent}: that is what "
+                      f"{cluster.describe(ray.cluster_resources())} holds")
+
+    if not verbose:
+        _quiet()
+    tracker = _tracker(spec)
+    teacher = _teacher(spec, tracker, console)
+    if teacher is not None and spec.teacher.recipe:
+        precheck(_base_spec(spec, teacher.checkpoint))
+    use_train = spec.resources.use_train
+    reaper_name, reaper = start_reaper() if use_train else (None, None)
+    plan = TrialPlan(base=_base_spec(spec, teacher.checkpoint if teacher else None).model_dump(),
+                     students={k: m.model_dump() for k, m in spec.students.items()},
+                     worker=worker or _default_worker(), train_storage=join(spec.experiment_dir, "train"),
+                     num_workers=spec.resources.num_workers, use_train=use_train,
+                     cpus_per_worker=spec.resources.cpus_per_worker,
+                     gpus_per_worker=spec.resources.gpus_per_worker, reaper_name=reaper_name)
+    from trainables.data import held_out_split
+
+    obj = spec.objectives
+    held_out = ("test_miou",) if held_out_split(spec.train.data.model_dump()) else ()  # shown, never selected on
+    view = SweepView(spec.name, spec.num_samples, obj[0].metric, obj[0].mode, spec.max_epochs, console,
+                     extra_metrics=tuple(o.metric for o in obj[1:]) + held_out)
+    parent = None
+    if tracker is not None:
+        parent = tracker.start_sweep(yaml.safe_dump(json.loads(canonical(spec.model_dump())), sort_keys=False),
+                                     parent_params(spec), {**spec.tags, **parent_tags(spec, teacher)})
+    key = f"{spec.name}@{spec.experiment_dir}"
+    SESSIONS[key] = Session(spec, plan, view, tracker, resumed=resume)
+    trainable = make_trainable(plan)
+    status = "completed"
+    try:
+        with view:
+            if resume:
+                tuner = tune.Tuner.restore(spec.experiment_dir, trainable=trainable, resume_unfinished=True,
+                                           resume_errored=True)
+            else:
+                tuner = _new_tuner(spec, trainable, concurrent, DriverCallback(key), verbose)
+                save_spec(spec)
+            tuner.fit()
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        SESSIONS.pop(key, None)
+        fixed = _release(reaper)
+        outcome = finish(spec, view, tracker, parent, status, fixed, t0)
+        console.print(view.summary(tuple(outcome.pareto)))
+        print_best(console, outcome, obj[0].metric)
+    return outcome
+
+
+def _run_on_head(spec, resume, address, worker, verbose, console) -> SweepOutcome:
+    """Ray Client (ray://): Tune would run its loop inside the cluster, out of reach of this
+    process's live view and MLflow writer, so the whole driver runs as a zero-CPU task on the head
+    node and its line log streams back here. Paths in the spec are read on the cluster."""
+    import ray
+
+    from orchestrator.run import cluster
+
+    cluster.connect(address, verbose)
+    try:
+        console.print(f"Ray Client {address}: the sweep's driver runs on the head node; spec paths are read there")
+        task = ray.remote(num_cpus=0, max_retries=0)(_head_driver).options(scheduling_strategy=cluster.on_head())
+        return ray.get(task.remote(spec, resume, worker, verbose))
+    finally:
+        ray.shutdown()
+
+
+def _head_driver(spec, resume, worker, verbose) -> SweepOutcome:
+    return run_sweep(spec, resume=resume, worker=worker, verbose=verbose,
+                     console=Console(force_terminal=False, width=120))
+
+
+def _new_tuner(spec: SweepSpec, trainable, concurrent: int, callback, verbose: bool):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    obj = spec.objectives
+    optuna_sampler, define = sampler(spec)
+    multi = len(obj) > 1
+    searcher = OptunaSearch(space=define, sampler=optuna_sampler,
+                            metric=[o.metric for o in obj] if multi else obj[0].metric,
+                            mode=[o.mode for o in obj] if multi else obj[0].mode)
+    es = spec.early_stopping
+    scheduler = None
+    if es.kind == "asha":
+        scheduler = ASHAScheduler(time_attr=EPOCHS_DONE, metric=obj[0].metric, mode=obj[0].mode,
+                                  max_t=es.max_t or spec.max_epochs, grace_period=es.grace_period,
+                                  reduction_factor=es.reduction_factor)
+    return tune.Tuner(
+        trainable,
+        # reuse_actors: a one-process trial hands its warm process (torch imported) to the next
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
+                                    max_concurrent_trials=concurrent, reuse_actors=not spec.resources.use_train,
+                                    trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(name=spec.name, storage_path=spec.storage_path, callbacks=[callback],
+                                  verbose=2 if verbose else 0,
+                                  # one checkpoint per one-process trial (it holds best.pt too); Tune
+                                  # then snapshots the experiment at each, so --resume starts a trial
+                                  # from the checkpoint it reported last, not from a 10 s old snapshot
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                  failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures)),
+    )
+
+
+def _quiet() -> None:
+    """The live view owns the terminal: MLflow, Optuna and Tune keep their INFO lines to themselves.
+    Called after they are imported (they set their own levels on import)."""
+    import mlflow  # noqa: F401
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # a retried Train trial counts its iterations from 1 again; Optuna keeps the first report of each
+    warnings.filterwarnings("ignore", message="The reported value is ignored because this `step=", category=UserWarning)
+    for name in ("mlflow", "alembic", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # with the auto loggers off, Tune's ResultGrid warns it has no result files: results are tracked here
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    # num_to_keep=1 snapshots at every checkpoint: short trials make Tune warn that it snapshots often
+    logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.ERROR)
+    searcher_log = logging.getLogger("ray.tune.search.optuna.optuna_search")
+    if not any(isinstance(f, _GridDone) for f in searcher_log.filters):
+        searcher_log.addFilter(_GridDone())
+
+
+class _GridDone(logging.Filter):
+    """Optuna's GridSampler stops its study after the last grid point; outside Optuna's own loop
+    that raises, and Tune's searcher logs it as a warning. The trial is recorded either way."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Study.stop" not in record.getMessage()
+
+
+def _default_worker() -> Callable:
+    from trainables.loop import train_loop
+
+    return train_loop
+
+
+def _base_spec(spec: SweepSpec, teacher: Optional[str]) -> TrainSpec:
+    base = spec.train.model_dump()
+    base["teacher"] = {"checkpoint": teacher} if teacher else None
+    return TrainSpec.model_validate(base)
+
+
+def _tracker(spec: SweepSpec):
+    from orchestrator.tracking.writer import Tracker
+
+    return Tracker(spec.mlflow.tracking_uri, spec.mlflow.experiment, spec.name)
+
+
+def _teacher(spec: SweepSpec, tracker, console: Console):
+    from orchestrator.run import teachers
+
+    if spec.teacher is None:
+        return None
+    if spec.teacher.checkpoint:
+        return teachers.Teacher(spec.teacher.checkpoint)
+    teacher = teachers.obtain(spec, say=lambda line: console.print(line, highlight=False),
+                              progress=lambda e, n, m: console.print(
+        f"  teacher epoch {e}/{n}: loss {m.get('train_loss', float('nan')):.4f}"
+        + (f" val_miou {m['val_miou']:.4f}" if "val_miou" in m else ""), highlight=False))
+    if teacher.cached:
+        console.print(f"teacher: cached {teacher.checkpoint} (val_miou {teacher.metrics.get('val_miou', float('nan')):.4f})")
+    if tracker is not None:
+        teacher.run_id = tracker.teacher_run(teacher.recipe_hash, S.flatten(teachers.recipe_spec(spec).model_dump()),
+                                             teacher.metrics, teacher.checkpoint)
+    return teacher
+
+
+def _release(reaper) -> int:
+    import ray
+
+    if reaper is None:
+        return 0
+    try:
+        fixed = len(ray.get(reaper.release_all.remote(), timeout=60))
+        ray.kill(reaper)
+        return fixed
+    except Exception:
+        return 0

@@ -1,0 +1,147 @@
+"""The train spec: typed, validated at the edge; the trainer receives `spec.model_dump()`, a plain dict.
+
+Every way a spec can be wrong ends in one `SpecError` whose message is a single line naming the
+key and what is allowed (orchestrator.spec.load); the CLI prints it and exits with code 2. Names
+the trainer defines (model names, CAM methods, distillation methods and their weights) are
+checked against its registries, imported when a spec is validated, not when the CLI starts.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import Field, field_validator, model_validator
+
+from orchestrator.spec.load import Strict, apply_overrides, read_yaml, validate
+
+
+class DataSpec(Strict):
+    kind: Literal["synthetic", "ttpla", "voc", "folder"] = "synthetic"
+    root: Optional[str] = None  # dataset folder; not used by `synthetic`
+    classes: Optional[list[str]] = None  # `folder` only: class names, index = mask value
+    train_split: str = "train"
+    val_split: str = "val"
+    # held-out split, evaluated once with the best-on-val weights; auto: the kind's (trainables.data.held_out_split)
+    test_split: Optional[str] = "auto"
+    # synthetic scene set
+    num_train: int = Field(96, ge=1)
+    num_val: int = Field(24, ge=1)
+    num_test: int = Field(24, ge=1)
+    image_size: int = Field(96, ge=32)
+    data_seed: int = 0
+    # transforms and loading
+    crop: int = Field(64, ge=16)  # training crop (square)
+    eval_size: Optional[int] = Field(None, ge=16)  # eval: resize the shorter side to this; None keeps it
+    scale: tuple[float, float] = (0.75, 1.5)
+    flip: bool = True
+    jitter: float = Field(0.2, ge=0.0, le=1.0)
+    batch_size: int = Field(8, ge=1)
+    workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.kind != "synthetic" and not self.root:
+            raise ValueError(f"data.root is required for data.kind={self.kind!r}")
+        if self.kind == "folder" and not self.classes:
+            raise ValueError("data.classes (list of class names) is required for data.kind='folder'")
+        if self.test_split is not None and self.test_split in (self.train_split, self.val_split):
+            raise ValueError(f"data.test_split {self.test_split!r} is also the train or val split; name a held-out "
+                             "split, 'auto' (the dataset's own) or null (none)")
+        if not 0 < self.scale[0] <= self.scale[1]:
+            raise ValueError(f"data.scale must be (low, high) with 0 < low <= high, got {list(self.scale)}")
+        return self
+
+
+class ModelSpec(Strict):
+    arch: str = "deeplabv3plus"
+    encoder: str = "resnet18"
+    encoder_weights: Optional[str] = None  # None | "imagenet" | path to a local state_dict file
+
+    @model_validator(mode="after")
+    def _check(self):
+        from trainables.models import check_model_names
+
+        check_model_names(self.arch, self.encoder)
+        return self
+
+
+class TeacherSpec(Strict):
+    checkpoint: str  # a checkpoint written by `orchestrator train` (holds its own model spec)
+
+
+class DistillSpec(Strict):
+    method: str = "xgd"  # a name from trainables.losses.METHODS
+    alpha: float = Field(1.0, ge=0.0)  # weight of PI (pixel-wise KL)
+    beta: float = Field(1.0, ge=0.0)  # weight of the saliency MSE
+    tau: float = Field(1.0, gt=0.0)  # softmax temperature of PI
+    cam: str = "gradcam"  # a name from trainables.cams.CAMS
+    cam_target: Literal["gt", "teacher"] = "gt"  # which masks define the class scores
+    # foreground: class 0 left out of the CAM target (trainables.saliency.DEFAULT_CAM_CLASSES, tested equal)
+    cam_classes: Literal["all", "foreground"] = "foreground"
+    cam_reduce: Literal["sum", "per_class"] = "sum"
+    teacher_layer: Optional[str] = None  # dotted module path; None -> first decoder layer (docs/method.md)
+    student_layer: Optional[str] = None
+    weights: dict[str, float] = Field(default_factory=dict)  # extra per-term weights (baselines)
+
+    @field_validator("cam")
+    @classmethod
+    def _cam(cls, name: str) -> str:
+        from trainables.cams import CAMS
+
+        if name not in CAMS:
+            raise ValueError(f"{name!r} is not a CAM method; allowed: {', '.join(CAMS)}")
+        return name
+
+    @model_validator(mode="after")
+    def _check(self):
+        from trainables.losses import HYPERPARAMS, METHODS, TERMS
+
+        if self.method not in METHODS:
+            raise ValueError(f"distill.method {self.method!r} is not one of {sorted(METHODS)}")
+        allowed = set(TERMS) | set(HYPERPARAMS)
+        for key in self.weights:
+            if key not in allowed:
+                close = difflib.get_close_matches(key, sorted(allowed), n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(sorted(allowed))}"
+                raise ValueError(f"distill.weights has unknown key {key!r}; {hint}")
+        return self
+
+
+class OptimSpec(Strict):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.01, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    schedule: Literal["poly", "cosine", "constant"] = "poly"
+    epochs: int = Field(10, ge=1)
+    grad_clip: Optional[float] = Field(5.0, gt=0.0)
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, off on CPU
+
+
+class RunSpec(Strict):
+    eval_every: int = Field(1, ge=1)
+    checkpoint_every: int = Field(1, ge=1)
+    out_dir: str = "results/train"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    channels_last: bool = True  # CUDA only
+    compile: bool = False  # torch.compile the encoders (trainables.step.compile_off_cam_path)
+    max_steps_per_epoch: Optional[int] = Field(None, ge=1)
+    explain: bool = True  # explanation metrics (CAM/logit alignment, focus, FSS) at the end, with a teacher
+    resume: Optional[str] = None  # a checkpoint.pt (or its folder) to continue from exactly
+
+
+class TrainSpec(Strict):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = 0
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    teacher: Optional[TeacherSpec] = None  # None trains without distillation (e.g. the teacher)
+    distill: DistillSpec = Field(default_factory=DistillSpec)
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+    run: RunSpec = Field(default_factory=RunSpec)
+
+
+def load_train_spec(path: str | Path, overrides: list[str] | None = None) -> TrainSpec:
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return validate(TrainSpec, raw)

@@ -1,0 +1,182 @@
+"""Sweeps read back from MLflow, and only from MLflow: a machine with the store but no Ray results
+can report and export. One row per trial in a pyarrow Table; params keep their dotted keys under a
+`params.` prefix, metrics keep their flat names (MLflow's latest value of each).
+
+Layout contract (the sweep writes it: orchestrator.tracking.tags): a parent run of kind sweep
+named by its SWEEP tag; child runs of kind trial under it, with TRIAL_ID and CHECKPOINT.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import pyarrow as pa
+
+from orchestrator.errors import UserError
+from orchestrator.tracking import tags as T
+from orchestrator.tracking.store import default_tracking_uri, sqlite_path
+
+PARAM = "params."
+# Trial statuses whose metrics count in tables, plots and export (a trial stopped early by a
+# scheduler ends KILLED or FINISHED; a FAILED or RUNNING one does not count).
+DONE = ("FINISHED", "KILLED")
+META = ("run_id", "run_name", "sweep", "trial_id", "status", "checkpoint", "experiment_id",
+        "start_time_ms", "wall_time_s")
+
+
+def open_store(uri: Optional[str] = None):
+    """An MlflowClient on an existing store; a missing sqlite file is an error, never created."""
+    from mlflow.tracking import MlflowClient
+
+    uri = uri or default_tracking_uri()
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise UserError(f"no MLflow store at {str(db)!r}; run a sweep first or pass --tracking-uri")
+    return MlflowClient(tracking_uri=uri)
+
+
+# ------------------------------------------------------------------ finding runs
+
+
+def _experiments(client) -> list[str]:
+    return [e.experiment_id for e in client.search_experiments()]
+
+
+def search_all(client, filter_string: str, experiment_ids: Optional[list[str]] = None) -> list:
+    """All runs matching `filter_string` (pages followed), newest first."""
+    ids = experiment_ids or _experiments(client)
+    runs, token = [], None
+    while ids:
+        page = client.search_runs(ids, filter_string, max_results=1000, page_token=token,
+                                  order_by=["attributes.start_time DESC"])
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    return runs
+
+
+def list_sweeps(client) -> list[str]:
+    """Sweep names in the store, newest parent first (each name once)."""
+    names: list[str] = []
+    for run in search_all(client, T.equals(T.KIND, T.SWEEP_RUN)):
+        name = run.data.tags.get(T.SWEEP)
+        if name and name not in names:
+            names.append(name)
+    return names
+
+
+@dataclass
+class Sweep:
+    name: str
+    parent: Any  # mlflow.entities.Run
+    trials: list  # child runs of `parent`
+
+    @property
+    def experiment_id(self) -> str:
+        return self.parent.info.experiment_id
+
+
+def find_sweep(client, name: str) -> Sweep:
+    """The newest parent run named `name` and its trial runs; one-line errors when there are none."""
+    parents = search_all(client, T.matching({T.KIND: T.SWEEP_RUN, T.SWEEP: name}))
+    if not parents:
+        known = list_sweeps(client)
+        hint = f"known sweeps: {', '.join(known[:20])}" if known else "the store has no sweeps"
+        raise UserError(f"unknown sweep {name!r}; {hint}")
+    parent = parents[0]
+    trials = search_all(client, T.equals(T.PARENT, parent.info.run_id), [parent.info.experiment_id])
+    trials = [r for r in trials if r.data.tags.get(T.KIND, T.TRIAL_RUN) == T.TRIAL_RUN]
+    if not trials:
+        raise UserError(f"sweep {name!r} (run {parent.info.run_id}) has no trial runs")
+    return Sweep(name, parent, trials)
+
+
+# ------------------------------------------------------------------ the trials table
+
+
+def parse_value(text: Optional[str]) -> Any:
+    """MLflow stores params as strings: give numbers back as numbers ('None' -> null)."""
+    if text is None or text == "None":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _column(values: list) -> pa.Array:
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return pa.array(values, pa.int64())
+    if present and all(isinstance(v, (int, float)) for v in present):
+        return pa.array([None if v is None else float(v) for v in values], pa.float64())
+    return pa.array([None if v is None else str(v) for v in values], pa.string())
+
+
+def _best_from_history(client, run_id: str, key: str) -> Optional[float]:
+    values = [m.value for m in client.get_metric_history(run_id, key) if math.isfinite(m.value)]
+    return max(values) if values else None
+
+
+def trials_table(client, sweep: Sweep) -> pa.Table:
+    """One row per trial: run metadata, `params.<dotted key>` columns, final metric columns."""
+    rows: list[dict[str, Any]] = []
+    for run in sweep.trials:
+        info, data = run.info, run.data
+        wall = (info.end_time - info.start_time) / 1000 if info.end_time and info.start_time else None
+        row: dict[str, Any] = {
+            "run_id": info.run_id, "run_name": info.run_name, "sweep": sweep.name,
+            "trial_id": data.tags.get(T.TRIAL_ID), "status": info.status,
+            "checkpoint": data.tags.get(T.CHECKPOINT), "experiment_id": info.experiment_id,
+            "start_time_ms": info.start_time, "wall_time_s": wall,
+        }
+        row.update({PARAM + k: parse_value(v) for k, v in data.params.items()})
+        row.update({k: float(v) for k, v in data.metrics.items()})
+        if "val_miou" in data.metrics and "best_val_miou" not in data.metrics:
+            row["best_val_miou"] = _best_from_history(client, info.run_id, "val_miou")
+        rows.append(row)
+    params = sorted({k for r in rows for k in r if k.startswith(PARAM)})
+    metrics = sorted({k for r in rows for k in r if k not in META and not k.startswith(PARAM)})
+    rows.sort(key=lambda r: (r["start_time_ms"] or 0, r["run_id"]))
+    names = [*META, *params, *metrics]
+    return pa.table({n: _column([r.get(n) for r in rows]) for n in names})
+
+
+def done(table: pa.Table, metric: Optional[str] = None) -> pa.Table:
+    """Trials that count: finished (or stopped early) and, if given, holding `metric`."""
+    keep = [s in DONE for s in table.column("status").to_pylist()]
+    if metric is not None:
+        vals = table.column(metric).to_pylist() if metric in table.column_names else [None] * len(table)
+        keep = [k and v is not None and math.isfinite(v) for k, v in zip(keep, vals)]
+    return table.filter(pa.array(keep, pa.bool_()))
+
+
+def metric_columns(table: pa.Table) -> list[str]:
+    return [n for n in table.column_names if n not in META and not n.startswith(PARAM)]
+
+
+# ------------------------------------------------------------------ names read from a store
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.=+-]+")
+
+
+def safe_name(name: str) -> str:
+    """A single path component from a name read out of a store: no separators, no '..'."""
+    clean = _UNSAFE.sub("_", str(name)).strip("._") or "unnamed"
+    return clean[:120]
+
+
+def safe_join(root: str | Path, *names: str) -> Path:
+    """root/<safe names...>, checked to stay under root."""
+    base = Path(root).resolve()
+    path = base.joinpath(*(safe_name(n) for n in names)).resolve()
+    if not path.is_relative_to(base):
+        raise UserError(f"refusing to write outside {str(base)!r}: {names!r}")
+    return path

@@ -1,0 +1,56 @@
+"""Every MLflow tag the sweep writes and the report, export and UI read back: one name each.
+
+The tags are the store's layout. Runs are found again by them, so a resumed sweep never creates
+a second run or logs an epoch twice, and `report`/`export` need nothing but the store:
+  parent run   KIND=sweep, SWEEP; the dataset, teacher and git commit; the best trial at the end;
+               an ablation's LAYOUTS, ABLATION, SEEDS and LABELS (which tables `report` prints)
+  child run    PARENT, KIND=trial, SWEEP, TRIAL_ID, STATUS, CHECKPOINT, ERROR, EPOCHS_DONE
+  teacher run  KIND=teacher, TEACHER_HASH (a recipe the sweep trained), CHECKPOINT
+  model version (export) SWEEP, RANK, SELECTION
+"""
+from __future__ import annotations
+
+PARENT = "mlflow.parentRunId"  # MLflow's own: the UI nests a child under its parent
+MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's own: the UI shows it as the source version
+
+KIND = "xgd.kind"  # what a run is: one of the three below
+SWEEP_RUN, TRIAL_RUN, TEACHER_RUN = "sweep", "trial", "teacher"
+SWEEP = "xgd.sweep"  # the sweep's name
+TRIAL_ID = "xgd.trial_id"  # Tune's trial id
+STATUS = "xgd.status"  # running | completed | stopped | failed | interrupted | orphaned
+ERROR = "xgd.error"  # why a trial failed, one line
+EPOCHS_DONE = "xgd.epochs_done"
+CHECKPOINT = "xgd.checkpoint"  # a trial's best.pt (or its checkpoint folder); a teacher's best.pt
+TRIAL_DIR = "xgd.trial_dir"
+
+GIT_COMMIT, GIT_DIRTY = "xgd.git_commit", "xgd.git_dirty"
+DATASET, DATA_ROOT, CLASSES = "xgd.dataset", "xgd.data_root", "xgd.classes"
+EXPERIMENT_DIR = "xgd.experiment_dir"  # the sweep's Tune experiment folder
+TEACHER_CHECKPOINT, TEACHER_HASH, TEACHER_RUN_ID = "xgd.teacher_checkpoint", "xgd.teacher_hash", "xgd.teacher_run"
+BEST_TRIAL_ID, BEST_RUN_ID = "xgd.best_trial_id", "xgd.best_run_id"
+BEST_CHECKPOINT, BEST_PARAMS = "xgd.best_checkpoint", "xgd.best_params"
+PARETO_TRIALS = "xgd.pareto_trials"  # on the parent: the front's trial ids, comma-separated
+PARETO = "xgd.pareto"  # on a trial of the front: "true"
+LEAKED_PGS_RELEASED = "xgd.leaked_pgs_released"  # placement groups the reaper had to remove
+
+LAYOUTS = "xgd.layouts"  # report tables, comma-separated (orchestrator.results.tables.LAYOUTS)
+ABLATION = "xgd.ablation"  # factorial | cells
+SEEDS = "xgd.seeds"
+LABELS = "xgd.labels"  # listed cells' labels in spec order, a JSON list
+
+RANK, SELECTION = "xgd.rank", "xgd.selection"  # on an exported model version
+
+
+def quote(value: str) -> str:
+    """A string literal for an MLflow filter."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def equals(tag: str, value: str) -> str:
+    """The MLflow filter clause `tag = value`."""
+    return f"tags.`{tag}` = {quote(value)}"
+
+
+def matching(tags: dict[str, str]) -> str:
+    """The MLflow filter for runs carrying every tag = value of `tags`."""
+    return " and ".join(equals(k, v) for k, v in tags.items())
