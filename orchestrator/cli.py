@@ -6,6 +6,7 @@ imports no heavy module (torch, Ray, MLflow, Optuna, the trainer): each command 
 Errors a user can fix (bad spec, bad data, bad checkpoint, bad arguments) print one line and
 exit with code 2; nothing already stored is touched.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,9 @@ class _Version(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator",
-                                     description="XGD distillation: train, sweep, ablate, report, export, ui, bench")
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator", description="XGD distillation: train, sweep, ablate, report, export, ui, bench"
+    )
     parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:

@@ -9,6 +9,7 @@
     .venv/bin/python scripts/cam_classes.py results/teachers/<hash>/best.pt --data '{kind: synthetic}'
     .venv/bin/python scripts/cam_classes.py --data '{kind: ttpla, root: ...}'   # pixel shares only
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,10 @@ def foreground_mass(model, ds, method: str, batch: int = 8) -> dict:
             out[classes] += ((maps * fg).sum(dim=(1, 2))[keep] / mass[keep]).tolist()
         fg_share += (fg.sum(dim=(1, 2)) / labelled.sum(dim=(1, 2)).clamp_min(1)).tolist()
     mean = lambda v: sum(v) / max(1, len(v))  # noqa: E731
-    return {"foreground_pixel_share": mean(fg_share),
-            **{f"cam_mass_on_foreground_{k}": mean(v) for k, v in out.items()}}
+    return {
+        "foreground_pixel_share": mean(fg_share),
+        **{f"cam_mass_on_foreground_{k}": mean(v) for k, v in out.items()},
+    }
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ commands that must stop before Ray, and one torch thread for CPU-heavy modules.
 Environment first, before anything imports Ray: no token auth for the local cluster, no Tune
 default loggers (the sweep tracks results itself).
 """
+
 import os
 
 import pytest

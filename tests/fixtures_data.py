@@ -1,4 +1,5 @@
 """Tiny on-disk datasets for tests/test_data.py, written into tmp_path with known masks."""
+
 from __future__ import annotations
 
 import base64

@@ -5,6 +5,7 @@ both executors (a Train worker or the Tune trial's own process). val_miou grows 
 search has something to find and ASHA something to stop. Knobs ride on trainer fields the stub
 does not otherwise use: run.max_steps_per_epoch = tenths of a second per epoch (default 2),
 data.data_seed = 666 makes the trial raise."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,15 @@ def stub_worker(config: dict, api=None) -> dict:
             raise RuntimeError("stub trial failed on purpose")
         miou = min(1.0, config["distill"]["alpha"] / 2.0) * (epoch + 1) / epochs
         best = max(best, miou)
-        out = {"epoch": epoch, "train_loss": 1.0 / (epoch + 1), "train_seg": 0.5 / (epoch + 1),
-               "val_miou": miou, "best_val_miou": best, "lr": 0.01, "step_time_s": 0.01}
+        out = {
+            "epoch": epoch,
+            "train_loss": 1.0 / (epoch + 1),
+            "train_seg": 0.5 / (epoch + 1),
+            "val_miou": miou,
+            "best_val_miou": best,
+            "lr": 0.01,
+            "step_time_s": 0.01,
+        }
         if epoch == epochs - 1:
             out.update(params=1000.0, gflops=1.5 + config["distill"]["tau"], latency_ms=10.0 * config["distill"]["tau"])
         with tempfile.TemporaryDirectory() as d:
@@ -86,11 +94,22 @@ def ddp_probe_worker(config: dict) -> dict:
         ray.train.torch.prepare_model = original
     ctx = ray.train.get_context()
     model = captured.get("model")
-    digest = None if model is None else hashlib.sha256(
-        b"".join(p.detach().cpu().contiguous().numpy().tobytes() for p in model.parameters())).hexdigest()
+    digest = (
+        None
+        if model is None
+        else hashlib.sha256(
+            b"".join(p.detach().cpu().contiguous().numpy().tobytes() for p in model.parameters())
+        ).hexdigest()
+    )
     folder = os.path.join(config["run"]["out_dir"], "ddp_probe")
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, f"rank{ctx.get_world_rank()}.json"), "w") as f:
-        json.dump({"world_size": ctx.get_world_size(), "params": digest,
-                   "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None}, f)
+        json.dump(
+            {
+                "world_size": ctx.get_world_size(),
+                "params": digest,
+                "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None,
+            },
+            f,
+        )
     return out

@@ -2,9 +2,10 @@
 seeds and the report's tags; bad specs are one-line errors (exit 2); the paper's and quickstart
 specs load; and one tiny ablation runs on the shared Ray (stub trainer), after which `report`
 prints mean +- std over seeds in the layout the ablation chose."""
+
 import copy
-import json
 import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,6 @@ import ray.cloudpickle
 import yaml
 
 import sweep_stubs
-from sweep_stubs import stub_worker
-
 from orchestrator.cli import main
 from orchestrator.errors import SpecError
 from orchestrator.run.ablate import load_ablation, parse_ablation
@@ -21,20 +20,30 @@ from orchestrator.spec import space as S
 from orchestrator.spec.sweep import sampler
 from orchestrator.spec.train import TrainSpec
 from orchestrator.tracking import tags as T
+from sweep_stubs import stub_worker
 
 ray.cloudpickle.register_pickle_by_value(sweep_stubs)  # Ray workers cannot import tests/
 ROOT = Path(__file__).resolve().parents[1]
 ABLATIONS = ROOT / "search_spaces" / "ablations"
 DATA = {"kind": "synthetic", "num_train": 8, "num_val": 4, "image_size": 64, "crop": 64}
-STUDENTS = {"r18": {"arch": "deeplabv3plus", "encoder": "resnet18"},
-            "mbv2": {"arch": "deeplabv3plus", "encoder": "mobilenet_v2"}}
+STUDENTS = {
+    "r18": {"arch": "deeplabv3plus", "encoder": "resnet18"},
+    "mbv2": {"arch": "deeplabv3plus", "encoder": "mobilenet_v2"},
+}
 
 
 def base_raw(tmp_path, **over) -> dict:
-    raw = {"name": "abl", "results": str(tmp_path / "results"),
-           "train": {"data": dict(DATA), "distill": {"alpha": 0.7, "beta": 0.3}, "optim": {"epochs": 2},
-                     "run": {"max_steps_per_epoch": 1, "out_dir": str(tmp_path / "runs")}},
-           "students": copy.deepcopy(STUDENTS)}
+    raw = {
+        "name": "abl",
+        "results": str(tmp_path / "results"),
+        "train": {
+            "data": dict(DATA),
+            "distill": {"alpha": 0.7, "beta": 0.3},
+            "optim": {"epochs": 2},
+            "run": {"max_steps_per_epoch": 1, "out_dir": str(tmp_path / "runs")},
+        },
+        "students": copy.deepcopy(STUDENTS),
+    }
     raw.update(over)
     return raw
 
@@ -61,8 +70,9 @@ def walk_sampler(spec) -> list[dict]:
 
 
 def test_factorial_ablation_is_every_combination_times_every_seed(tmp_path):
-    ab = parse_ablation(base_raw(tmp_path, seeds=3, factors={"distill.method": ["none", "pi", "xgd"],
-                                                             "student": ["r18", "mbv2"]}))
+    ab = parse_ablation(
+        base_raw(tmp_path, seeds=3, factors={"distill.method": ["none", "pi", "xgd"], "student": ["r18", "mbv2"]})
+    )
     spec = ab.sweep
     assert spec.search.algorithm == "grid" and spec.early_stopping.kind == "none" and spec.num_samples == 18
     got = sorted((c["distill"]["method"], c["model"]["encoder"], c["seed"]) for c in configs(ab))
@@ -76,13 +86,18 @@ def test_factorial_ablation_is_every_combination_times_every_seed(tmp_path):
 
 
 def test_listed_cells_cross_factors_and_seeds_and_the_sampler_runs_each_once(tmp_path):
-    cells = [{"distill.method": "none"}, {"distill.method": "xgd", "distill.beta": 0.0},
-             {"distill.method": "xgd", "distill.alpha": 0.0}]
+    cells = [
+        {"distill.method": "none"},
+        {"distill.method": "xgd", "distill.beta": 0.0},
+        {"distill.method": "xgd", "distill.alpha": 0.0},
+    ]
     ab = parse_ablation(base_raw(tmp_path, seeds=2, cells=cells, factors={"distill.cam": ["gradcam", "layercam"]}))
     spec = ab.sweep
     assert spec.num_samples == 12 and ab.kind == "cells"
-    got = sorted((c["distill"]["method"], c["distill"]["alpha"], c["distill"]["beta"], c["distill"]["cam"], c["seed"])
-                 for c in configs(ab))
+    got = sorted(
+        (c["distill"]["method"], c["distill"]["alpha"], c["distill"]["beta"], c["distill"]["cam"], c["seed"])
+        for c in configs(ab)
+    )
     rows = [("none", 0.7, 0.3), ("xgd", 0.7, 0.0), ("xgd", 0.0, 0.3)]
     assert got == sorted((*r, cam, s) for r in rows for cam in ("gradcam", "layercam") for s in (0, 1))
     # distill.cam is a factor: the timing table (time per iteration) is among the layouts
@@ -93,8 +108,10 @@ def test_listed_cells_cross_factors_and_seeds_and_the_sampler_runs_each_once(tmp
 
 
 def test_cell_labels_reach_the_trials_and_the_report_order_but_not_the_trainer(tmp_path):
-    cells = [{"label": "seg only", "distill.method": "none"}, {"label": "seg + pi", "distill.method": "xgd",
-                                                                "distill.alpha": 0.0}]
+    cells = [
+        {"label": "seg only", "distill.method": "none"},
+        {"label": "seg + pi", "distill.method": "xgd", "distill.alpha": 0.0},
+    ]
     ab = parse_ablation(base_raw(tmp_path, seeds=1, cells=cells))
     assert json.loads(ab.sweep.tags[T.LABELS]) == ["seg only", "seg + pi"]
     assert sorted(p["label"] for p in ab.sweep.grid()) == ["seg + pi", "seg only"]
@@ -177,12 +194,18 @@ BAD = [
     ({"cells": [{}]}, "cells[0]: an empty cell"),
     ({"cells": []}, "cells: give at least one cell"),
     ({"cells": [{"student": "r50"}]}, "cells[0].student: 'r50' is not in students"),
-    ({"cells": [{"label": "a", "distill.alpha": 1.0}, {"distill.alpha": 0.5}]},
-     "cells[1].label: give every cell a label (text) or none"),
-    ({"cells": [{"label": "a", "distill.alpha": 1.0}, {"label": "a", "distill.alpha": 0.5}]},
-     "cells[1].label: 'a' is also the label of cells[0]"),
-    ({"cells": [{"distill.cam": "layercam"}], "factors": {"distill.cam": ["gradcam"]}},
-     "cells[0].distill.cam: also a factor"),
+    (
+        {"cells": [{"label": "a", "distill.alpha": 1.0}, {"distill.alpha": 0.5}]},
+        "cells[1].label: give every cell a label (text) or none",
+    ),
+    (
+        {"cells": [{"label": "a", "distill.alpha": 1.0}, {"label": "a", "distill.alpha": 0.5}]},
+        "cells[1].label: 'a' is also the label of cells[0]",
+    ),
+    (
+        {"cells": [{"distill.cam": "layercam"}], "factors": {"distill.cam": ["gradcam"]}},
+        "cells[0].distill.cam: also a factor",
+    ),
     ({"factors": {"distill.cam": ["gradcam"]}, "layouts": ["fancy"]}, "layouts: 'fancy' is not a report layout"),
     ({"factors": {"distill.cam": ["gradcam"]}, "search": {"algorithm": "tpe"}}, "search: an ablation always runs"),
     ({"factors": {"distill.cam": ["gradcam"]}, "train": {"seed": 3}}, "train.seed: an ablation runs seeds 0..N-1"),
@@ -223,12 +246,18 @@ def test_tiny_ablation_runs_each_cell_and_seed_once_and_report_shows_mean_std(ra
         config["distill"]["alpha"] += 0.1 * config["seed"]
         return stub_worker(config)
 
-    raw = base_raw(tmp_path, seeds=2, factors={"distill.alpha": [0.5, 1.5]}, layouts=["summary"],
-                   resources={"num_workers": 1, "cpus_per_worker": 1, "max_concurrent": 2})
+    raw = base_raw(
+        tmp_path,
+        seeds=2,
+        factors={"distill.alpha": [0.5, 1.5]},
+        layouts=["summary"],
+        resources={"num_workers": 1, "cpus_per_worker": 1, "max_concurrent": 2},
+    )
     ab = parse_ablation(raw)
     out = run_sweep(ab.sweep, worker=seeded_worker)
-    assert out.status == "completed" and sorted(r.state for r in out.rows) == ["completed"] * 4, \
-        [(r.state, r.error) for r in out.rows]
+    assert out.status == "completed" and sorted(r.state for r in out.rows) == ["completed"] * 4, [
+        (r.state, r.error) for r in out.rows
+    ]
 
     client = MlflowClient(ab.sweep.mlflow.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name("xgd").experiment_id], T.equals(T.SWEEP, "abl"))
@@ -240,8 +269,19 @@ def test_tiny_ablation_runs_each_cell_and_seed_once_and_report_shows_mean_std(ra
     assert all(c.data.tags[T.PARENT] == parent.info.run_id for c in children)
 
     reports = tmp_path / "reports"
-    rc = main(["report", "abl", "--tracking-uri", ab.sweep.mlflow.tracking_uri, "--out", str(reports),
-               "--gallery", "0", "--no-log"])
+    rc = main(
+        [
+            "report",
+            "abl",
+            "--tracking-uri",
+            ab.sweep.mlflow.tracking_uri,
+            "--out",
+            str(reports),
+            "--gallery",
+            "0",
+            "--no-log",
+        ]
+    )
     shown = capsys.readouterr().out
     assert rc == 0 and "27.50 ± 3.54" in shown and "77.50 ± 3.54" in shown  # mIoU (%) mean ± std over 2 seeds
     md = (reports / "abl" / "summary.md").read_text()

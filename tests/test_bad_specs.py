@@ -2,6 +2,7 @@
 each one is refused before Ray starts with ONE line on stderr, exit code 2, no traceback, and a
 message that names the key and what is allowed. The good spec they are all made from does reach
 Ray (the `no_ray` sentinel), so every row fails for its own reason, not a shared one."""
+
 from __future__ import annotations
 
 import copy
@@ -18,11 +19,16 @@ def good(tmp: Path) -> dict:
     return {
         "name": "bad-specs",
         "results": str(tmp / "results"),
-        "train": {"data": {"kind": "synthetic", "num_train": 4, "num_val": 2, "image_size": 64, "crop": 64},
-                  "optim": {"epochs": 2}, "run": {"out_dir": str(tmp / "runs"), "device": "cpu"}},
+        "train": {
+            "data": {"kind": "synthetic", "num_train": 4, "num_val": 2, "image_size": 64, "crop": 64},
+            "optim": {"epochs": 2},
+            "run": {"out_dir": str(tmp / "runs"), "device": "cpu"},
+        },
         "students": {"r18": {"arch": "deeplabv3plus", "encoder": "resnet18"}},
-        "space": {"distill.alpha": {"type": "uniform", "low": 0.1, "high": 2.0},
-                  "distill.cam": {"type": "choice", "values": ["gradcam", "layercam"]}},
+        "space": {
+            "distill.alpha": {"type": "uniform", "low": 0.1, "high": 2.0},
+            "distill.cam": {"type": "choice", "values": ["gradcam", "layercam"]},
+        },
         "search": {"algorithm": "tpe", "num_samples": 2},
         "early_stopping": {"kind": "asha", "grace_period": 1},
     }
@@ -33,6 +39,7 @@ DROP = object()
 
 def edit(**changes):
     """A change to the good spec: 'a/b/c' paths to values (DROP removes the key)."""
+
     def apply(raw: dict, tmp: Path) -> dict:
         raw = copy.deepcopy(raw)
         for path, value in changes.items():
@@ -44,6 +51,7 @@ def edit(**changes):
             else:
                 node[parts[-1]] = _made(value, tmp)
         return raw
+
     return apply
 
 
@@ -59,8 +67,11 @@ def _made(value, tmp: Path):
 def teacher_file(classes: list[str]):
     def make(tmp: Path) -> str:
         path = tmp / "teacher.pt"
-        torch.save({"model": {}, "classes": classes, "model_cfg": {"arch": "deeplabv3plus", "encoder": "resnet18"}}, path)
+        torch.save(
+            {"model": {}, "classes": classes, "model_cfg": {"arch": "deeplabv3plus", "encoder": "resnet18"}}, path
+        )
         return str(path)
+
     return make
 
 
@@ -74,45 +85,85 @@ def not_a_checkpoint(tmp: Path) -> str:
 CASES = [
     ("unknown-top-key", edit(serach={"num_samples": 2}), [], "unknown key 'serach'; did you mean 'search'?"),
     ("unknown-train-key", edit(**{"train/optim/lrr": 0.1}), [], "did you mean 'lr'?"),
-    ("unknown-space-field", edit(**{"space/distill.alpha": {"type": "uniform", "lo": 0.1, "high": 2}}), [],
-     "did you mean 'low'?"),
+    (
+        "unknown-space-field",
+        edit(**{"space/distill.alpha": {"type": "uniform", "lo": 0.1, "high": 2}}),
+        [],
+        "did you mean 'low'?",
+    ),
     ("wrong-type-epochs", edit(**{"train/optim/epochs": "ten"}), [], "train.optim.epochs"),
     ("wrong-type-concurrency", edit(**{"resources/max_concurrent": [2]}), [], "resources.max_concurrent"),
     ("wrong-type-space", edit(**{"space/distill.alpha": 0.5}), [], "space.distill.alpha: must be a mapping"),
     ("empty-space", edit(space={}), [], "space: a sweep needs a non-empty 'space'"),
     ("no-space", edit(space=DROP), [], "space: a sweep needs a non-empty 'space'"),
-    ("low-above-high", edit(**{"space/distill.alpha": {"type": "uniform", "low": 3, "high": 2}}), [],
-     "space.distill.alpha: low (3) must be <= high"),
+    (
+        "low-above-high",
+        edit(**{"space/distill.alpha": {"type": "uniform", "low": 3, "high": 2}}),
+        [],
+        "space.distill.alpha: low (3) must be <= high",
+    ),
     ("empty-choice", edit(**{"space/distill.cam": {"type": "choice", "values": []}}), [], "space.distill.cam"),
     ("negative-alpha-fixed", edit(**{"train/distill/alpha": -0.5}), [], "train.distill.alpha"),
-    ("negative-alpha-in-space", edit(**{"space/distill.alpha": {"type": "uniform", "low": -1, "high": 2}}), [],
-     "space.distill.alpha: value -1"),
+    (
+        "negative-alpha-in-space",
+        edit(**{"space/distill.alpha": {"type": "uniform", "low": -1, "high": 2}}),
+        [],
+        "space.distill.alpha: value -1",
+    ),
     ("zero-tau", edit(**{"train/distill/tau": 0}), [], "train.distill.tau"),
     ("unknown-cam-fixed", edit(**{"train/distill/cam": "scorecam"}), [], "train.distill.cam"),
-    ("unknown-cam-in-space", edit(**{"space/distill.cam": {"type": "choice", "values": ["gradcam", "scorecam"]}}),
-     [], "space.distill.cam: value 'scorecam'"),
+    (
+        "unknown-cam-in-space",
+        edit(**{"space/distill.cam": {"type": "choice", "values": ["gradcam", "scorecam"]}}),
+        [],
+        "space.distill.cam: value 'scorecam'",
+    ),
     ("unknown-encoder", edit(**{"train/model/encoder": "resnet181"}), [], "did you mean 'resnet18'"),
     ("unknown-student-encoder", edit(**{"students/r18/encoder": "mobilenet_v9"}), [], "students.r18"),
     ("unknown-method", edit(**{"train/distill/method": "xgdd"}), [], "distill.method 'xgdd'"),
-    ("teacher-class-mismatch", edit(teacher={"checkpoint": teacher_file(["background", "cable"])}), [],
-     "has 2 classes"),
-    ("missing-teacher", edit(teacher={"checkpoint": lambda t: str(t / "nope" / "best.pt")}), [],
-     "teacher.checkpoint:"),
+    (
+        "teacher-class-mismatch",
+        edit(teacher={"checkpoint": teacher_file(["background", "cable"])}),
+        [],
+        "has 2 classes",
+    ),
+    ("missing-teacher", edit(teacher={"checkpoint": lambda t: str(t / "nope" / "best.pt")}), [], "teacher.checkpoint:"),
     ("teacher-not-a-checkpoint", edit(teacher={"checkpoint": not_a_checkpoint}), [], "not a weights-only checkpoint"),
     ("teacher-both-sources", edit(teacher={"checkpoint": "a.pt", "recipe": {}}), [], "teacher: give exactly one"),
     ("teacher-in-train", edit(**{"train/teacher": {"checkpoint": "a.pt"}}), [], "set the teacher at the top level"),
     ("objective-mode", edit(objective={"metric": "val_miou", "mode": "maximize"}), [], "objective.mode"),
     ("objective-metric", edit(objective={"metric": "val_mIoU"}), [], "did you mean 'val_miou'?"),
-    ("objective-test-metric", edit(objective={"metric": "test_miou"}), [],
-     "objective metric 'test_miou' is measured on the held-out test split"),
-    ("objective-test-in-list", edit(objective=[{"metric": "val_miou"}, {"metric": "test_iou_cable", "mode": "max"}]),
-     [], "objective[1]: objective metric 'test_iou_cable'"),
-    ("test-split-is-val", edit(**{"train/data/test_split": "val"}), [], "data.test_split 'val' is also the train or val"),
+    (
+        "objective-test-metric",
+        edit(objective={"metric": "test_miou"}),
+        [],
+        "objective metric 'test_miou' is measured on the held-out test split",
+    ),
+    (
+        "objective-test-in-list",
+        edit(objective=[{"metric": "val_miou"}, {"metric": "test_iou_cable", "mode": "max"}]),
+        [],
+        "objective[1]: objective metric 'test_iou_cable'",
+    ),
+    (
+        "test-split-is-val",
+        edit(**{"train/data/test_split": "val"}),
+        [],
+        "data.test_split 'val' is also the train or val",
+    ),
     ("search-algorithm", edit(search={"algorithm": "hyperopt"}), [], "search.algorithm"),
-    ("grace-beyond-epochs", edit(early_stopping={"kind": "asha", "grace_period": 9}), [],
-     "early_stopping.grace_period (9) exceeds"),
-    ("reduction-factor", edit(early_stopping={"kind": "asha", "reduction_factor": 1}), [],
-     "early_stopping.reduction_factor"),
+    (
+        "grace-beyond-epochs",
+        edit(early_stopping={"kind": "asha", "grace_period": 9}),
+        [],
+        "early_stopping.grace_period (9) exceeds",
+    ),
+    (
+        "reduction-factor",
+        edit(early_stopping={"kind": "asha", "reduction_factor": 1}),
+        [],
+        "early_stopping.reduction_factor",
+    ),
     ("data-kind", edit(**{"train/data/kind": "coco"}), [], "train.data.kind"),
     ("data-root-required", edit(**{"train/data/kind": "ttpla"}), [], "data.root is required"),
     ("sweep-name-dotdot", edit(name="../escape"), [], "name"),
@@ -141,8 +192,14 @@ def write_spec(tmp: Path, case) -> str:
 
 
 def test_the_good_spec_passes_every_check_and_reaches_ray(tmp_path, no_ray):
-    path = write_spec(tmp_path, edit(teacher={"checkpoint": teacher_file(
-        ["background", "cable", "tower_lattice", "tower_tucohy", "tower_wooden"])}))
+    path = write_spec(
+        tmp_path,
+        edit(
+            teacher={
+                "checkpoint": teacher_file(["background", "cable", "tower_lattice", "tower_tucohy", "tower_wooden"])
+            }
+        ),
+    )
     with pytest.raises(no_ray):  # ReachedRay (tests/conftest.py)
         main(["sweep", path])
 

@@ -1,6 +1,7 @@
 """Baselines: each loss against its published formula, zero where the formula says so, gradients
 into the student (and its connector/CBAM) only, and shapes for the three students against a
 DeepLabV3+ ResNet-101 teacher."""
+
 import math
 
 import pytest
@@ -24,8 +25,15 @@ K = 5
 ROLES = ("enc", "aspp", "dec")
 STUDENTS = [("deeplabv3plus", "resnet18"), ("deeplabv3plus", "mobilenet_v2"), ("pspnet", "resnet18")]
 BASELINE_TERMS = ["skd_pa", "cwd", "cwd_feat", "at", "cat", "attnfd"]
-CFG = {"method": "none", "alpha": 1.0, "beta": 1.0, "tau": 1.0, "cam": "gradcam", "cam_target": "gt",
-       "weights": {"cwd_feat": 1.0}}
+CFG = {
+    "method": "none",
+    "alpha": 1.0,
+    "beta": 1.0,
+    "tau": 1.0,
+    "cam": "gradcam",
+    "cam_target": "gt",
+    "weights": {"cwd_feat": 1.0},
+}
 
 
 # ------------------------------------------------------------------ models (one forward each)
@@ -65,16 +73,19 @@ def test_term_runs_for_each_student_and_trains_student_and_modules_not_teacher(r
     term = TERMS[name]
     extras = None
     if term.build:
-        extras = term.build({k: v.shape for k, v in step.s_feats.items()},
-                            {k: v.shape for k, v in step.t_feats.items()}, CFG)
+        extras = term.build(
+            {k: v.shape for k, v in step.s_feats.items()}, {k: v.shape for k, v in step.t_feats.items()}, CFG
+        )
         step.extras[name] = extras
     loss = term.fn(step, CFG)
     assert loss.dim() == 0 and loss.dtype == torch.float32 and math.isfinite(loss.item()) and loss.item() > 0
     extra_params = list(extras.parameters()) if extras is not None else []
-    s_param = student.encoder.conv1.weight if hasattr(student.encoder, "conv1") else student.encoder.features[0][0].weight
+    s_param = (
+        student.encoder.conv1.weight if hasattr(student.encoder, "conv1") else student.encoder.features[0][0].weight
+    )
     t_leaves = [step.t_logits, *step.t_feats.values()]
     grads = torch.autograd.grad(loss, [s_param, *extra_params, *t_leaves], retain_graph=True, allow_unused=True)
-    g_student, g_extra, g_teacher = grads[0], grads[1:1 + len(extra_params)], grads[1 + len(extra_params):]
+    g_student, g_extra, g_teacher = grads[0], grads[1 : 1 + len(extra_params)], grads[1 + len(extra_params) :]
     assert g_student is not None and g_student.abs().sum() > 0
     assert all(g is None or g.abs().sum() == 0 for g in g_teacher)
     if name in ("attnfd",) or (name == "cwd_feat" and key[0] == "pspnet"):  # modules that must train
@@ -84,9 +95,12 @@ def test_term_runs_for_each_student_and_trains_student_and_modules_not_teacher(r
 def test_tap_roles_and_last_stage_registry_agree_with_probe(runs):
     *_, teacher, _, t_feats, out = runs[2:]
     assert encoder_last_stage(teacher) == "encoder.layer4"
-    expected = {("deeplabv3plus", "resnet18"): "encoder.layer4", ("deeplabv3plus", "mobilenet_v2"): "encoder.features.18",
-                ("pspnet", "resnet18"): "encoder.layer2"}  # smp PSPNet stops at depth 3 (stride 8)
-    for key, (student, _, feats) in out.items():
+    expected = {
+        ("deeplabv3plus", "resnet18"): "encoder.layer4",
+        ("deeplabv3plus", "mobilenet_v2"): "encoder.features.18",
+        ("pspnet", "resnet18"): "encoder.layer2",
+    }  # smp PSPNet stops at depth 3 (stride 8)
+    for key, (student, _, _feats) in out.items():
         assert encoder_last_stage(student) == expected[key] == "encoder." + probe_last_stage(student.encoder)
         assert context_layer(student) == ("decoder.psp" if key[0] == "pspnet" else "decoder.aspp")
     with pytest.raises(ValueError, match="no ASPP/pyramid-pooling layer.*supported: DeepLabV3Plus"):
@@ -105,7 +119,10 @@ def test_methods_and_combinations_registered():
     cfg = {**CFG, "method": "xgd+cwd", "weights": {}}
     assert [n for n, _, w in active_terms(cfg, True)] == ["seg", "pi", "sa", "cwd"]  # cwd_feat off by default
     assert {n: w for n, _, w in active_terms({**cfg, "method": "skd"}, True)} == {"seg": 1.0, "pi": 1.0, "skd_pa": 10.0}
-    assert dict((n, w) for n, _, w in active_terms({**cfg, "method": "attnfd", "weights": {"attnfd": 5}}, True))["attnfd"] == 5.0
+    assert (
+        dict((n, w) for n, _, w in active_terms({**cfg, "method": "attnfd", "weights": {"attnfd": 5}}, True))["attnfd"]
+        == 5.0
+    )
 
 
 def test_bad_hyperparameter_is_one_line_error():
@@ -123,6 +140,7 @@ def test_bad_hyperparameter_is_one_line_error():
 
 def _skd_reference(f_s, f_t, scale):
     """structure_knowledge_distillation utils: maxpool nodes, sim_dis_compute."""
+
     def sim(f):
         f = f / ((f.pow(2).sum(1, keepdim=True)).sqrt() + 1e-8)
         f = f.reshape(f.shape[0], f.shape[1], -1)
@@ -156,7 +174,9 @@ def test_cwd_matches_mmrazor_formula_and_zero_for_equal():
     s, t, tau = torch.randn(2, 5, 6, 7), torch.randn(2, 5, 6, 7), 4.0
     n, c, h, w = s.shape
     p_t = F.softmax(t.reshape(-1, w * h) / tau, dim=1)
-    ref = torch.sum(p_t * F.log_softmax(t.reshape(-1, w * h) / tau, 1) - p_t * F.log_softmax(s.reshape(-1, w * h) / tau, 1))
+    ref = torch.sum(
+        p_t * F.log_softmax(t.reshape(-1, w * h) / tau, 1) - p_t * F.log_softmax(s.reshape(-1, w * h) / tau, 1)
+    )
     ref = ref * tau**2 / (c * n)
     assert channel_wise_divergence(s, t, tau).item() == pytest.approx(ref.item(), rel=1e-5)
     assert channel_wise_divergence(t, t.clone(), tau).item() == pytest.approx(0.0, abs=1e-6)
@@ -233,8 +253,9 @@ def test_cbam_gates_match_their_formulas():
 def test_attnfd_learned_teacher_cbam_option_builds_and_trains_teacher_gates(runs):
     student, step = _step(runs, ("deeplabv3plus", "resnet18"))
     cfg = {**CFG, "weights": {"attnfd_teacher_cbam": 1}}
-    mods = TERMS["attnfd"].build({k: v.shape for k, v in step.s_feats.items()},
-                                 {k: v.shape for k, v in step.t_feats.items()}, cfg)
+    mods = TERMS["attnfd"].build(
+        {k: v.shape for k, v in step.s_feats.items()}, {k: v.shape for k, v in step.t_feats.items()}, cfg
+    )
     assert mods.teacher is not None and isinstance(mods.student["enc"][1], nn.Sequential)  # 512 -> 2048 connector
     step.extras["attnfd"] = mods
     loss = TERMS["attnfd"].fn(step, cfg)
@@ -262,10 +283,10 @@ def test_holistic_term_trains_the_critic_to_separate_and_the_student_to_fool_it(
     t_logits = torch.randn(4, K, 16, 16) * 3
     disc = discriminator(K, width=8)
     loss = holistic_loss(disc, x, s_logits, t_logits, lam=0.001)
-    g_s, = torch.autograd.grad(loss, s_logits, retain_graph=True)
+    (g_s,) = torch.autograd.grad(loss, s_logits, retain_graph=True)
     # the student's gradient is -lambda times that of D(student): it descends -lambda * D(student)
     up = F.interpolate(F.softmax(s_logits, 1), size=(32, 32), mode="bilinear", align_corners=False)
-    g_ref, = torch.autograd.grad(disc(torch.cat([x, up], 1)).mean(), s_logits)
+    (g_ref,) = torch.autograd.grad(disc(torch.cat([x, up], 1)).mean(), s_logits)
     assert torch.allclose(g_s, -0.001 * g_ref, atol=1e-9) and g_s.abs().sum() > 0
     # the critic descends the same loss: a few steps of D alone widen D(teacher) - D(student)
     opt = torch.optim.Adam(disc.parameters(), lr=1e-3)
@@ -284,9 +305,14 @@ def test_skd_with_holistic_term_trains_student_and_critic_in_one_step():
     from orchestrator.spec.train import TrainSpec
     from trainables.step import build_trainer, train_step
 
-    cfg = validate(TrainSpec, {"data": {"kind": "synthetic", "num_train": 2, "image_size": 64, "crop": 64},
-                               "model": {"arch": "deeplabv3plus", "encoder": "resnet18"},
-                               "distill": {"method": "skd", "weights": {"skd_ho": 0.001}}}).model_dump()
+    cfg = validate(
+        TrainSpec,
+        {
+            "data": {"kind": "synthetic", "num_train": 2, "image_size": 64, "crop": 64},
+            "model": {"arch": "deeplabv3plus", "encoder": "resnet18"},
+            "distill": {"method": "skd", "weights": {"skd_ho": 0.001}},
+        },
+    ).model_dump()
     assert [n for n, _, _ in active_terms(cfg["distill"], True)] == ["seg", "pi", "skd_pa", "skd_ho"]
     torch.manual_seed(0)
     student = create_model("deeplabv3plus", "resnet18", K)

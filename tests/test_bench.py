@@ -8,6 +8,7 @@
 - The XGD step with the swapped convolutions gives the loss and the update of the built-in
   path (the loop tests check determinism, exact resume and that beta trains the student).
 """
+
 from __future__ import annotations
 
 import copy
@@ -25,14 +26,35 @@ from trainables.cam_path import prepare_cam_path
 from trainables.convgrad import FastGradConv2d
 from trainables.models import create_model
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.slow
 def test_bench_smoke_writes_every_variant_and_ratio(tmp_path, capsys):
-    rc = main(["bench", "--crop", "32", "--batch", "2", "--iters", "2", "--warmup", "1", "--teacher", "r18",
-               "--threads", "1", "--profile", "xgd_gradcam", "--out", str(tmp_path), "--name", "smoke", "--no-sweep"])
+    rc = main(
+        [
+            "bench",
+            "--crop",
+            "32",
+            "--batch",
+            "2",
+            "--iters",
+            "2",
+            "--warmup",
+            "1",
+            "--teacher",
+            "r18",
+            "--threads",
+            "1",
+            "--profile",
+            "xgd_gradcam",
+            "--out",
+            str(tmp_path),
+            "--name",
+            "smoke",
+            "--no-sweep",
+        ]
+    )
     assert rc == 0
     result = json.loads((tmp_path / "smoke.json").read_text())
     assert "orchestration" not in result and result["total_wall_s"] >= result["bench_wall_s"]
@@ -43,8 +65,9 @@ def test_bench_smoke_writes_every_variant_and_ratio(tmp_path, capsys):
         assert row["ratio_pi"] > 0 and row["ratio_gradcam"] > 0 and row["peak_mem_mb"] > 0, name
     assert rows[PI]["ratio_pi"] == 1.0 and rows[GRADCAM]["ratio_gradcam"] == 1.0
     assert rows[GRADCAM]["saliency_s"] > 0 and rows["ce"]["saliency_s"] == 0
-    assert set(result["targets"]) == {"xgd_gradcam_vs_pi"} | {f"xgd_{c}_vs_gradcam" for c in
-                                                               ("gradcam++", "hirescam", "eigengradcam", "layercam")}
+    assert set(result["targets"]) == {"xgd_gradcam_vs_pi"} | {
+        f"xgd_{c}_vs_gradcam" for c in ("gradcam++", "hirescam", "eigengradcam", "layercam")
+    }
     assert result["machine"]["torch_threads"] == 1 and result["load_avg_before"]
     phases = result["profiles"]["xgd_gradcam"]["phases_s"]
     assert {"step.backward", "cam.student", "cam.teacher"} <= set(phases)
@@ -57,10 +80,12 @@ def test_bench_rejects_unknown_variant_and_bad_sweep_sizes(capsys):
     assert "--sweep-trials must be >= 2" in capsys.readouterr().err
 
 
-CONVS = [dict(in_channels=6, out_channels=6, kernel_size=3, padding=1, groups=6),  # depthwise
-         dict(in_channels=6, out_channels=4, kernel_size=1),  # pointwise
-         dict(in_channels=6, out_channels=4, kernel_size=3, stride=2, padding=1, bias=True),  # strided
-         dict(in_channels=6, out_channels=6, kernel_size=3, padding=2, dilation=2, groups=3)]  # dilated, grouped
+CONVS = [
+    dict(in_channels=6, out_channels=6, kernel_size=3, padding=1, groups=6),  # depthwise
+    dict(in_channels=6, out_channels=4, kernel_size=1),  # pointwise
+    dict(in_channels=6, out_channels=4, kernel_size=3, stride=2, padding=1, bias=True),  # strided
+    dict(in_channels=6, out_channels=6, kernel_size=3, padding=2, dilation=2, groups=3),
+]  # dilated, grouped
 
 
 def _pair(kw: dict, seed: int = 0) -> tuple[nn.Module, nn.Module]:

@@ -5,6 +5,7 @@ batch's statistics (momentum 1 for one forward, the variance made biased), dropo
 explained by pytorch-grad-cam. Its logits equal the train-mode logits and its images never
 interact, so its maps are the per-image maps. Compared at the CAM layer's resolution.
 """
+
 from __future__ import annotations
 
 import copy
@@ -14,9 +15,9 @@ import pytest
 import torch
 from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
 from scipy.stats import spearmanr
-from test_cams import K, LAYERS, make_batch, make_model, oracle
 from torch import nn
 
+from test_cams import LAYERS, K, make_batch, make_model, oracle
 from trainables.batchnorm import CamBatchNorm2d, constant_batch_stats
 from trainables.cam_path import prepare_cam_path
 from trainables.cams import CAMS
@@ -48,8 +49,9 @@ def batch_stat_copy(model: nn.Module, x: torch.Tensor) -> nn.Module:
     for bn in m.modules():
         if isinstance(bn, nn.BatchNorm2d):
             bn.momentum = 1.0
-            hooks.append(bn.register_forward_pre_hook(
-                lambda mod, inp: sizes.__setitem__(mod, inp[0].numel() // inp[0].shape[1])))
+            hooks.append(
+                bn.register_forward_pre_hook(lambda mod, inp: sizes.__setitem__(mod, inp[0].numel() // inp[0].shape[1]))
+            )
     with torch.no_grad():
         m(x)
     for h in hooks:
@@ -59,8 +61,9 @@ def batch_stat_copy(model: nn.Module, x: torch.Tensor) -> nn.Module:
     return m.eval()
 
 
-def student_maps(student: nn.Module, arch: str, x, y, method: str, reduce: str, amp: bool = False,
-                 classes: str = "all") -> np.ndarray:
+def student_maps(
+    student: nn.Module, arch: str, x, y, method: str, reduce: str, amp: bool = False, classes: str = "all"
+) -> np.ndarray:
     """The maps L_sa trains on (trainables.saliency.saliency_maps), for a student in train mode."""
     teacher = make_model(arch, seed=7).eval().requires_grad_(False)
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if amp else torch.autocast("cpu", enabled=False)
@@ -81,8 +84,10 @@ def oracle_maps(student: nn.Module, arch: str, x, y, method: str, reduce: str, c
     if reduce == "sum":
         targets = [lambda out, m=masks[b]: (out * m).sum() for b in range(len(x))]
         return oracle(method, ref, layer, x, targets)[:, None]
-    per = [oracle(method, ref, layer, x, [SemanticSegmentationTarget(k, masks[b, k].numpy()) for b in range(len(x))])
-           for k in range(K)]
+    per = [
+        oracle(method, ref, layer, x, [SemanticSegmentationTarget(k, masks[b, k].numpy()) for b in range(len(x))])
+        for k in range(K)
+    ]
     return np.stack(per, axis=1)
 
 
@@ -234,8 +239,9 @@ def test_cam_batchnorm_is_batchnorm_outside_the_cam_gradient():
     gx = torch.autograd.grad((cam_bn(xc) * w).sum(), xc, create_graph=True)[0]
     xd = x.clone().requires_grad_(True)
     gx_ref = torch.autograd.grad((ref(xd) * w).sum(), xd, create_graph=True)[0]
-    torch.testing.assert_close(torch.autograd.grad(gx.pow(2).sum(), xc)[0],
-                               torch.autograd.grad(gx_ref.pow(2).sum(), xd)[0])
+    torch.testing.assert_close(
+        torch.autograd.grad(gx.pow(2).sum(), xc)[0], torch.autograd.grad(gx_ref.pow(2).sum(), xd)[0]
+    )
     # inside: the gradient of the eval-mode map with these statistics
     xe = x.clone().requires_grad_(True)
     with constant_batch_stats():

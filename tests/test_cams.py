@@ -4,6 +4,7 @@ Oracle comparisons are made at the activation resolution (pytorch-grad-cam's get
 followed by np.maximum(., 0), i.e. before its cv2 resize), with max |ours - oracle| <= 1e-4 times
 the oracle map's max over the batch.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,13 +17,17 @@ from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
 
 from trainables.cams import CAMS, cam, top_eigenvector
 from trainables.losses import TERMS, Step
-from trainables.saliency import (cam_maps, class_masks, normalize_maps, target_grads,
-                                 xgd_saliency_loss)
+from trainables.saliency import cam_maps, class_masks, normalize_maps, target_grads, xgd_saliency_loss
 from trainables.taps import tap
 
 K = 5
-ORACLES = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "hirescam": HiResCAM,
-           "eigengradcam": EigenGradCAM, "layercam": LayerCAM}
+ORACLES = {
+    "gradcam": GradCAM,
+    "gradcam++": GradCAMPlusPlus,
+    "hirescam": HiResCAM,
+    "eigengradcam": EigenGradCAM,
+    "layercam": LayerCAM,
+}
 LAYERS = {"DeepLabV3Plus": "decoder.block1", "PSPNet": "decoder.conv"}
 REL_TOL = 1e-4
 
@@ -168,9 +173,15 @@ def teacher_step(teacher, x, layer="decoder.block1"):
     return t_logits, tf["cam"], ef["enc"]
 
 
-@pytest.mark.parametrize("method,cam_target,reduce", [
-    ("gradcam", "gt", "sum"), ("eigengradcam", "gt", "sum"),
-    ("gradcam", "teacher", "per_class"), ("eigengradcam", "teacher", "per_class")])
+@pytest.mark.parametrize(
+    "method,cam_target,reduce",
+    [
+        ("gradcam", "gt", "sum"),
+        ("eigengradcam", "gt", "sum"),
+        ("gradcam", "teacher", "per_class"),
+        ("eigengradcam", "teacher", "per_class"),
+    ],
+)
 def test_saliency_loss_trains_student_not_teacher(method, cam_target, reduce):
     student = make_model(seed=0).train()
     teacher = make_model(encoder="resnet34", seed=1).eval()  # params left trainable: must get no grads
@@ -178,14 +189,20 @@ def test_saliency_loss_trains_student_not_teacher(method, cam_target, reduce):
     t_logits, t_acts, _ = teacher_step(teacher, x)
     with tap(student, {"cam": "decoder.block1"}) as sf:
         s_logits = student(x)
-    step = Step(images=x, labels=y, s_logits=s_logits, t_logits=t_logits,
-                s_feats={"cam": sf["cam"]}, t_feats={"cam": t_acts})
+    step = Step(
+        images=x, labels=y, s_logits=s_logits, t_logits=t_logits, s_feats={"cam": sf["cam"]}, t_feats={"cam": t_acts}
+    )
     cfg = {"cam": method, "cam_target": cam_target, "cam_reduce": reduce, "beta": 1.0}
     loss = TERMS["sa"].fn(step, cfg)
     assert loss.ndim == 0 and loss.item() > 0
     loss.backward()
-    for name in ("encoder.conv1.weight", "encoder.layer4.0.conv1.weight", "decoder.block1.0.weight",
-                 "decoder.block2.0.0.weight", "segmentation_head.0.weight"):
+    for name in (
+        "encoder.conv1.weight",
+        "encoder.layer4.0.conv1.weight",
+        "decoder.block1.0.weight",
+        "decoder.block2.0.0.weight",
+        "segmentation_head.0.weight",
+    ):
         grad = student.get_parameter(name).grad
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
     assert all(p.grad is None for p in teacher.parameters())
@@ -201,8 +218,14 @@ def test_saliency_loss_has_finite_gradients_when_every_pixel_is_ignored():
     with tap(student, {"cam": "decoder.block1"}) as sf:
         s_logits = student(x)
     for method in CAMS:
-        step = Step(images=x, labels=y, s_logits=s_logits, t_logits=t_logits,
-                    s_feats={"cam": sf["cam"]}, t_feats={"cam": t_acts})
+        step = Step(
+            images=x,
+            labels=y,
+            s_logits=s_logits,
+            t_logits=t_logits,
+            s_feats={"cam": sf["cam"]},
+            t_feats={"cam": t_acts},
+        )
         loss = xgd_saliency_loss(step, {"cam": method, "cam_reduce": "per_class"})
         grads = torch.autograd.grad(loss, [student.encoder.conv1.weight], retain_graph=True, allow_unused=True)
         assert loss.item() == 0 and all(g is None or torch.isfinite(g).all() for g in grads), method

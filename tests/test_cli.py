@@ -4,6 +4,7 @@
 interpreter start (`python -c pass`, run before each of them) and must stay within a small
 multiple of it: a ratio, so the test means the same on a fast and a slow machine. Building
 the parser must not import the heavy modules (each command imports them in `run`)."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -35,8 +36,10 @@ def test_help_costs_a_few_interpreter_starts():
             runs[name].append(seconds([sys.executable, "-m", "orchestrator", *args]))
     floor = min(bare)
     ratios = {name: min(ts) / floor for name, ts in runs.items()}
-    print(f"python -c pass: {floor * 1000:.0f} ms (fastest of {len(bare)}); python -m orchestrator ... as a "
-          f"multiple of it (fastest of {ROUNDS}):")
+    print(
+        f"python -c pass: {floor * 1000:.0f} ms (fastest of {len(bare)}); python -m orchestrator ... as a "
+        f"multiple of it (fastest of {ROUNDS}):"
+    )
     for name, r in ratios.items():
         print(f"  {name:18s} {r:.2f}x ({r * floor * 1000:.0f} ms)")
     slow = {name: round(r, 2) for name, r in ratios.items() if r > MAX_RATIO}
@@ -44,8 +47,10 @@ def test_help_costs_a_few_interpreter_starts():
 
 
 def test_building_the_parser_imports_no_heavy_module():
-    code = ("import sys; from orchestrator.cli import build_parser; build_parser(); "
-            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    code = (
+        "import sys; from orchestrator.cli import build_parser; build_parser(); "
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
     assert out == "", f"building the CLI parser imported {out}"
 

@@ -3,6 +3,7 @@ worker node, 1 CPU each), in its own process so it never meets the test session'
 land on both nodes, results and checkpoints sit on the shared storage path, MLflow is complete,
 and removing the worker node mid-sweep loses no completed trial (its running trial is retried
 from its checkpoint on the node that is left)."""
+
 from __future__ import annotations
 
 import json
@@ -77,8 +78,10 @@ from rich.console import Console
 out = run_sweep(parse_sweep_spec(raw), worker=node_worker, console=Console(file=sys.stderr))
 t.join(timeout=5)
 deadline = time.time() + 90  # the GCS declares the removed node dead after its health checks fail
-while time.time() < deadline and (ray.cluster_resources().get("CPU", 0.0) > 1.0
-                                   or ray.available_resources().get("CPU", 0.0) < ray.cluster_resources().get("CPU", 0.0)):
+def cpus(view):
+    return view().get("CPU", 0.0)
+while time.time() < deadline and (cpus(ray.cluster_resources) > 1.0
+                                   or cpus(ray.available_resources) < cpus(ray.cluster_resources)):
     time.sleep(0.5)
 summary = dict(head=head_id, worker=worker_node.node_id, removed=removed,
                resumed=sorted(os.listdir(os.path.join(raw["train"]["run"]["out_dir"], "markers")))
@@ -101,21 +104,36 @@ def tune_errors(experiment: Path) -> dict[str, str]:
 def test_two_node_cluster_sweep_survives_losing_a_node(tmp_path):
     shared = tmp_path / "shared"
     raw = {
-        "name": "cluster", "results": str(shared / "results"), "storage_path": str(shared / "sweeps"),
-        "train": {"data": {"kind": "synthetic", "num_train": 4, "num_val": 2, "image_size": 64, "crop": 64},
-                  "optim": {"epochs": 3}, "run": {"max_steps_per_epoch": 15, "out_dir": str(shared / "runs")}},
+        "name": "cluster",
+        "results": str(shared / "results"),
+        "storage_path": str(shared / "sweeps"),
+        "train": {
+            "data": {"kind": "synthetic", "num_train": 4, "num_val": 2, "image_size": 64, "crop": 64},
+            "optim": {"epochs": 3},
+            "run": {"max_steps_per_epoch": 15, "out_dir": str(shared / "runs")},
+        },
         "space": {"distill.alpha": {"type": "choice", "values": [0.5, 1.0, 1.5, 2.0]}},
-        "search": {"algorithm": "grid"}, "early_stopping": {"kind": "none"},
+        "search": {"algorithm": "grid"},
+        "early_stopping": {"kind": "none"},
         "resources": {"num_workers": 1, "cpus_per_worker": 1, "max_concurrent": 2, "max_failures": 2},
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    env.update(RAY_AUTH_MODE="disabled", TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]))  # the script imports sweep_stubs
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(raw)],
-                          cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=400)
+    env.update(
+        RAY_AUTH_MODE="disabled",
+        TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1",
+        PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]),
+    )  # the script imports sweep_stubs
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, json.dumps(raw)],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("SUMMARY ")), None)
     assert proc.returncode == 0 and line, proc.stderr[-4000:]
-    s = json.loads(line[len("SUMMARY "):])
+    s = json.loads(line[len("SUMMARY ") :])
 
     # trials ran on both nodes
     nodes = {p.name.split("@")[1] for p in (shared / "runs" / "nodes").iterdir()}
@@ -123,8 +141,10 @@ def test_two_node_cluster_sweep_survives_losing_a_node(tmp_path):
     # the worker node was removed mid-sweep, after a trial had finished, and the sweep still finished
     assert s["removed"].get("finished_before") and s["removed"].get("interrupted"), s
     states = {r["trial_id"]: r for r in s["rows"]}
-    assert len(states) == 4 and all(r["state"] == "completed" and r["epoch"] == 3 for r in states.values()), \
-        (s["rows"], tune_errors(shared / "sweeps" / "cluster"))
+    assert len(states) == 4 and all(r["state"] == "completed" and r["epoch"] == 3 for r in states.values()), (
+        s["rows"],
+        tune_errors(shared / "sweeps" / "cluster"),
+    )
     assert s["available"] == s["total"] == 1.0, s  # one node left, nothing reserved
 
     from mlflow import MlflowClient

@@ -1,4 +1,5 @@
 """Datasets: exact masks per on-disk layout, synthetic determinism, aligned transforms, DataErrors."""
+
 from __future__ import annotations
 
 import json
@@ -7,6 +8,8 @@ import time
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from fixtures_data import (
     box,
     data_cfg,
@@ -21,8 +24,6 @@ from fixtures_data import (
     write_supervisely,
     write_voc,
 )
-from PIL import Image
-
 from trainables.constants import IMAGENET_MEAN, IMAGENET_STD
 from trainables.data import DataError, build_dataset, class_names, pad_collate
 from trainables.data.base import SegDataset, sample_seed
@@ -330,8 +331,11 @@ def test_train_transform_reproducible_with_torch_seed():
 
 
 def _train_batches(workers: int, epochs: tuple[int, ...], seed: int = 5) -> list[list]:
-    cfg = {"data": data_cfg("synthetic", num_train=6, num_val=2, image_size=48, crop=32, jitter=0.3,
-                            batch_size=2, workers=workers)}
+    cfg = {
+        "data": data_cfg(
+            "synthetic", num_train=6, num_val=2, image_size=48, crop=32, jitter=0.3, batch_size=2, workers=workers
+        )
+    }
     train, _, _ = make_loaders(cfg, torch.device("cpu"), seed)
     out = []
     for epoch in epochs:

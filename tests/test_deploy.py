@@ -1,5 +1,6 @@
 """Deployment examples (deploy/): each parses, and the command it runs is the orchestrator's, on a spec
 of this repo, with overrides the spec accepts (checked by the CLI's own --dry-run, which starts nothing)."""
+
 from __future__ import annotations
 
 import re
@@ -48,22 +49,31 @@ def test_slurm_script_starts_ray_and_runs_the_orchestrator(capsys):
     command = re.search(r"^python -m orchestrator .*?(?<!\\)$", text.replace("\\\n", " "), re.M | re.S).group(0)
     argv = shlex.split(command)
     assert argv[:3] == ["python", "-m", "orchestrator"] and "--address" in argv
-    values = {"$COMMAND": defaults["COMMAND"], "$SPEC": defaults["SPEC"], "$DATA": defaults["DATA"],
-              "$SHARED": "/shared/xgd"}
+    values = {
+        "$COMMAND": defaults["COMMAND"],
+        "$SPEC": defaults["SPEC"],
+        "$DATA": defaults["DATA"],
+        "$SHARED": "/shared/xgd",
+    }
     argv = [re.sub(r"\$\w+", lambda m: values.get(m.group(0), m.group(0)), a) for a in argv[3:]]
     i = argv.index("--address")
-    del argv[i:i + 2]  # the dry run starts nothing, so it needs no cluster
+    del argv[i : i + 2]  # the dry run starts nothing, so it needs no cluster
     out = _dry_run(argv, capsys)
     assert "/shared/xgd/sweeps" in out
 
 
 def test_dry_run_names_the_executor_real_specs_use_ray_train(capsys, tmp_path):
-    for spec, executor in [("search_spaces/quickstart.yaml", "one process"), ("search_spaces/ttpla.yaml", "Ray Train"),
-                           ("search_spaces/voc.yaml", "Ray Train"), ("search_spaces/substation.yaml", "Ray Train")]:
+    for spec, executor in [
+        ("search_spaces/quickstart.yaml", "one process"),
+        ("search_spaces/ttpla.yaml", "Ray Train"),
+        ("search_spaces/voc.yaml", "Ray Train"),
+        ("search_spaces/substation.yaml", "Ray Train"),
+    ]:
         out = _dry_run(["sweep", str(ROOT / spec), "--set", f"results={tmp_path}"], capsys)
         line = next(ln for ln in out.splitlines() if ln.startswith("executor"))
         assert executor in line, (spec, line)
     for name in ("table1_method_student", "table2_loss_terms", "table3_cam", "fig3_hparams"):
-        out = _dry_run(["ablate", str(ROOT / f"search_spaces/ablations/{name}.yaml"), "--set", f"results={tmp_path}"],
-                       capsys)
+        out = _dry_run(
+            ["ablate", str(ROOT / f"search_spaces/ablations/{name}.yaml"), "--set", f"results={tmp_path}"], capsys
+        )
         assert "Ray Train: each trial" in out, name

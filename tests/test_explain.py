@@ -1,6 +1,7 @@
 """Explanation metrics: distance statistics against a direct O(n^2) reference and the dcor package
 (slow: its import), rank statistics against scipy, constructed focus/top-k cases, and the runner on tiny
 models (a student identical to its teacher aligns perfectly)."""
+
 import copy
 
 import numpy as np
@@ -119,8 +120,9 @@ def test_rankdata_and_spearman_match_scipy_with_ties():
     assert np.allclose(E.rankdata(torch.tensor(a)).numpy(), scipy.stats.rankdata(a, axis=1))
     ours = E.spearman_rows(torch.tensor(a), torch.tensor(b)).numpy()
     assert np.allclose(ours, [scipy.stats.spearmanr(a[i], b[i]).statistic for i in range(3)])
-    assert np.allclose(E.pearson_rows(torch.tensor(a), torch.tensor(b)).numpy(),
-                       [np.corrcoef(a[i], b[i])[0, 1] for i in range(3)])
+    assert np.allclose(
+        E.pearson_rows(torch.tensor(a), torch.tensor(b)).numpy(), [np.corrcoef(a[i], b[i])[0, 1] for i in range(3)]
+    )
     assert torch.isnan(E.spearman_rows(torch.ones(1, 5), torch.randn(1, 5))).all()  # constant map: no correlation
 
 
@@ -249,8 +251,16 @@ def tiny():
     return student, teacher, batches
 
 
-KEYS = {"expl_sal_spearman", "expl_sal_pearson", "expl_topk_iou", "expl_logit_spearman", "expl_focus", "expl_fss",
-        "expl_rs", "expl_rs_teacher"}
+KEYS = {
+    "expl_sal_spearman",
+    "expl_sal_pearson",
+    "expl_topk_iou",
+    "expl_logit_spearman",
+    "expl_focus",
+    "expl_fss",
+    "expl_rs",
+    "expl_rs_teacher",
+}
 
 
 def test_student_identical_to_teacher_aligns_perfectly(tiny):
@@ -268,8 +278,14 @@ def test_runner_on_different_models_restores_modes_and_adds_base_metrics(tiny):
     student, teacher, batches = tiny
     student.train()
     flags = [p.requires_grad for p in student.parameters()]
-    out = E.explanation_metrics(student, teacher, batches, {"distill": {"cam": "layercam", "cam_target": "teacher"}},
-                                max_batches=2, base=copy.deepcopy(teacher))
+    out = E.explanation_metrics(
+        student,
+        teacher,
+        batches,
+        {"distill": {"cam": "layercam", "cam_target": "teacher"}},
+        max_batches=2,
+        base=copy.deepcopy(teacher),
+    )
     assert set(out) == KEYS | {"expl_fss_base", "expl_pdcor"}
     assert all(-1.0 <= v <= 1.0 for v in out.values() if v == v), out
     assert out["expl_logit_spearman"] < 0.999 and out["expl_fss"] < 0.999

@@ -1,6 +1,7 @@
 """`export`: choosing trials from MLflow, rebuilding students from weights-only checkpoints, writing
 safetensors / TorchScript / ONNX that reproduce the model (ONNX checked with onnxruntime), a model
 card with true sha256s, registration in the MLflow registry, and one-line errors."""
+
 from __future__ import annotations
 
 import hashlib
@@ -38,8 +39,12 @@ def test_choose_top_k_and_pareto(store):
     assert choose(t, "val_miou", maximize=False, top=1)[0].row["run_name"] == "demo_pi_a0.5_s0"
     front = choose(t, "val_miou", pareto_cost="latency_ms")
     # latency = 8/9/11/12 ms by cell + 0.1 * seed; mIoU rises with seed: the front has 4 trials
-    assert [c.row["run_name"] for c in front] == ["demo_xgd_a1.0_s1", "demo_xgd_a1.0_s0",
-                                                  "demo_pi_a1.0_s1", "demo_pi_a1.0_s0"]
+    assert [c.row["run_name"] for c in front] == [
+        "demo_xgd_a1.0_s1",
+        "demo_xgd_a1.0_s0",
+        "demo_pi_a1.0_s1",
+        "demo_pi_a1.0_s0",
+    ]
     assert front[0].row["val_miou"] == pytest.approx(final_miou("xgd", 1.0, 1))
 
 
@@ -93,8 +98,9 @@ def test_export_writes_loadable_checked_students_and_registers_them(store, tmp_p
     versions = store["client"].search_model_versions("name='xgd-demo'")
     assert len(versions) == 1 and versions[0].run_id == card["source"]["run_id"]
     mlflow.set_tracking_uri(store["uri"])
-    got_dir = Path(mlflow.artifacts.download_artifacts(f"models:/xgd-demo/{versions[0].version}",
-                                                       dst_path=str(tmp_path / "dl")))
+    got_dir = Path(
+        mlflow.artifacts.download_artifacts(f"models:/xgd-demo/{versions[0].version}", dst_path=str(tmp_path / "dl"))
+    )
     assert json.loads((got_dir / "model_card.json").read_text())["files"] == card["files"]
     index = json.loads((out / "demo" / "index.json").read_text())
     assert index["exports"][0]["version"] == str(versions[0].version)
@@ -128,8 +134,11 @@ def _one_trial_store(root: Path, sweep: str, status: str = "FINISHED", checkpoin
     c = MlflowClient(uri)
     exp = c.create_experiment("x", artifact_location=str(root / "artifacts"))
     parent = c.create_run(exp, run_name=sweep, tags={T.KIND: "sweep", T.SWEEP: sweep})
-    run = c.create_run(exp, run_name="trial_0", tags={T.PARENT: parent.info.run_id, T.KIND: "trial",
-                                                      T.SWEEP: sweep, T.CHECKPOINT: checkpoint})
+    run = c.create_run(
+        exp,
+        run_name="trial_0",
+        tags={T.PARENT: parent.info.run_id, T.KIND: "trial", T.SWEEP: sweep, T.CHECKPOINT: checkpoint},
+    )
     if status == "FINISHED":
         c.log_batch(run.info.run_id, metrics=[Metric("val_miou", 0.5, 0, 0)])
     c.set_terminated(run.info.run_id, status)

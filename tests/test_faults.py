@@ -2,6 +2,7 @@
 alone with their reason in MLflow and on the terminal while the sweep goes on; a worker process
 killed mid-epoch is retried from its last checkpoint (one epoch redone at most); an unwritable or
 full results location is refused before Ray starts. (Driver SIGKILL + --resume: tests/test_sweep.py.)"""
+
 from __future__ import annotations
 
 import io
@@ -17,9 +18,8 @@ import pytest
 import ray.cloudpickle
 from rich.console import Console
 
-import sweep_stubs
-
 import orchestrator.run.sweep
+import sweep_stubs
 from orchestrator.cli import main
 from orchestrator.run.callback import error_line
 from orchestrator.run.failures import fatal_cause, summarize_error
@@ -86,11 +86,16 @@ def dies_once_worker(config: dict) -> dict:
 
 def raw_spec(tmp_path: Path, name: str, **over) -> dict:
     raw = {
-        "name": name, "results": str(tmp_path / "results"),
-        "train": {"data": {"kind": "synthetic", "num_train": 4, "num_val": 2, "image_size": 64, "crop": 64},
-                  "optim": {"epochs": 4}, "run": {"max_steps_per_epoch": 2, "out_dir": str(tmp_path / "runs")}},
+        "name": name,
+        "results": str(tmp_path / "results"),
+        "train": {
+            "data": {"kind": "synthetic", "num_train": 4, "num_val": 2, "image_size": 64, "crop": 64},
+            "optim": {"epochs": 4},
+            "run": {"max_steps_per_epoch": 2, "out_dir": str(tmp_path / "runs")},
+        },
         "space": {"distill.alpha": {"type": "choice", "values": [0.5, 1.0, 1.5]}},
-        "search": {"algorithm": "grid"}, "early_stopping": {"kind": "none"},
+        "search": {"algorithm": "grid"},
+        "early_stopping": {"kind": "none"},
         "resources": {"num_workers": 1, "cpus_per_worker": 1, "max_concurrent": 2},
     }
     raw.update(over)
@@ -103,8 +108,11 @@ def children(spec):
     client = MlflowClient(spec.mlflow.tracking_uri)
     exp = client.get_experiment_by_name(spec.mlflow.experiment)
     runs = client.search_runs([exp.experiment_id], filter_string=T.equals(T.SWEEP, spec.name))
-    return client, [r for r in runs if r.data.tags.get(T.KIND) == "trial"], \
-        [r for r in runs if r.data.tags.get(T.KIND) == "sweep"]
+    return (
+        client,
+        [r for r in runs if r.data.tags.get(T.KIND) == "trial"],
+        [r for r in runs if r.data.tags.get(T.KIND) == "sweep"],
+    )
 
 
 def error_file_of(exc: BaseException, tmp_path: Path) -> SimpleNamespace:
@@ -129,26 +137,33 @@ def test_oom_error_maps_to_a_hint(tmp_path):
 
 
 def test_error_summary_keeps_the_root_cause_not_rays_wrapper():
-    text = ("Traceback (most recent call last):\n  File 'loop.py', line 64\n"
-            "FloatingPointError: training loss became nan at epoch 3; trial stopped\n\n"
-            "The above exception was the direct cause of the following exception:\n\n"
-            "Traceback (most recent call last):\n"
-            "ray.train.WorkerGroupError: Training failed due to worker errors:\n[Rank 0]\n")
+    text = (
+        "Traceback (most recent call last):\n  File 'loop.py', line 64\n"
+        "FloatingPointError: training loss became nan at epoch 3; trial stopped\n\n"
+        "The above exception was the direct cause of the following exception:\n\n"
+        "Traceback (most recent call last):\n"
+        "ray.train.WorkerGroupError: Training failed due to worker errors:\n[Rank 0]\n"
+    )
     assert summarize_error(text) == "FloatingPointError: training loss became nan at epoch 3; trial stopped"
     assert summarize_error("") == "failed"
     assert summarize_error("ValueError: x\n").startswith("ValueError: x")
 
 
 def test_only_the_latest_failure_counts_and_fatal_causes_are_recognised():
-    text = ("Failure # 1 (occurred at x)\nRuntimeError: node lost\n"
-            "Failure # 2 (occurred at y)\nray.exceptions.RayTaskError(FatalTrialError): ray::ImplicitFunc.train()\n"
-            "orchestrator.run.failures.FatalTrialError: FloatingPointError: training loss became inf at epoch 2; trial stopped\n")
+    text = (
+        "Failure # 1 (occurred at x)\nRuntimeError: node lost\n"
+        "Failure # 2 (occurred at y)\nray.exceptions.RayTaskError(FatalTrialError): ray::ImplicitFunc.train()\n"
+        "orchestrator.run.failures.FatalTrialError: "
+        "FloatingPointError: training loss became inf at epoch 2; trial stopped\n"
+    )
     assert summarize_error(text) == "FloatingPointError: training loss became inf at epoch 2; trial stopped"
     assert fatal_cause("Failure # 1\nRuntimeError: node lost\n") is None
     assert summarize_error("Failure # 1\nRuntimeError: node lost\n") == "RuntimeError: node lost"
-    wrapped = ("Failure # 1\nray.exceptions.RayTaskError(WorkerGroupError): ray::ImplicitFunc.train()\n"
-               "ray.train.WorkerGroupError: Training failed due to worker errors:\n[Rank 0 Error Snippet]:\n"
-               "Traceback (most recent call last):\n  File 'stub.py', line 3\nRuntimeError: stub trial failed on purpose\n")
+    wrapped = (
+        "Failure # 1\nray.exceptions.RayTaskError(WorkerGroupError): ray::ImplicitFunc.train()\n"
+        "ray.train.WorkerGroupError: Training failed due to worker errors:\n[Rank 0 Error Snippet]:\n"
+        "Traceback (most recent call last):\n  File 'stub.py', line 3\nRuntimeError: stub trial failed on purpose\n"
+    )
     assert summarize_error(wrapped) == "RuntimeError: stub trial failed on purpose"
 
 
@@ -164,7 +179,9 @@ def test_unwritable_results_is_refused_before_ray(tmp_path, no_ray, capsys):
 
 
 def test_full_results_disk_is_refused_before_ray(tmp_path, no_ray, monkeypatch, capsys):
-    monkeypatch.setattr(orchestrator.run.sweep.shutil, "disk_usage", lambda p: SimpleNamespace(total=1e12, used=1e12, free=5 * 2**20))
+    monkeypatch.setattr(
+        orchestrator.run.sweep.shutil, "disk_usage", lambda p: SimpleNamespace(total=1e12, used=1e12, free=5 * 2**20)
+    )
     spec = tmp_path / "s.json"
     spec.write_text(json.dumps(raw_spec(tmp_path, "full")))
     assert main(["sweep", str(spec)]) == 2
@@ -226,4 +243,3 @@ def test_worker_killed_mid_epoch_is_retried_from_its_last_checkpoint(ray_cluster
     assert run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_miou")]
     assert steps == [0, 1, 2], steps  # every epoch once in MLflow
-

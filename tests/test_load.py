@@ -2,6 +2,7 @@
 2-CPU Ray, 2 at a time, through the real sweep (Tune, Optuna random search, the driver's MLflow
 writer). Every trial completes and has exactly one finished MLflow run with its metric; the
 throughput is printed to the terminal."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,8 +15,10 @@ def test_200_stub_trials_on_two_cpus_lose_no_mlflow_run(ray_cluster, tmp_path, c
 
     out = sweep_load(200, concurrent=2, root=str(tmp_path))
     with capsys.disabled():
-        print(f"\nload: {out['completed']}/{out['trials']} stub trials, {out['concurrent']} at a time on "
-              f"{out['cpus']} CPUs, in {out['wall_s']:.0f} s: {out['trials_per_min']:.1f} trials/min")
+        print(
+            f"\nload: {out['completed']}/{out['trials']} stub trials, {out['concurrent']} at a time on "
+            f"{out['cpus']} CPUs, in {out['wall_s']:.0f} s: {out['trials_per_min']:.1f} trials/min"
+        )
     assert out["completed"] == 200, out
     assert out["mlflow_runs"] == out["distinct_trials"] == out["mlflow_finished_with_metric"] == 200, out
     free = ray_cluster.available_resources().get("CPU", 0.0)

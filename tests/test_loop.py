@@ -1,5 +1,6 @@
 """The worker loop as plain Python on tiny synthetic data: determinism, exact resume, and
 that the saliency term really trains the student (the published code's beta trained nothing)."""
+
 import json
 import math
 from pathlib import Path
@@ -13,13 +14,18 @@ from trainables import checkpoint
 from trainables.loop import train_loop
 from trainables.reporting import FolderReporter
 
-TINY = {"kind": "synthetic", "num_train": 8, "num_val": 4, "num_test": 4, "image_size": 64, "crop": 32,
-        "batch_size": 4}
+TINY = {"kind": "synthetic", "num_train": 8, "num_val": 4, "num_test": 4, "image_size": 64, "crop": 32, "batch_size": 4}
 
 
 def spec(tmp, name, **kw) -> dict:
-    raw = {"name": name, "seed": 0, "data": TINY, "model": {"arch": "deeplabv3plus", "encoder": "resnet18"},
-           "optim": {"name": "sgd", "lr": 0.05, "epochs": 3}, "run": {"out_dir": str(tmp), "device": "cpu"}}
+    raw = {
+        "name": name,
+        "seed": 0,
+        "data": TINY,
+        "model": {"arch": "deeplabv3plus", "encoder": "resnet18"},
+        "optim": {"name": "sgd", "lr": 0.05, "epochs": 3},
+        "run": {"out_dir": str(tmp), "device": "cpu"},
+    }
     for key, value in kw.items():
         section, _, field = key.partition("__")
         raw.setdefault(section, {})
@@ -100,8 +106,16 @@ def test_run_training_writes_checkpoints_and_metrics(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["xgd+cwd", "attnfd", "skd"])
 def test_baseline_methods_train_through_the_loop(tmp_path, teacher, method):
-    out = train_loop(spec(tmp_path, method.replace("+", "_"), teacher={"checkpoint": teacher},
-                          distill__method=method, optim__epochs=1, run__max_steps_per_epoch=1))
+    out = train_loop(
+        spec(
+            tmp_path,
+            method.replace("+", "_"),
+            teacher={"checkpoint": teacher},
+            distill__method=method,
+            optim__epochs=1,
+            run__max_steps_per_epoch=1,
+        )
+    )
     assert math.isfinite(out["train_loss"]) and "val_miou" in out
     assert any(k.startswith("train_") and k not in ("train_loss", "train_seg", "train_pi") for k in out)
 
@@ -143,7 +157,7 @@ def test_a_restored_train_checkpoint_replays_its_epoch_once(tmp_path, monkeypatc
     first = FakeTrain()
     rep = reporting.RayReporter(first)
     rep.report({"epoch": 1, "val_miou": 0.25, "iou_c0": float("nan")}, state, best=state)
-    (metrics, ckpt), = first.reports
+    ((metrics, ckpt),) = first.reports
     assert json.loads(Path(ckpt.path, reporting.METRICS_FILE).read_text()) == {"epoch": 1, "val_miou": 0.25}
 
     monkeypatch.setattr(reporting, "in_ray_train", lambda: True)
@@ -202,8 +216,12 @@ def test_evaluate_best_uses_the_given_weights_and_gives_the_model_its_own_back()
     data = [(torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))) for _ in range(3)]
     own = {k: v.clone() for k, v in model.state_dict().items()}
     out = evaluate_best(model, {"model": other.state_dict()}, data, classes, torch.device("cpu"))
-    assert out == {k.replace("val_", "test_", 1): v for k, v in evaluate(other, data, classes, torch.device("cpu")).items()}
-    assert out != {k.replace("val_", "test_", 1): v for k, v in evaluate(model, data, classes, torch.device("cpu")).items()}
+    assert out == {
+        k.replace("val_", "test_", 1): v for k, v in evaluate(other, data, classes, torch.device("cpu")).items()
+    }
+    assert out != {
+        k.replace("val_", "test_", 1): v for k, v in evaluate(model, data, classes, torch.device("cpu")).items()
+    }
     assert all(torch.equal(v, own[k]) for k, v in model.state_dict().items())
 
 
@@ -212,8 +230,9 @@ def test_a_dataset_without_a_test_split_says_so_once_and_skips_it(tmp_path, caps
     from fixtures_data import write_voc
 
     write_voc(tmp_path)
-    cfg = spec(tmp_path, "voc", data={"kind": "voc", "root": str(tmp_path), "crop": 32, "batch_size": 2},
-               optim__epochs=2)
+    cfg = spec(
+        tmp_path, "voc", data={"kind": "voc", "root": str(tmp_path), "crop": 32, "batch_size": 2}, optim__epochs=2
+    )
     assert cfg["data"]["test_split"] == "auto"
     out = run_training(TrainSpec.model_validate(cfg))["metrics"]
     printed = capsys.readouterr().out

@@ -47,5 +47,5 @@ def test_accumulating_batches_equals_whole_split():
     gt = torch.from_numpy(rng.integers(0, 3, size=(4, 8, 8)))
     pred = torch.from_numpy(rng.integers(0, 3, size=(4, 8, 8)))
     whole = M.confusion_matrix(pred, gt, 3)
-    parts = sum(M.confusion_matrix(pred[i:i + 1], gt[i:i + 1], 3) for i in range(4))
+    parts = sum(M.confusion_matrix(pred[i : i + 1], gt[i : i + 1], 3) for i in range(4))
     assert torch.equal(whole, parts)

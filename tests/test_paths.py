@@ -2,6 +2,7 @@
 path: sweep and train spec names are single safe path components (refused otherwise, one line,
 exit 2), and names read back from an MLflow store (sweep names for report/export folders,
 export card names) go through aggregate.safe_name / safe_join, which stay under their root."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,24 @@ from orchestrator.spec.train import TrainSpec
 from orchestrator.tracking import reader
 from orchestrator.tracking import tags as T
 
-ESCAPES = ["..", "../x", "../../etc/cron.d/x", "/etc/passwd", "/tmp/x", "a/../../b", "a/b", ".", ".hidden",
-           "~root", "x\x00y", "C:\\Windows", "a\\..\\b", "-rf", " spaced", ""]
+ESCAPES = [
+    "..",
+    "../x",
+    "../../etc/cron.d/x",
+    "/etc/passwd",
+    "/tmp/x",
+    "a/../../b",
+    "a/b",
+    ".",
+    ".hidden",
+    "~root",
+    "x\x00y",
+    "C:\\Windows",
+    "a\\..\\b",
+    "-rf",
+    " spaced",
+    "",
+]
 # allowed by the validators and harmless: each stays one component directly under its root
 ODD_BUT_SAFE = ["a..", "a..b", "x.", "a-b_c.d", "A1", "v1.2.3"]
 
@@ -94,8 +111,9 @@ def test_report_for_a_sweep_named_with_dotdots_writes_under_its_root(tmp_path):
     exp = client.create_experiment("xgd", artifact_location=(tmp_path / "art").as_uri())
     evil = "../../../escaped"
     parent = client.create_run(exp, tags={T.KIND: "sweep", T.SWEEP: evil})
-    child = client.create_run(exp, tags={T.KIND: "trial", T.SWEEP: evil, T.TRIAL_ID: "t1",
-                                         T.PARENT: parent.info.run_id})
+    child = client.create_run(
+        exp, tags={T.KIND: "trial", T.SWEEP: evil, T.TRIAL_ID: "t1", T.PARENT: parent.info.run_id}
+    )
     client.log_param(child.info.run_id, "distill.alpha", "0.5")
     client.log_metric(child.info.run_id, "val_miou", 0.5, step=0)
     client.set_terminated(child.info.run_id, "FINISHED")

@@ -4,6 +4,7 @@ Each module that relies on a private Ray API declares it in a module-level `RAY_
 next to the code that uses it; this test resolves every entry against the installed Ray and fails
 naming the symbol. pyproject.toml bounds Ray above at the newest version these passed with.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -78,8 +79,9 @@ CHECKS = {"params": check_params, "attrs": check_attrs, "reads": check_reads}
 
 
 def test_every_module_importing_private_ray_declares_what_it_uses():
-    undeclared = [module_name(p) for p in SOURCES
-                  if PRIVATE_IMPORT.search(p.read_text()) and not DECLARES.search(p.read_text())]
+    undeclared = [
+        module_name(p) for p in SOURCES if PRIVATE_IMPORT.search(p.read_text()) and not DECLARES.search(p.read_text())
+    ]
     assert not undeclared, f"these import private Ray modules without a RAY_INTERNALS tuple: {undeclared}"
     assert ENTRIES, "no RAY_INTERNALS found: the scan of orchestrator/ and trainables/ is broken"
 
@@ -91,5 +93,7 @@ def test_ray_internal_is_as_the_code_expects(where, entry):
     symbol, kind, want = entry
     assert kind in CHECKS, f"{where}: RAY_INTERNALS entry {symbol} has kind {kind!r}; allowed: {sorted(CHECKS)}"
     problem = CHECKS[kind](resolve(symbol, where), tuple(want))
-    assert problem is None, (f"Ray {ray.__version__}: {symbol} (used by {where}) {problem}; "
-                             "update the code and its RAY_INTERNALS, then Ray's bound in pyproject.toml")
+    assert problem is None, (
+        f"Ray {ray.__version__}: {symbol} (used by {where}) {problem}; "
+        "update the code and its RAY_INTERNALS, then Ray's bound in pyproject.toml"
+    )

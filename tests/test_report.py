@@ -4,6 +4,7 @@ plots, artifacts on the parent run, and one-line errors for empty/unknown sweeps
 
 `build_store` is also used by test_export.py and test_ui.py.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,9 +51,14 @@ def write_checkpoint(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     cfg = {"arch": "deeplabv3plus", "encoder": "mobilenet_v2", "encoder_weights": None}
     model = model_from_config(cfg, len(CLASSES))
-    state = {"model": {k: v.detach().clone() for k, v in model.state_dict().items()}, "model_cfg": cfg,
-             "classes": list(CLASSES), "epoch": 2, "metrics": {"val_miou": 0.7},
-             "input": {"crop": 64, "eval_size": None, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
+    state = {
+        "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "model_cfg": cfg,
+        "classes": list(CLASSES),
+        "epoch": 2,
+        "metrics": {"val_miou": 0.7},
+        "input": {"crop": 64, "eval_size": None, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    }
     return save(state, path)
 
 
@@ -80,39 +86,68 @@ def build_store(root: Path, sweep: str = "demo", checkpoints: bool = True) -> di
         for alpha in (0.5, 1.0):
             for seed in (0, 1):
                 name = f"{sweep}_{method}_a{alpha}_s{seed}"
-                spec = TrainSpec(name=name, seed=seed, model={"encoder": "mobilenet_v2"},
-                                 teacher={"checkpoint": str(teacher)},
-                                 distill={"method": method, "alpha": alpha}).model_dump()
-                tags = {T.PARENT: pid, T.KIND: "trial", T.SWEEP: sweep,
-                        T.TRIAL_ID: f"t{i:03d}", T.CHECKPOINT: str(ckpt_dir)}
+                spec = TrainSpec(
+                    name=name,
+                    seed=seed,
+                    model={"encoder": "mobilenet_v2"},
+                    teacher={"checkpoint": str(teacher)},
+                    distill={"method": method, "alpha": alpha},
+                ).model_dump()
+                tags = {
+                    T.PARENT: pid,
+                    T.KIND: "trial",
+                    T.SWEEP: sweep,
+                    T.TRIAL_ID: f"t{i:03d}",
+                    T.CHECKPOINT: str(ckpt_dir),
+                }
                 run = client.create_run(exp, run_name=name, tags=tags)
                 rid, ts = run.info.run_id, int(time.time() * 1000)
                 final = final_miou(method, alpha, seed)
                 metrics = []
                 for epoch, miou in enumerate((final - 0.05, final + 0.02, final)):
-                    vals = {"epoch": epoch, "train_loss": 1.0 / (epoch + 1), "val_miou": miou,
-                            "val_pixel_acc": miou + 0.2, "step_time_s": 0.1 + 0.05 * (method == "xgd"),
-                            "saliency_time_s": 0.05 * (method == "xgd"),
-                            **{f"val_iou_{c}": miou + 0.1 * (1 - k) for k, c in enumerate(CLASSES)}}
+                    vals = {
+                        "epoch": epoch,
+                        "train_loss": 1.0 / (epoch + 1),
+                        "val_miou": miou,
+                        "val_pixel_acc": miou + 0.2,
+                        "step_time_s": 0.1 + 0.05 * (method == "xgd"),
+                        "saliency_time_s": 0.05 * (method == "xgd"),
+                        **{f"val_iou_{c}": miou + 0.1 * (1 - k) for k, c in enumerate(CLASSES)},
+                    }
                     metrics += [Metric(k, float(v), ts + epoch, epoch) for k, v in vals.items()]
                 test = held_out_miou(method, alpha, seed)
-                extras = {"params": 4.379e6, "gflops": 0.5 + 0.1 * (method == "xgd"),
-                          "latency_ms": LATENCY[(method, alpha)] + 0.1 * seed,
-                          "test_miou": test, "test_pixel_acc": test + 0.2,
-                          **{f"test_iou_{c}": test + 0.1 * (1 - k) for k, c in enumerate(CLASSES)}}
+                extras = {
+                    "params": 4.379e6,
+                    "gflops": 0.5 + 0.1 * (method == "xgd"),
+                    "latency_ms": LATENCY[(method, alpha)] + 0.1 * seed,
+                    "test_miou": test,
+                    "test_pixel_acc": test + 0.2,
+                    **{f"test_iou_{c}": test + 0.1 * (1 - k) for k, c in enumerate(CLASSES)},
+                }
                 metrics += [Metric(k, v, ts + 3, 2) for k, v in extras.items()]
                 client.log_batch(rid, metrics=metrics, params=[Param(k, v) for k, v in _flat(spec).items()])
                 client.set_terminated(rid, "FINISHED")
                 trials.append(rid)
                 i += 1
-    failed = client.create_run(exp, run_name=f"{sweep}_failed", tags={
-        T.PARENT: pid, T.KIND: "trial", T.SWEEP: sweep, T.TRIAL_ID: "t999"})
-    client.log_batch(failed.info.run_id, params=[Param("distill.method", "xgd"), Param("seed", "3")],
-                     tags=[RunTag("note", "crashed")])
+    failed = client.create_run(
+        exp, run_name=f"{sweep}_failed", tags={T.PARENT: pid, T.KIND: "trial", T.SWEEP: sweep, T.TRIAL_ID: "t999"}
+    )
+    client.log_batch(
+        failed.info.run_id,
+        params=[Param("distill.method", "xgd"), Param("seed", "3")],
+        tags=[RunTag("note", "crashed")],
+    )
     client.set_terminated(failed.info.run_id, "FAILED")
     client.set_terminated(pid, "FINISHED")
-    return {"uri": uri, "client": client, "parent": pid, "trials": trials, "failed": failed.info.run_id,
-            "experiment_id": exp, "checkpoint": ckpt_dir}
+    return {
+        "uri": uri,
+        "client": client,
+        "parent": pid,
+        "trials": trials,
+        "failed": failed.info.run_id,
+        "experiment_id": exp,
+        "checkpoint": ckpt_dir,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +166,12 @@ def test_trials_table_reads_params_metrics_and_status(store):
     assert len(t) == 9 and set(t.column("status").to_pylist()) == {"FINISHED", "FAILED"}
     assert t.schema.field("params.distill.alpha").type == "double"
     assert t.schema.field("params.seed").type == "int64"
-    row = {k: v[0] for k, v in t.filter(t.column("run_name").to_numpy(zero_copy_only=False) ==
-                                         "demo_xgd_a1.0_s1").to_pydict().items()}
+    row = {
+        k: v[0]
+        for k, v in t.filter(t.column("run_name").to_numpy(zero_copy_only=False) == "demo_xgd_a1.0_s1")
+        .to_pydict()
+        .items()
+    }
     assert row["val_miou"] == pytest.approx(final_miou("xgd", 1.0, 1))  # the final value...
     assert row["best_val_miou"] == pytest.approx(final_miou("xgd", 1.0, 1) + 0.02)  # ...and the best epoch's
     assert row["val_iou_cable"] == pytest.approx(final_miou("xgd", 1.0, 1))
@@ -174,7 +213,8 @@ def test_summary_grid_means_over_seeds_and_marks_best_and_second(store):
     assert per_test.headers[2:] == [*CLASSES, "test mIoU (%)", "n"]
     cable = per_test.headers.index("cable")
     assert {(r[1].text, r[0].text): r[cable].mean for r in per_test.rows}[("0.5", "pi")] == pytest.approx(
-        50 * sum(held_out_miou("pi", 0.5, s) for s in (0, 1)))
+        50 * sum(held_out_miou("pi", 0.5, s) for s in (0, 1))
+    )
 
 
 def test_pareto_front_and_safe_names():
@@ -283,7 +323,10 @@ def test_gallery_rebuilds_the_trial_and_draws_cams(store, tmp_path):
         gallery.unicam_distilled(student, base, "decoder.block1", x, y, len(CLASSES))
     base_row = {**row, "checkpoint": str(store["checkpoint"].parent / "teacher.pt"), "run_name": "base"}
     wide = gallery.gallery(row, tmp_path / "u.png", n=4, base_row=base_row)
-    width = lambda f: int.from_bytes(f.read_bytes()[16:20], "big")  # PNG IHDR
+
+    def width(f):
+        return int.from_bytes(f.read_bytes()[16:20], "big")  # PNG IHDR
+
     assert width(wide) > width(gallery.gallery(row, tmp_path / "n.png", n=4))  # one more column
 
 
@@ -291,10 +334,12 @@ def test_gallery_base_is_the_best_undistilled_trial_of_the_same_student():
     from orchestrator.results.report import _base_trial
 
     arch = {"params.model.arch": "deeplabv3plus", "params.model.encoder": "resnet18"}
-    ranked = [{**arch, "params.distill.method": "xgd", "run_name": "a"},
-              {**arch, "params.model.encoder": "mobilenet_v2", "params.distill.method": "none", "run_name": "b"},
-              {**arch, "params.distill.method": "none", "run_name": "c"},
-              {**arch, "params.distill.method": "none", "run_name": "d"}]
+    ranked = [
+        {**arch, "params.distill.method": "xgd", "run_name": "a"},
+        {**arch, "params.model.encoder": "mobilenet_v2", "params.distill.method": "none", "run_name": "b"},
+        {**arch, "params.distill.method": "none", "run_name": "c"},
+        {**arch, "params.distill.method": "none", "run_name": "d"},
+    ]
     assert _base_trial(ranked[0], ranked)["run_name"] == "c"
     assert _base_trial(ranked[2], ranked) is None  # an undistilled trial has no base
     assert _base_trial({**ranked[0], "params.model.arch": "pspnet"}, ranked) is None
@@ -311,10 +356,16 @@ def test_cell_labels_name_rows_in_spec_order_and_stand_for_what_they_fix():
     method = {"seg only": "none", "seg + pi": "xgd", "seg + sa": "xgd", "all": "xgd"}
     alpha = {"seg only": 1.0, "seg + pi": 1.0, "seg + sa": 0.0, "all": 1.0}
     rows = [(lab, tau, seed) for lab in labels for tau in (0.5, 1.0) for seed in (0, 1)]
-    t = pa.table({"params.label": [r[0] for r in rows], "params.distill.method": [method[r[0]] for r in rows],
-                  "params.distill.alpha": [alpha[r[0]] for r in rows], "params.distill.tau": [r[1] for r in rows],
-                  "params.seed": [r[2] for r in rows],
-                  "val_miou": [0.1 * (labels.index(r[0]) + 1) + 0.01 * r[1] + 0.001 * r[2] for r in rows]})
+    t = pa.table(
+        {
+            "params.label": [r[0] for r in rows],
+            "params.distill.method": [method[r[0]] for r in rows],
+            "params.distill.alpha": [alpha[r[0]] for r in rows],
+            "params.distill.tau": [r[1] for r in rows],
+            "params.seed": [r[2] for r in rows],
+            "val_miou": [0.1 * (labels.index(r[0]) + 1) + 0.01 * r[1] + 0.001 * r[2] for r in rows],
+        }
+    )
     assert tables.row_factors(t) == ["params.label", "params.distill.tau"]
     g = tables.build_grid(t.take(list(reversed(range(len(t))))), "summary", labels)  # ran in any order
     assert g.headers[:3] == ["label", "tau", "val mIoU (%)"]

@@ -1,4 +1,5 @@
 """Checkpoints from elsewhere never run code: every load is weights-only."""
+
 import os
 
 import pytest
@@ -52,7 +53,9 @@ def test_teacher_checkpoint_with_payload_fails_the_train_command(tmp_path, capsy
 
     path, target = _malicious(tmp_path)
     spec = tmp_path / "s.yaml"
-    spec.write_text(f"teacher: {{checkpoint: {path}}}\nrun: {{out_dir: {tmp_path / 'out'}}}\n"
-                    "data: {num_train: 4, num_val: 2, image_size: 64, crop: 32, batch_size: 2}\n")
+    spec.write_text(
+        f"teacher: {{checkpoint: {path}}}\nrun: {{out_dir: {tmp_path / 'out'}}}\n"
+        "data: {num_train: 4, num_val: 2, image_size: 64, crop: 32, batch_size: 2}\n"
+    )
     assert main(["train", str(spec)]) == 2
     assert "teacher.checkpoint" in capsys.readouterr().err and not target.exists()

@@ -1,5 +1,6 @@
 """Search-space translation: each distribution into Optuna, conditionals, grids, and the merge of a
 sampled point into a trainer config that validates as a TrainSpec."""
+
 import math
 
 import optuna
@@ -29,28 +30,34 @@ def sample(space: dict, n: int, sampler=None) -> list[tuple[dict, dict]]:
     return out
 
 
-@pytest.mark.parametrize("param,dist,check", [
-    (P(type="uniform", low=0.5, high=2.0), FloatDistribution(0.5, 2.0),
-     lambda v: 0.5 <= v <= 2.0),
-    (P(type="loguniform", low=0.05, high=2.0), FloatDistribution(0.05, 2.0, log=True),
-     lambda v: 0.05 <= v <= 2.0),
-    (P(type="quniform", low=0.1, high=1.0, q=0.3), FloatDistribution(0.1, 1.0, step=0.3),
-     lambda v: any(math.isclose(v, x) for x in (0.1, 0.4, 0.7, 1.0))),
-    (P(type="randint", low=1, high=3), IntDistribution(1, 3),
-     lambda v: v in (1, 2, 3)),
-    (P(type="qrandint", low=64, high=128, q=32), IntDistribution(64, 128, step=32),
-     lambda v: v in (64, 96, 128)),
-    (P(type="choice", values=["gradcam", "layercam"]), CategoricalDistribution(["gradcam", "layercam"]),
-     lambda v: v in ("gradcam", "layercam")),
-])
+@pytest.mark.parametrize(
+    "param,dist,check",
+    [
+        (P(type="uniform", low=0.5, high=2.0), FloatDistribution(0.5, 2.0), lambda v: 0.5 <= v <= 2.0),
+        (P(type="loguniform", low=0.05, high=2.0), FloatDistribution(0.05, 2.0, log=True), lambda v: 0.05 <= v <= 2.0),
+        (
+            P(type="quniform", low=0.1, high=1.0, q=0.3),
+            FloatDistribution(0.1, 1.0, step=0.3),
+            lambda v: any(math.isclose(v, x) for x in (0.1, 0.4, 0.7, 1.0)),
+        ),
+        (P(type="randint", low=1, high=3), IntDistribution(1, 3), lambda v: v in (1, 2, 3)),
+        (P(type="qrandint", low=64, high=128, q=32), IntDistribution(64, 128, step=32), lambda v: v in (64, 96, 128)),
+        (
+            P(type="choice", values=["gradcam", "layercam"]),
+            CategoricalDistribution(["gradcam", "layercam"]),
+            lambda v: v in ("gradcam", "layercam"),
+        ),
+    ],
+)
 def test_each_distribution_becomes_its_optuna_distribution(param, dist, check):
     draws = sample({"x": param}, 40)
     assert all(d["x"] == dist for _, d in draws)
     values = [p["x"] for p, _ in draws]
     assert all(check(v) for v in values)
     if param.discrete_values() is not None:  # every value is reachable (inclusive ranges)
-        assert {round(v, 9) if isinstance(v, float) else v for v in values} == \
-               {round(v, 9) if isinstance(v, float) else v for v in param.discrete_values()}
+        assert {round(v, 9) if isinstance(v, float) else v for v in values} == {
+            round(v, 9) if isinstance(v, float) else v for v in param.discrete_values()
+        }
 
 
 def test_log_scale_puts_half_the_mass_below_the_geometric_mean():
@@ -94,7 +101,10 @@ def test_grid_branches_only_where_conditionals_exist():
 
 
 def test_grid_sampler_visits_every_point_once_then_stops():
-    space = {"distill.alpha": P(type="choice", values=[0.1, 1.0]), "distill.cam": P(type="grid", values=["gradcam", "layercam"])}
+    space = {
+        "distill.alpha": P(type="choice", values=[0.1, 1.0]),
+        "distill.cam": P(type="grid", values=["gradcam", "layercam"]),
+    }
     sampler, define, n = S.space_sampler("grid", 0, space)
     assert n == 4
     study = optuna.create_study(sampler=sampler)
@@ -115,8 +125,10 @@ def test_optuna_search_proposes_conditional_configs_for_tune():
     """The Tune searcher with our define-by-run function: configs carry only active entries."""
     from ray.tune.search.optuna import OptunaSearch
 
-    space = {"student": P(type="choice", values=["r18", "psp"]),
-             "distill.cam": P(type="choice", values=["gradcam", "layercam"], when={"student": "r18"})}
+    space = {
+        "student": P(type="choice", values=["r18", "psp"]),
+        "distill.cam": P(type="choice", values=["gradcam", "layercam"], when={"student": "r18"}),
+    }
     sampler, define, _ = S.space_sampler("random", 0, space)
     searcher = OptunaSearch(space=define, sampler=sampler, metric="val_miou", mode="max")
     configs = [searcher.suggest(f"t{i}") for i in range(20)]
@@ -136,8 +148,10 @@ def test_resolve_swaps_students_sets_dotted_keys_and_validates():
 
 
 def test_probe_points_cover_both_bounds_with_conditions_met():
-    space = {"m": P(type="choice", values=["xgd", "pi"]),
-             "distill.beta": P(type="uniform", low=0.1, high=2.0, when={"m": "xgd"})}
+    space = {
+        "m": P(type="choice", values=["xgd", "pi"]),
+        "distill.beta": P(type="uniform", low=0.1, high=2.0, when={"m": "xgd"}),
+    }
     probes = {(name, value): point for name, value, point in S.probe_points(space)}
     assert probes[("distill.beta", 0.1)] == {"m": "xgd", "distill.beta": 0.1}
     assert ("distill.beta", 2.0) in probes and ("m", "pi") in probes

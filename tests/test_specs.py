@@ -1,4 +1,5 @@
 """Bad train specs: one line naming the key and what is allowed, exit code 2, no traceback."""
+
 import subprocess
 import sys
 

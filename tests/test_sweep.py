@@ -1,6 +1,7 @@
 """Sweeps on a real local Ray (2 CPUs): Tune + Optuna + ASHA over Ray Train trials, no leaked
 resources after early stopping, MLflow parent/child runs, DDP over 2 gloo workers with the real
 trainer, resume after the driver is SIGKILLed, and the missing-dataset message (before Ray)."""
+
 import copy
 import json
 import os
@@ -14,7 +15,6 @@ import pytest
 import ray.cloudpickle
 
 import sweep_stubs
-
 from orchestrator.cli import main
 from orchestrator.run.live import Row
 from orchestrator.run.outcome import pareto_trials
@@ -35,11 +35,17 @@ def merge(a: dict, b: dict) -> dict:
 
 def stub_raw(tmp_path, name: str, **over) -> dict:
     raw = {
-        "name": name, "results": str(tmp_path / "results"),
-        "train": {"data": {"kind": "synthetic", "num_train": 8, "num_val": 4, "image_size": 64, "crop": 64},
-                  "optim": {"epochs": 4}, "run": {"max_steps_per_epoch": 2, "out_dir": str(tmp_path / "runs")}},
-        "space": {"distill.alpha": {"type": "uniform", "low": 0.1, "high": 2.0},
-                  "distill.tau": {"type": "choice", "values": [0.5, 1.0]}},
+        "name": name,
+        "results": str(tmp_path / "results"),
+        "train": {
+            "data": {"kind": "synthetic", "num_train": 8, "num_val": 4, "image_size": 64, "crop": 64},
+            "optim": {"epochs": 4},
+            "run": {"max_steps_per_epoch": 2, "out_dir": str(tmp_path / "runs")},
+        },
+        "space": {
+            "distill.alpha": {"type": "uniform", "low": 0.1, "high": 2.0},
+            "distill.tau": {"type": "choice", "values": [0.5, 1.0]},
+        },
         "search": {"algorithm": "tpe", "num_samples": 6, "seed": 0},
         "early_stopping": {"kind": "asha", "grace_period": 1, "reduction_factor": 2},
         "resources": {"num_workers": 1, "cpus_per_worker": 1, "max_concurrent": 2},
@@ -67,9 +73,13 @@ def poll_trials(db: Path) -> dict[str, dict]:
         return {}
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
-        runs = con.execute("select t.value, r.run_uuid, r.status from runs r join tags t on t.run_uuid = r.run_uuid "
-                           f"where t.key = '{T.TRIAL_ID}'").fetchall()
-        epochs = dict(con.execute("select run_uuid, count(*) from metrics where key = 'val_miou' group by run_uuid").fetchall())
+        runs = con.execute(
+            "select t.value, r.run_uuid, r.status from runs r join tags t on t.run_uuid = r.run_uuid "
+            f"where t.key = '{T.TRIAL_ID}'"
+        ).fetchall()
+        epochs = dict(
+            con.execute("select run_uuid, count(*) from metrics where key = 'val_miou' group by run_uuid").fetchall()
+        )
         con.close()
     except sqlite3.Error:
         return {}
@@ -104,8 +114,10 @@ def resumable_in_snapshot(experiment_dir: str) -> bool:
         return bool(snap.get("checkpoint_results"))
 
     # a loaded snapshot shows a running trial as PENDING: the state it would resume in
-    return any(t.status not in ("TERMINATED", "ERROR") and (t.checkpoint is not None or train_checkpointed(t.trial_id))
-               for t in trials)
+    return any(
+        t.status not in ("TERMINATED", "ERROR") and (t.checkpoint is not None or train_checkpointed(t.trial_id))
+        for t in trials
+    )
 
 
 def wait_all_resources_free(ray, timeout: float = 30.0) -> tuple[float, float]:
@@ -134,10 +146,13 @@ def test_missing_dataset_stops_before_ray_with_where_to_get_it(no_ray, capsys):
 
 def test_pareto_front_keeps_only_non_dominated_trials():
     objs = [Objective(metric="val_miou", mode="max"), Objective(metric="latency_ms", mode="min")]
-    rows = [Row("a", result={"val_miou": 0.7, "latency_ms": 30}), Row("b", result={"val_miou": 0.6, "latency_ms": 10}),
-            Row("c", result={"val_miou": 0.5, "latency_ms": 20}),  # beaten by b on both
-            Row("d", result={"val_miou": 0.8}),  # no latency: not comparable
-            Row("e", state="failed", result={"val_miou": 0.9, "latency_ms": 1})]
+    rows = [
+        Row("a", result={"val_miou": 0.7, "latency_ms": 30}),
+        Row("b", result={"val_miou": 0.6, "latency_ms": 10}),
+        Row("c", result={"val_miou": 0.5, "latency_ms": 20}),  # beaten by b on both
+        Row("d", result={"val_miou": 0.8}),  # no latency: not comparable
+        Row("e", state="failed", result={"val_miou": 0.9, "latency_ms": 1}),
+    ]
     assert sorted(pareto_trials(rows, objs)) == ["a", "b"]
 
 
@@ -194,14 +209,26 @@ def test_asha_sweep_two_concurrent_on_two_cpus_leaks_nothing_and_tracks_mlflow(r
 def test_trial_with_two_ddp_workers_runs_the_real_trainer_after_training_the_teacher(ray_cluster, tmp_path):
     data = {"kind": "synthetic", "num_train": 16, "num_val": 4, "image_size": 64, "crop": 64, "batch_size": 4}
     raw = {
-        "name": "ddp", "results": str(tmp_path / "results"),
-        "train": {"data": data, "model": {"encoder": "resnet18"}, "distill": {"method": "xgd", "cam": "gradcam"},
-                  "optim": {"name": "adamw", "lr": 0.001, "epochs": 2},
-                  "run": {"device": "cpu", "max_steps_per_epoch": 2, "out_dir": str(tmp_path / "runs")}},
-        "teacher": {"recipe": {"model": {"encoder": "resnet18"}, "optim": {"epochs": 1},
-                               "run": {"device": "cpu", "max_steps_per_epoch": 2}}, "cpus": 2},
+        "name": "ddp",
+        "results": str(tmp_path / "results"),
+        "train": {
+            "data": data,
+            "model": {"encoder": "resnet18"},
+            "distill": {"method": "xgd", "cam": "gradcam"},
+            "optim": {"name": "adamw", "lr": 0.001, "epochs": 2},
+            "run": {"device": "cpu", "max_steps_per_epoch": 2, "out_dir": str(tmp_path / "runs")},
+        },
+        "teacher": {
+            "recipe": {
+                "model": {"encoder": "resnet18"},
+                "optim": {"epochs": 1},
+                "run": {"device": "cpu", "max_steps_per_epoch": 2},
+            },
+            "cpus": 2,
+        },
         "space": {"distill.alpha": {"type": "choice", "values": [0.5]}},
-        "search": {"num_samples": 1}, "early_stopping": {"kind": "none"},
+        "search": {"num_samples": 1},
+        "early_stopping": {"kind": "none"},
         "resources": {"num_workers": 2, "cpus_per_worker": 1, "max_concurrent": 1},
     }
     spec = parse_sweep_spec(raw)
@@ -250,13 +277,23 @@ run_sweep(parse_sweep_spec(json.loads(sys.argv[1])), address=sys.argv[2], worker
 @pytest.mark.parametrize("executor", ["tune", "train"])
 def test_resume_after_the_driver_is_killed_continues_without_duplicates(ray_cluster, tmp_path, executor):
     ray = ray_cluster
-    raw = stub_raw(tmp_path, "resume", search={"num_samples": 3}, early_stopping={"kind": "none"},
-                   train={"optim": {"epochs": 3}, "run": {"max_steps_per_epoch": 10}},
-                   resources={"executor": executor})
+    raw = stub_raw(
+        tmp_path,
+        "resume",
+        search={"num_samples": 3},
+        early_stopping={"kind": "none"},
+        train={"optim": {"epochs": 3}, "run": {"max_steps_per_epoch": 10}},
+        resources={"executor": executor},
+    )
     spec = parse_sweep_spec(raw)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}  # for sweep_stubs
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, json.dumps(raw), ray.get_runtime_context().gcs_address],
-                            cwd=str(tmp_path), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, json.dumps(raw), ray.get_runtime_context().gcs_address],
+        cwd=str(tmp_path),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     before: dict[str, str] = {}
     try:
         deadline = time.time() + 300

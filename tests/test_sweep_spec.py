@@ -1,5 +1,6 @@
 """Sweep specs: every bad spec is one SpecError line naming the key; good specs resolve paths;
 --set reaches dotted space entries and trainer sections; the shipped specs all validate."""
+
 import copy
 from pathlib import Path
 
@@ -15,8 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 GOOD = {
     "name": "t",
     "train": {"data": {"kind": "synthetic", "image_size": 64, "crop": 64}, "optim": {"epochs": 3}},
-    "students": {"r18": {"arch": "deeplabv3plus", "encoder": "resnet18"},
-                 "psp": {"arch": "pspnet", "encoder": "resnet18"}},
+    "students": {
+        "r18": {"arch": "deeplabv3plus", "encoder": "resnet18"},
+        "psp": {"arch": "pspnet", "encoder": "resnet18"},
+    },
     "space": {
         "student": {"type": "choice", "values": ["r18", "psp"]},
         "distill.alpha": {"type": "loguniform", "low": 0.05, "high": 2.0},
@@ -42,20 +45,38 @@ DELETE = object()
 
 BAD = [
     (bad("space", {}), "space"),
-    (bad("space/distill.alpha", {"type": "loguniform", "low": -1, "high": 2}), "space.distill.alpha: loguniform needs low > 0"),
+    (
+        bad("space/distill.alpha", {"type": "loguniform", "low": -1, "high": 2}),
+        "space.distill.alpha: loguniform needs low > 0",
+    ),
     (bad("space/distill.alpha", {"type": "uniform", "low": -1, "high": 2}), "space.distill.alpha: value -1"),
     (bad("space/distill.tau", {"type": "uniform", "low": 0, "high": 1}), "space.distill.tau: value 0"),
-    (bad("space/distill.alpha", {"type": "uniform", "low": 3, "high": 2}), "space.distill.alpha: low (3) must be <= high"),
+    (
+        bad("space/distill.alpha", {"type": "uniform", "low": 3, "high": 2}),
+        "space.distill.alpha: low (3) must be <= high",
+    ),
     (bad("space/distill.alpha", {"type": "normal", "low": 0, "high": 2}), "space.distill.alpha.type"),
     (bad("space/distill.alpha", {"type": "uniform", "lo": 0, "high": 2}), "did you mean 'low'"),
     (bad("space/distill.alpah", {"type": "uniform", "low": 0, "high": 2}), "did you mean 'alpha'"),
-    (bad("space/optim.epochs", {"type": "randint", "low": 1.5, "high": 4}), "space.optim.epochs: type randint needs integer low"),
+    (
+        bad("space/optim.epochs", {"type": "randint", "low": 1.5, "high": 4}),
+        "space.optim.epochs: type randint needs integer low",
+    ),
     (bad("space/optim.lr", {"type": "quniform", "low": 0.1, "high": 0.25, "q": 0.1}), "must be a multiple of q"),
-    (bad("space/distill.cam", {"type": "choice", "values": ["gradcam", "scorecam"]}), "space.distill.cam: value 'scorecam'"),
+    (
+        bad("space/distill.cam", {"type": "choice", "values": ["gradcam", "scorecam"]}),
+        "space.distill.cam: value 'scorecam'",
+    ),
     (bad("space/distill.cam", {"type": "choice", "values": []}), "space.distill.cam: type choice needs a non-empty"),
     (bad("space/distill.cam", {"type": "grid", "values": ["gradcam"]}), "type grid needs search.algorithm: grid"),
-    (bad("space/distill.cam", {"type": "choice", "values": ["gradcam"], "when": {"distill.beta": 1}}), "'distill.beta' is not an entry"),
-    (bad("space/distill.cam", {"type": "choice", "values": ["gradcam"], "when": {"student": "r50"}}), "student can never be 'r50'"),
+    (
+        bad("space/distill.cam", {"type": "choice", "values": ["gradcam"], "when": {"distill.beta": 1}}),
+        "'distill.beta' is not an entry",
+    ),
+    (
+        bad("space/distill.cam", {"type": "choice", "values": ["gradcam"], "when": {"student": "r50"}}),
+        "student can never be 'r50'",
+    ),
     (bad("space/student", {"type": "choice", "values": ["r18", "r50"]}), "space.student: 'r50' is not in students"),
     (bad("space/student", {"type": "uniform", "low": 0, "high": 1}), "space.student: must be a choice"),
     (bad("space/name", {"type": "choice", "values": ["a"]}), "space.name: this key cannot be searched"),
@@ -116,9 +137,15 @@ def test_relative_sqlite_uri_becomes_absolute(tmp_path, monkeypatch):
 
 
 def test_overrides_reach_space_entries_and_train_sections():
-    raw = apply_sweep_overrides(copy.deepcopy(GOOD), [
-        "space.distill.alpha.high=1.5", "data.crop=32", "search.num_samples=3",
-        "space.distill.beta={type: uniform, low: 0.1, high: 0.2}"])
+    raw = apply_sweep_overrides(
+        copy.deepcopy(GOOD),
+        [
+            "space.distill.alpha.high=1.5",
+            "data.crop=32",
+            "search.num_samples=3",
+            "space.distill.beta={type: uniform, low: 0.1, high: 0.2}",
+        ],
+    )
     assert raw["space"]["distill.alpha"]["high"] == 1.5
     assert raw["space"]["distill.beta"] == {"type": "uniform", "low": 0.1, "high": 0.2}
     assert raw["train"]["data"]["crop"] == 32 and raw["search"]["num_samples"] == 3

@@ -1,6 +1,7 @@
 """A teacher recipe shared by sweeps is trained once (a file lock in its cache folder), and a
 teacher training that was killed resumes from its last checkpoint. Each sweep is a separate
 process with its own local Ray, as two users' commands would be."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,15 @@ print("RESULT", json.dumps({"checkpoint": t.checkpoint, "cached": t.cached, "met
 
 def start(results: Path, name: str, epochs: int = 2) -> subprocess.Popen:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-c", OBTAIN, str(results), name, str(epochs)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", OBTAIN, str(results), name, str(epochs)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def result(out: str) -> dict:
@@ -45,10 +53,22 @@ def result(out: str) -> dict:
 
 
 def test_lock_names_its_holder_and_dies_with_it(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom pathlib import Path\nfrom orchestrator.run.lock import hold\n"
-        "with hold(Path(sys.argv[1]), 'sweep demo', print):\n    print('held', flush=True)\n    time.sleep(600)\n"),
-        str(tmp_path)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time\nfrom pathlib import Path\nfrom orchestrator.run.lock import hold\n"
+                "with hold(Path(sys.argv[1]), 'sweep demo', print):\n"
+                "    print('held', flush=True)\n    time.sleep(600)\n"
+            ),
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         waited: list[str] = []
@@ -92,8 +112,11 @@ def test_killed_teacher_training_resumes_exactly(tmp_path):
     log = None
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # kill once the first epoch's checkpoint is written
-        logs = list((tmp_path / "killed" / "teachers").glob("*/teacher/metrics.jsonl")) \
-            if (tmp_path / "killed" / "teachers").exists() else []
+        logs = (
+            list((tmp_path / "killed" / "teachers").glob("*/teacher/metrics.jsonl"))
+            if (tmp_path / "killed" / "teachers").exists()
+            else []
+        )
         if logs and logs[0].read_text().count("\n") >= 1 and (logs[0].parent / "checkpoint.pt").is_file():
             log = logs[0]
             break

@@ -2,6 +2,7 @@
 the step only records and the loop (once per epoch) or the bench (once per timed step) reads.
 Without a GPU the CUDA path runs with a fake event class whose elapsed_time fails unless the end
 event was waited for, as cudaEventElapsedTime does for an event that has not completed."""
+
 from __future__ import annotations
 
 import itertools
@@ -43,7 +44,7 @@ class FakeEvent:
         assert self.t is not None, "synchronize on an event never recorded"
         self.waited = True
 
-    def elapsed_time(self, end: "FakeEvent") -> float:
+    def elapsed_time(self, end: FakeEvent) -> float:
         if not end.waited:
             raise RuntimeError("CUDA error: device not ready")
         FakeEvent.reads += 1
@@ -54,7 +55,7 @@ class FakeCudaTimer(SpanTimer):
     """A SpanTimer on the CUDA path (fake events) whatever the device; counts its reads."""
 
     event_class = FakeEvent
-    resolved: list["FakeCudaTimer"] = []
+    resolved: list[FakeCudaTimer] = []
 
     def __init__(self, device) -> None:
         super().__init__("cuda")
@@ -147,11 +148,22 @@ def test_bench_reads_each_timed_steps_device_time(fake_cuda):
 
 
 def _spec(tmp, name: str, **sections) -> dict:
-    raw = {"name": name, "seed": 0, "model": {"arch": "deeplabv3plus", "encoder": "resnet18"},
-           "data": {"kind": "synthetic", "num_train": 4, "num_val": 2, "num_test": 2, "image_size": 48, "crop": 32,
-                    "batch_size": 2},
-           "optim": {"name": "sgd", "lr": 0.01, "epochs": 1},
-           "run": {"out_dir": str(tmp), "device": "cpu", "max_steps_per_epoch": 2, "explain": False}}
+    raw = {
+        "name": name,
+        "seed": 0,
+        "model": {"arch": "deeplabv3plus", "encoder": "resnet18"},
+        "data": {
+            "kind": "synthetic",
+            "num_train": 4,
+            "num_val": 2,
+            "num_test": 2,
+            "image_size": 48,
+            "crop": 32,
+            "batch_size": 2,
+        },
+        "optim": {"name": "sgd", "lr": 0.01, "epochs": 1},
+        "run": {"out_dir": str(tmp), "device": "cpu", "max_steps_per_epoch": 2, "explain": False},
+    }
     for key, value in sections.items():
         raw[key] = {**raw.get(key, {}), **value}
     return TrainSpec.model_validate(raw).model_dump()
@@ -162,8 +174,14 @@ def test_loop_reads_device_time_once_per_epoch(tmp_path, fake_cuda):
     cfg = _spec(tmp_path, "xgd", optim={"epochs": 2}, distill={"method": "xgd"})
     torch.manual_seed(0)
     teacher = create_model("deeplabv3plus", "resnet18", len(class_names(cfg["data"])))  # random: timing only
-    checkpoint.save({"model": teacher.state_dict(), "classes": class_names(cfg["data"]),
-                     "model_cfg": {"arch": "deeplabv3plus", "encoder": "resnet18"}}, tmp_path / "teacher.pt")
+    checkpoint.save(
+        {
+            "model": teacher.state_dict(),
+            "classes": class_names(cfg["data"]),
+            "model_cfg": {"arch": "deeplabv3plus", "encoder": "resnet18"},
+        },
+        tmp_path / "teacher.pt",
+    )
     cfg["teacher"] = {"checkpoint": str(tmp_path / "teacher.pt")}
     out = train_loop(cfg)
     assert len(fake_cuda.resolved) == 2  # one read per epoch, none per step

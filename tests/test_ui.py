@@ -1,6 +1,7 @@
 """`ui`: the real MLflow UI served by `python -m orchestrator ui` on a store holding a sweep, read
 by headless Chromium (Debian's `chromium`: `apt-get install -y chromium`) with --dump-dom; the
 pages must show the sweep's run names and a metric value. Plus the quick checks around it."""
+
 from __future__ import annotations
 
 import os
@@ -21,9 +22,16 @@ from orchestrator.cli import main
 from test_report import build_store, final_miou
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run",
-                "--virtual-time-budget=30000"]
+CHROME_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--virtual-time-budget=30000",
+]
 
 
 def _free_port() -> int:
@@ -44,8 +52,12 @@ def page_text(url: str, profile: Path, expect: str, tries: int = 3) -> str:
     (the single-page app fills the DOM from the REST API after the first paint)."""
     text = ""
     for i in range(tries):
-        out = subprocess.run([_chromium(), *CHROME_FLAGS, f"--user-data-dir={profile}-{i}", "--dump-dom", url],
-                             capture_output=True, text=True, timeout=180)
+        out = subprocess.run(
+            [_chromium(), *CHROME_FLAGS, f"--user-data-dir={profile}-{i}", "--dump-dom", url],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         html = re.sub(r"<script.*?</script>|<style.*?</style>", " ", out.stdout, flags=re.S)
         text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
         if expect in text:
@@ -84,9 +96,15 @@ def test_ui_serves_the_sweeps_runs_to_a_real_browser(tmp_path):
     store = build_store(tmp_path / "store", checkpoints=False)
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "ui", "--tracking-uri", store["uri"],
-                             "--port", str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "ui", "--tracking-uri", store["uri"], "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         lines = _read_until(proc, "Ctrl-C", timeout=240)
@@ -102,8 +120,9 @@ def test_ui_serves_the_sweeps_runs_to_a_real_browser(tmp_path):
 
         # a trial's page shows its metrics
         best = next(i for i, n in zip(store["trials"], names) if n == "demo_xgd_a1.0_s1")
-        text = page_text(f"{base}/#/experiments/{store['experiment_id']}/runs/{best}", tmp_path / "chrome-run",
-                         "val_miou")
+        text = page_text(
+            f"{base}/#/experiments/{store['experiment_id']}/runs/{best}", tmp_path / "chrome-run", "val_miou"
+        )
         m = re.search(r"val_miou (\d\.\d+)", text)
         assert m, f"no val_miou value on the run page: {text[:1500]}"
         assert float(m.group(1)) == pytest.approx(final_miou("xgd", 1.0, 1))
@@ -124,7 +143,9 @@ def test_ui_defaults_to_loopback_and_warns_when_exposed():
     args = build_parser().parse_args(["ui"])
     assert (args.host, args.port) == ("127.0.0.1", 5000)
     cmd = server_command("sqlite:////x/mlflow.db", args.host, args.port, "/x/mlartifacts")
-    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--backend-store-uri") + 1].endswith("mlflow.db")
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--backend-store-uri") + 1].endswith(
+        "mlflow.db"
+    )
     assert exposure_warning("127.0.0.1", 5000) is None and exposure_warning("localhost", 5000) is None
     assert "WARNING" in exposure_warning("0.0.0.0", 5000) and "0.0.0.0:5000" in exposure_warning("0.0.0.0", 5000)
 

@@ -20,10 +20,11 @@ the map, as in that eval-mode copy.
 The switch is a process-wide counter rather than a thread-local: on CUDA the autograd engine
 runs backward functions in its own device thread.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +47,9 @@ def constant_batch_stats() -> Iterator[None]:
 class _BatchNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):
-        out, mean, invstd = torch.ops.aten.native_batch_norm(x, weight, bias, running_mean, running_var,
-                                                             True, momentum, eps)
+        out, mean, invstd = torch.ops.aten.native_batch_norm(
+            x, weight, bias, running_mean, running_var, True, momentum, eps
+        )
         ctx.save_for_backward(x, weight, bias, mean, invstd)
         ctx.eps = eps
         return out
@@ -63,13 +65,15 @@ class _BatchNorm(torch.autograd.Function):
         need = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
         if torch.is_grad_enabled():  # differentiated again: exact, by re-running the op under autograd
             return (*_grad_of_batch_norm(gy, x, weight, bias, ctx.eps, need), *none)
-        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(gy, x, weight, None, None, mean, invstd,
-                                                               True, ctx.eps, need)
+        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
+            gy, x, weight, None, None, mean, invstd, True, ctx.eps, need
+        )
         return gx, gw, gb, *none
 
 
-def _grad_of_batch_norm(gy: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
-                        need: list[bool]) -> tuple:
+def _grad_of_batch_norm(
+    gy: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, need: list[bool]
+) -> tuple:
     ins = [t if n else None for t, n in zip((x, weight, bias), need)]
     wanted = [t for t in ins if t is not None]
     with torch.enable_grad():

@@ -12,6 +12,7 @@ buffers and state dict; same forward) change only how that path is differentiate
 Only modules whose forward runs after the CAM layer are swapped: the rest of the model is not on
 the CAM's gradient path.
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -38,7 +39,7 @@ def modules_after(model: nn.Module, layer: str, sample: Tensor) -> list[str]:
         model.train(was)
         for h in handles:
             h.remove()
-    return order[order.index("<cam>") + 1:] if "<cam>" in order else []
+    return order[order.index("<cam>") + 1 :] if "<cam>" in order else []
 
 
 def prepare_cam_path(model: nn.Module, layers: list[str], sample: Tensor) -> list[str]:

@@ -1,9 +1,9 @@
 """Batched, differentiable CAMs with pytorch-grad-cam 1.5.x's formulas, in torch.
 
 pytorch-grad-cam returns numpy arrays, so a loss on its maps has no gradient (why the published
-XGD code's saliency loss trained nothing: docs/method.md). Here every method is a pure torch function of one layer's activations
-and the gradients of a target with respect to them, so a map computed from gradients taken with
-`create_graph=True` trains the model that produced them.
+XGD code's saliency loss trained nothing: docs/method.md). Here every method is a pure torch
+function of one layer's activations and the gradients of a target with respect to them, so a map
+computed from gradients taken with `create_graph=True` trains the model that produced them.
 
 Design as in pytorch-grad-cam: one base (`weighted`: map = sum_c w * A_c, BaseCAM.get_cam_image)
 and each method a small override of how the weights are made; EigenGradCAM overrides the image.
@@ -25,9 +25,10 @@ batched. Two choices pytorch-grad-cam leaves open:
   derivative dv1 = sum_j v_j v_j^T dG v1 / (l1 - lj), with near-degenerate gaps (< 1e-6 l1)
   dropped instead of divided by; that is all a loss on the map needs (one backward through it).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -132,7 +133,9 @@ def cam(method: str, acts: Tensor, grads: Tensor) -> Tensor:
     """ReLU of `method`'s map, (B, C, h, w) activations and gradients -> (B, h, w) float32."""
     check_method(method)
     if acts.shape != grads.shape or acts.dim() != 4:
-        raise ValueError(f"CAM needs activations and gradients of one (B, C, h, w) shape, got "
-                         f"{tuple(acts.shape)} and {tuple(grads.shape)}")
+        raise ValueError(
+            f"CAM needs activations and gradients of one (B, C, h, w) shape, got "
+            f"{tuple(acts.shape)} and {tuple(grads.shape)}"
+        )
     with torch.autocast(device_type=acts.device.type, enabled=False):  # Gram + eigh need float32
         return CAMS[method](acts.float(), grads.float()).clamp_min(0)

@@ -1,5 +1,6 @@
 """Checkpoints as plain dicts of tensors and primitives: loadable with `weights_only=True`, so a
 checkpoint from elsewhere can never run code. Writes are atomic (temp file + rename)."""
+
 from __future__ import annotations
 
 import os

@@ -19,16 +19,15 @@ the built-in node does.
 
 `trainables.cam_path.prepare_cam_path` swaps it in for the Conv2d modules that run after a CAM layer.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def _will_run(t: Optional[Tensor]) -> bool:
+def _will_run(t: Tensor | None) -> bool:
     """Does the current backward need a gradient for `t`? (True when unknown.)"""
     if t is None or not t.requires_grad:
         return False
@@ -76,14 +75,35 @@ class _Conv2d(torch.autograd.Function):
         bias_sizes = None if b is None else list(b.shape)
         if not torch.is_grad_enabled():  # first order: the built-in node's own call
             gx, gw, gb = torch.ops.aten.convolution_backward(
-                gy, x, w, bias_sizes, _pair(stride), _pair(padding), _pair(dilation), False, [0, 0], groups,
-                [need_x, need_w, need_b])
+                gy,
+                x,
+                w,
+                bias_sizes,
+                _pair(stride),
+                _pair(padding),
+                _pair(dilation),
+                False,
+                [0, 0],
+                groups,
+                [need_x, need_w, need_b],
+            )
             return gx, gw, gb, None, None, None, None
         gx = input_grad(gy, w, x.shape, stride, padding, dilation, groups) if need_x else None
         gw = gb = None
         if need_w:  # differentiable (ATen's double backward), rarely differentiated again
-            gw = torch.ops.aten.convolution_backward(gy, x, w, None, _pair(stride), _pair(padding), _pair(dilation),
-                                                     False, [0, 0], groups, [False, True, False])[1]
+            gw = torch.ops.aten.convolution_backward(
+                gy,
+                x,
+                w,
+                None,
+                _pair(stride),
+                _pair(padding),
+                _pair(dilation),
+                False,
+                [0, 0],
+                groups,
+                [False, True, False],
+            )[1]
         if need_b:
             gb = gy.sum(dim=(0, 2, 3))
         return gx, gw, gb, None, None, None, None
@@ -92,7 +112,7 @@ class _Conv2d(torch.autograd.Function):
 class FastGradConv2d(nn.Conv2d):
     """nn.Conv2d with a cheap double backward (see the module docstring); 'zeros' padding only."""
 
-    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if self.padding_mode != "zeros" or isinstance(self.padding, str):
             return super()._conv_forward(input, weight, bias)
         device = input.device.type

@@ -31,10 +31,11 @@ Spearman ties get average ranks (as scipy.stats.spearmanr). Undefined values (Na
 maps have no correlation, all-zero maps no top-k region) are left out of the means (NaN if
 nothing is left).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Iterable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -246,9 +247,15 @@ class _Means:
         return total / count if count else float("nan")
 
 
-def explanation_metrics(student: nn.Module, teacher: nn.Module, loader: Iterable, cfg: dict,
-                        max_batches: Optional[int] = None, topk: float = 0.2,
-                        base: Optional[nn.Module] = None) -> dict[str, float]:
+def explanation_metrics(
+    student: nn.Module,
+    teacher: nn.Module,
+    loader: Iterable,
+    cfg: dict,
+    max_batches: int | None = None,
+    topk: float = 0.2,
+    base: nn.Module | None = None,
+) -> dict[str, float]:
     """Explanation metrics of `student` against `teacher` over (images, labels) batches.
 
     cfg: the trial config or its `distill` section (cam, cam_target, cam_classes, student_layer,
@@ -263,9 +270,11 @@ def explanation_metrics(student: nn.Module, teacher: nn.Module, loader: Iterable
     if not 0 < topk <= 1:
         raise ValueError(f"topk = {topk} is not allowed; use a fraction in (0, 1]")
     models = {"s": student, "t": teacher, **({"b": base} if base is not None else {})}
-    layers = {"s": distill.get("student_layer") or default_cam_layer(student),
-              "t": distill.get("teacher_layer") or default_cam_layer(teacher),
-              "b": default_cam_layer(base) if base is not None else ""}
+    layers = {
+        "s": distill.get("student_layer") or default_cam_layer(student),
+        "t": distill.get("teacher_layer") or default_cam_layer(teacher),
+        "b": default_cam_layer(base) if base is not None else "",
+    }
     device = next(student.parameters()).device
     acc = _Means()
     pool: dict[str, list[Tensor]] = {k: [] for k in [*models, "y"]}
@@ -289,7 +298,7 @@ def explanation_metrics(student: nn.Module, teacher: nn.Module, loader: Iterable
                 break
             x, y = x.to(device), y.to(device)
             out = {k: _forward(m, x, layers[k], decoder_output(m)) for k, m in models.items()}
-            (s_logits, s_acts, s_feat), (t_logits, t_acts, t_feat) = out["s"], out["t"]
+            (s_logits, s_acts, s_feat), (t_logits, t_acts, _) = out["s"], out["t"]
             masks = class_masks(y, t_logits.detach(), s_logits.shape[1], source, cam_classes_of(distill))
             size = tuple(y.shape[-2:])
             ms, mt = _maps(s_logits, s_acts, masks, method, size), _maps(t_logits, t_acts, masks, method, size)

@@ -7,19 +7,19 @@ averaged terms, val mIoU from one confusion matrix, a report with a checkpoint t
 an exact resume needs. The last report adds costs, explanation metrics and, once, the held-out
 test split scored with the best-on-val weights. Teacher training is this loop without a teacher.
 """
+
 from __future__ import annotations
 
 import itertools
 import math
 import time
 from contextlib import nullcontext
-from typing import Optional
 
 import torch
 
 from trainables import metrics as M
-from trainables.constants import IMAGENET_MEAN, IMAGENET_STD
 from trainables.checkpoint import rng_state, set_rng_state
+from trainables.constants import IMAGENET_MEAN, IMAGENET_STD
 from trainables.explain import explanation_metrics
 from trainables.models import count_flops, count_params, measure_latency, model_from_config
 from trainables.reporting import in_ray_train, make_reporter
@@ -74,9 +74,16 @@ def train_loop(config: dict) -> dict:
         sal_time = saliency.seconds()  # CUDA: device time from the step's events, read after the sync
         if not math.isfinite(avg[0]):
             raise FloatingPointError(f"training loss became {avg[0]} at epoch {epoch}; trial stopped")
-        out = {"epoch": epoch, "lr": tr.sched.get_last_lr()[0], "steps": taken, "train_loss": avg[0],
-               **{f"train_{n}": v for (n, _, _), v in zip(tr.terms, avg[1:])},
-               "step_time_s": epoch_time / taken, "saliency_time_s": sal_time / taken, "epoch_time_s": epoch_time}
+        out = {
+            "epoch": epoch,
+            "lr": tr.sched.get_last_lr()[0],
+            "steps": taken,
+            "train_loss": avg[0],
+            **{f"train_{n}": v for (n, _, _), v in zip(tr.terms, avg[1:])},
+            "step_time_s": epoch_time / taken,
+            "saliency_time_s": sal_time / taken,
+            "epoch_time_s": epoch_time,
+        }
         last = epoch == optim["epochs"] - 1
         if (epoch + 1) % run["eval_every"] == 0 or last:
             out.update(evaluate(student, val_dl, classes, device, tr.autocast, tr.channels_last))
@@ -87,17 +94,25 @@ def train_loop(config: dict) -> dict:
         out["best_val_miou"] = best_miou
         state = None
         if (epoch + 1) % run["checkpoint_every"] == 0 or last:
-            state = {**_model_state(student, config, classes, epoch, out), "extras": tr.extras.state_dict(),
-                     "optimizer": tr.opt.state_dict(), "scheduler": tr.sched.state_dict(),
-                     "scaler": tr.scaler.state_dict(),
-                     "rng": rng_state(), "best_miou": best_miou}
+            state = {
+                **_model_state(student, config, classes, epoch, out),
+                "extras": tr.extras.state_dict(),
+                "optimizer": tr.opt.state_dict(),
+                "scheduler": tr.sched.state_dict(),
+                "scaler": tr.scaler.state_dict(),
+                "rng": rng_state(),
+                "best_miou": best_miou,
+            }
         if last:
             out.update(costs(student, config["data"]))
             if teacher is not None and run["explain"]:
                 out.update(explanation_metrics(student, teacher, val_dl, config["distill"]))
             if test_dl is not None:  # once, with the best-on-val weights; nothing selects on it
-                out.update(evaluate_best(student, best or reporter.best, test_dl, classes, device, tr.autocast,
-                                         tr.channels_last))
+                out.update(
+                    evaluate_best(
+                        student, best or reporter.best, test_dl, classes, device, tr.autocast, tr.channels_last
+                    )
+                )
         reporter.report(out, state, best)
     reporter.finish(out)
     return out
@@ -120,8 +135,7 @@ def evaluate(model, loader, classes, device, autocast=nullcontext, channels_last
     return M.summarize(cm.cpu(), classes, prefix)
 
 
-def evaluate_best(model, best: Optional[dict], loader, classes, device, autocast=nullcontext,
-                  channels_last=False) -> dict:
+def evaluate_best(model, best: dict | None, loader, classes, device, autocast=nullcontext, channels_last=False) -> dict:
     """test_miou, test_pixel_acc, test_iou_<class> of the best-on-val weights (`best`, as in
     best.pt), not the last epoch's; the model gets its own weights back afterwards."""
     if best is None:  # no finite val mIoU in the whole run
@@ -143,16 +157,27 @@ def _no_test_split(data: dict) -> str:
 
 def costs(model, data: dict) -> dict:
     size = data["crop"]
-    return {"params": count_params(model), "gflops": count_flops(model, size) / 1e9,
-            "latency_ms": 1000 * measure_latency(model, size, warmup=1, iters=3)}
+    return {
+        "params": count_params(model),
+        "gflops": count_flops(model, size) / 1e9,
+        "latency_ms": 1000 * measure_latency(model, size, warmup=1, iters=3),
+    }
 
 
 def _model_state(student, config: dict, classes: list[str], epoch: int, metrics: dict) -> dict:
-    return {"model": {k: v.detach().clone() for k, v in student.state_dict().items()},
-            "model_cfg": dict(config["model"]), "classes": list(classes), "epoch": epoch,
-            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-            "input": {"crop": config["data"]["crop"], "eval_size": config["data"]["eval_size"],
-                      "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}}
+    return {
+        "model": {k: v.detach().clone() for k, v in student.state_dict().items()},
+        "model_cfg": dict(config["model"]),
+        "classes": list(classes),
+        "epoch": epoch,
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        "input": {
+            "crop": config["data"]["crop"],
+            "eval_size": config["data"]["eval_size"],
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+        },
+    }
 
 
 def _world() -> tuple[int, int]:

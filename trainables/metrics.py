@@ -4,6 +4,7 @@ mIoU averages IoU over classes present in the ground truth or the prediction; a 
 from both has no IoU (NaN) and is excluded, never counted as 1 (the published XGD code scored it 1
 per image: docs/method.md).
 """
+
 from __future__ import annotations
 
 import torch

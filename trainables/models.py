@@ -2,12 +2,12 @@
 
 Params and FLOPs come from counting tools (`torch.utils.flop_counter`), latency from timing.
 """
+
 from __future__ import annotations
 
 import difflib
 import time
 from pathlib import Path
-from typing import Optional
 
 import segmentation_models_pytorch as smp
 import torch
@@ -36,7 +36,7 @@ def check_model_names(arch: str, encoder: str) -> None:
     _pick("encoder", encoder, sorted(smp.encoders.get_encoder_names()))
 
 
-def create_model(arch: str, encoder: str, classes: int, encoder_weights: Optional[str] = None) -> nn.Module:
+def create_model(arch: str, encoder: str, classes: int, encoder_weights: str | None = None) -> nn.Module:
     """Build an smp model; `encoder_weights` is None, 'imagenet' (hub download) or a local file."""
     check_model_names(arch, encoder)
     hub = encoder_weights if encoder_weights in (None, "imagenet") else None
@@ -51,7 +51,9 @@ def load_encoder_weights(model: nn.Module, path: str) -> None:
     """Load a local state_dict into `model.encoder` without running pickled code."""
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"encoder_weights file {path!r} does not exist (expected None, 'imagenet' or a state_dict file)")
+        raise ValueError(
+            f"encoder_weights file {path!r} does not exist (expected None, 'imagenet' or a state_dict file)"
+        )
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -60,13 +62,17 @@ def load_encoder_weights(model: nn.Module, path: str) -> None:
         try:
             state = torch.load(p, map_location="cpu", weights_only=True)
         except Exception as e:  # pickle.UnpicklingError and friends: refuse, never run code
-            raise ValueError(f"encoder_weights file {path!r} is not a weights-only state_dict: {str(e).splitlines()[0]}") from None
+            raise ValueError(
+                f"encoder_weights file {path!r} is not a weights-only state_dict: {str(e).splitlines()[0]}"
+            ) from None
     state = {k.removeprefix("encoder."): v for k, v in state.items() if not k.startswith("fc.")}
     # nn.Module's own method: smp encoders override load_state_dict and return nothing
     missing, unexpected = nn.Module.load_state_dict(model.encoder, state, strict=False)
     if unexpected or len(missing) == len(model.encoder.state_dict()):
-        raise ValueError(f"encoder_weights file {path!r} does not match encoder "
-                         f"{type(model.encoder).__name__}: {len(unexpected)} unexpected, {len(missing)} missing keys")
+        raise ValueError(
+            f"encoder_weights file {path!r} does not match encoder "
+            f"{type(model.encoder).__name__}: {len(unexpected)} unexpected, {len(missing)} missing keys"
+        )
 
 
 def model_from_config(model_cfg: dict, classes: int) -> nn.Module:

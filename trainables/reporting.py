@@ -1,16 +1,16 @@
 """Where a run reports to: Ray Train (a multi-worker trial), Ray Tune (a single-process trial) or
 a folder (plain Python). The loop calls the same three methods either way, so it reads the same in
 all three."""
+
 from __future__ import annotations
 
 import json
 import math
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from trainables import checkpoint
-
 
 EPOCHS_DONE = "epochs_done"  # 1-based epoch count added to every sweep result: ASHA's time axis
 METRICS_FILE = "metrics.json"  # in each reported checkpoint: the metrics of the epoch it closes
@@ -63,7 +63,7 @@ class TuneSession:
         self.tune.report(with_epochs_done(metrics), checkpoint=checkpoint)
 
 
-def replay_restored_epoch(api, metrics: Optional[dict]) -> None:
+def replay_restored_epoch(api, metrics: dict | None) -> None:
     """Report a restored Train checkpoint's epoch once more, without the checkpoint. A Train run
     persists its checkpoint before the sweep's driver hears of the report, so a driver killed in
     between never logged that epoch, and the resumed run would start after it. The resumed driver
@@ -90,13 +90,13 @@ class FolderReporter:
     def __init__(self, config: dict):
         self.dir = Path(config["run"]["out_dir"]) / config["name"]
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.resume_from: Optional[str] = config["run"].get("resume")
+        self.resume_from: str | None = config["run"].get("resume")
         self.rank = 0
-        self.best: Optional[dict] = None
+        self.best: dict | None = None
         if not self.resume_from:  # a fresh run starts a fresh metrics log
             (self.dir / "metrics.jsonl").unlink(missing_ok=True)
 
-    def restore(self) -> Optional[dict[str, Any]]:
+    def restore(self) -> dict[str, Any] | None:
         """The resume checkpoint, and the best.pt beside it when that is no newer (a best.pt written
         after the checkpoint is of an epoch the resumed run trains again)."""
         if not self.resume_from:
@@ -108,12 +108,15 @@ class FolderReporter:
             self.best = kept if kept.get("epoch", math.inf) <= state["epoch"] else None
         return state
 
-    def report(self, metrics: dict, state: Optional[dict], best: Optional[dict]) -> None:
+    def report(self, metrics: dict, state: dict | None, best: dict | None) -> None:
         if best is not None:
             self.best = best
         val = f" val_miou {metrics['val_miou']:.4f}" if "val_miou" in metrics else ""
-        print(f"[{self.dir.name}] epoch {metrics['epoch']}: loss {metrics['train_loss']:.4f}{val} "
-              f"({metrics['step_time_s']:.3f} s/step)", flush=True)
+        print(
+            f"[{self.dir.name}] epoch {metrics['epoch']}: loss {metrics['train_loss']:.4f}{val} "
+            f"({metrics['step_time_s']:.3f} s/step)",
+            flush=True,
+        )
         with open(self.dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(_finite(metrics)) + "\n")
         if best is not None:
@@ -131,9 +134,9 @@ class RayReporter:
     def __init__(self, api):
         self.train = api
         self.rank = api.get_context().get_world_rank() if hasattr(api, "get_context") else 0
-        self.best: Optional[dict] = None
+        self.best: dict | None = None
 
-    def restore(self) -> Optional[dict[str, Any]]:
+    def restore(self) -> dict[str, Any] | None:
         ckpt = self.train.get_checkpoint()
         if ckpt is None:
             return None
@@ -146,7 +149,7 @@ class RayReporter:
         replay_restored_epoch(self.train, last)
         return state
 
-    def report(self, metrics: dict, state: Optional[dict], best: Optional[dict]) -> None:
+    def report(self, metrics: dict, state: dict | None, best: dict | None) -> None:
         if best is not None:
             self.best = best
         metrics = _finite(metrics)

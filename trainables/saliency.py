@@ -25,9 +25,10 @@ DeepLabV3+/PSPNet in train mode (tests/test_cams.py checks it). Cost and memory 
 Each of the K maps is normalised on its own; a class absent from an image (or from the
 teacher's argmax, or left out by `cam_classes`) has zero maps on both sides and adds 0 to the mean.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -49,18 +50,18 @@ def _one_hot(index: Tensor, num_classes: int) -> Tensor:
     return (index.unsqueeze(1) == classes).float()
 
 
-def _gt_masks(labels: Tensor, t_logits: Optional[Tensor], num_classes: int) -> Tensor:
+def _gt_masks(labels: Tensor, t_logits: Tensor | None, num_classes: int) -> Tensor:
     return _one_hot(labels, num_classes)
 
 
-def _teacher_masks(labels: Tensor, t_logits: Optional[Tensor], num_classes: int) -> Tensor:
+def _teacher_masks(labels: Tensor, t_logits: Tensor | None, num_classes: int) -> Tensor:
     # the teacher's prediction exists at every pixel (as for PI), so ignore pixels are kept
     if t_logits is None:
         raise ValueError("cam_target 'teacher' needs teacher logits; none were given")
     return _one_hot(t_logits.detach().argmax(dim=1), num_classes)
 
 
-MASKS: dict[str, Callable[[Tensor, Optional[Tensor], int], Tensor]] = {
+MASKS: dict[str, Callable[[Tensor, Tensor | None, int], Tensor]] = {
     "gt": _gt_masks,
     "teacher": _teacher_masks,
 }
@@ -74,8 +75,9 @@ CAM_CLASSES: dict[str, Callable[[int], Tensor]] = {
 }
 
 
-def class_masks(labels: Tensor, t_logits: Optional[Tensor], num_classes: int, source: str = "gt",
-                classes: str = "all") -> Tensor:
+def class_masks(
+    labels: Tensor, t_logits: Tensor | None, num_classes: int, source: str = "gt", classes: str = "all"
+) -> Tensor:
     """(B, K, H, W) float one-hot class masks from labels ('gt') or the teacher's argmax ('teacher');
     `classes='foreground'` zeroes class 0's mask."""
     if source not in MASKS:
@@ -95,8 +97,9 @@ def _scores(logits: Tensor, masks: Tensor) -> Tensor:
     return (logits.float() * masks).sum(dim=(0, 2, 3))
 
 
-def target_grads(logits: Tensor, acts: Tensor, masks: Tensor, reduce: str = "sum",
-                 create_graph: bool = False) -> Tensor:
+def target_grads(
+    logits: Tensor, acts: Tensor, masks: Tensor, reduce: str = "sum", create_graph: bool = False
+) -> Tensor:
     """Gradients of the segmentation targets at `acts`: (B, C, h, w) for 'sum', (K, B, C, h, w) for 'per_class'.
 
     The graph behind `logits` is kept either way (other loss terms still need it).
@@ -106,13 +109,20 @@ def target_grads(logits: Tensor, acts: Tensor, masks: Tensor, reduce: str = "sum
         return torch.autograd.grad(scores.sum(), acts, retain_graph=True, create_graph=create_graph)[0]
     if reduce == "per_class":
         eye = torch.eye(scores.shape[0], device=scores.device, dtype=scores.dtype)
-        return torch.autograd.grad(scores, acts, grad_outputs=eye, is_grads_batched=True,
-                                   retain_graph=True, create_graph=create_graph)[0]
+        return torch.autograd.grad(
+            scores, acts, grad_outputs=eye, is_grads_batched=True, retain_graph=True, create_graph=create_graph
+        )[0]
     raise ValueError(f"unknown cam_reduce {reduce!r}; allowed: sum, per_class")
 
 
-def cam_maps(logits: Tensor, acts: Tensor, masks: Tensor, method: str = "gradcam",
-             reduce: str = "sum", create_graph: bool = False) -> Tensor:
+def cam_maps(
+    logits: Tensor,
+    acts: Tensor,
+    masks: Tensor,
+    method: str = "gradcam",
+    reduce: str = "sum",
+    create_graph: bool = False,
+) -> Tensor:
     """(B, M, h, w) CAMs at `acts` (M = 1 for 'sum', K for 'per_class'); see the module docstring.
 
     `create_graph=True` keeps the gradients in the graph so a loss on the maps trains the model.
@@ -159,8 +169,7 @@ def saliency_maps(step, cfg: dict) -> tuple[Tensor, Tensor]:
     method = cfg.get("cam") or "gradcam"
     reduce = cfg.get("cam_reduce") or "sum"
     num_classes = step.s_logits.shape[1]
-    masks = class_masks(step.labels, step.t_logits, num_classes, cfg.get("cam_target") or "gt",
-                        cam_classes_of(cfg))
+    masks = class_masks(step.labels, step.t_logits, num_classes, cfg.get("cam_target") or "gt", cam_classes_of(cfg))
     with torch.enable_grad():
         with record_function("cam.teacher"):
             t_maps = cam_maps(step.t_logits, step.t_feats["cam"], masks, method, reduce, create_graph=False).detach()

@@ -1,11 +1,12 @@
 """What the worker loop needs before its first step: device, seeds, models, loaders, optimizer,
 schedule, AMP and the extra trainable modules the loss terms ask for."""
+
 from __future__ import annotations
 
 import math
 import random
 from contextlib import nullcontext
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,22 +37,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_teacher(teacher_cfg: Optional[dict], classes: list[str], device: torch.device) -> Optional[nn.Module]:
+def load_teacher(teacher_cfg: dict | None, classes: list[str], device: torch.device) -> nn.Module | None:
     """The frozen teacher in eval mode (it never switches to train mode), or None."""
     if not teacher_cfg:
         return None
     state = checkpoint.load(teacher_cfg["checkpoint"])
     if list(state["classes"]) != list(classes):
-        raise ValueError(f"teacher checkpoint {teacher_cfg['checkpoint']!r} was trained on classes "
-                         f"{list(state['classes'])}, but the data has {classes}")
+        raise ValueError(
+            f"teacher checkpoint {teacher_cfg['checkpoint']!r} was trained on classes "
+            f"{list(state['classes'])}, but the data has {classes}"
+        )
     teacher = model_from_config(state["model_cfg"], len(classes))
     teacher.load_state_dict(state["model"])
     teacher.to(device).eval().requires_grad_(False)
     return teacher
 
 
-def make_loaders(config: dict, device: torch.device, seed: int, rank: int = 0,
-                 world: int = 1) -> tuple[DataLoader, DataLoader, list[str]]:
+def make_loaders(
+    config: dict, device: torch.device, seed: int, rank: int = 0, world: int = 1
+) -> tuple[DataLoader, DataLoader, list[str]]:
     """Train loader: this rank's shard (`SeededSampler`: shuffle and augmentations from (seed, epoch,
     index); seed * 100_003 so seed s's epoch e+1 is not seed s+1's epoch e). Its workers' base seed
     comes from `gen`, so loading never draws from the global RNG the step uses."""
@@ -60,16 +64,24 @@ def make_loaders(config: dict, device: torch.device, seed: int, rank: int = 0,
     val_set = build_dataset(data, data["val_split"], train=False)
     gen = torch.Generator().manual_seed(seed)
     workers = data["workers"]
-    common = dict(num_workers=workers, collate_fn=pad_collate, pin_memory=device.type == "cuda",
-                  persistent_workers=workers > 0)
+    common = dict(
+        num_workers=workers, collate_fn=pad_collate, pin_memory=device.type == "cuda", persistent_workers=workers > 0
+    )
     sampler = SeededSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=seed * 100_003)
-    train = DataLoader(train_set, batch_size=data["batch_size"], sampler=sampler, drop_last=len(sampler) > data["batch_size"],
-                       generator=gen, worker_init_fn=_seed_worker, **common)
+    train = DataLoader(
+        train_set,
+        batch_size=data["batch_size"],
+        sampler=sampler,
+        drop_last=len(sampler) > data["batch_size"],
+        generator=gen,
+        worker_init_fn=_seed_worker,
+        **common,
+    )
     val = DataLoader(val_set, batch_size=data["batch_size"], shuffle=False, **common)
     return train, val, class_names(data)
 
 
-def make_test_loader(config: dict, device: torch.device) -> Optional[DataLoader]:
+def make_test_loader(config: dict, device: torch.device) -> DataLoader | None:
     """The held-out split (eval transforms, in order; `data.test_split`), or None when the data
     has none. Built before the first epoch so a missing split fails the run at once."""
     data = config["data"]
@@ -79,10 +91,17 @@ def make_test_loader(config: dict, device: torch.device) -> Optional[DataLoader]
     try:
         test_set = build_dataset(data, split, train=False)
     except DataError as e:
-        raise DataError(f"{e} (data.test_split is {data.get('test_split')!r}; "
-                        "null runs without a test split)") from None
-    return DataLoader(test_set, batch_size=data["batch_size"], shuffle=False, num_workers=data["workers"],
-                      collate_fn=pad_collate, pin_memory=device.type == "cuda")
+        raise DataError(
+            f"{e} (data.test_split is {data.get('test_split')!r}; null runs without a test split)"
+        ) from None
+    return DataLoader(
+        test_set,
+        batch_size=data["batch_size"],
+        shuffle=False,
+        num_workers=data["workers"],
+        collate_fn=pad_collate,
+        pin_memory=device.type == "cuda",
+    )
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -115,8 +134,9 @@ def amp_setup(amp: str, device: torch.device):
     return (lambda: torch.autocast(device.type, dtype=dtype)), torch.amp.GradScaler(enabled=amp == "fp16")
 
 
-def collect_taps(terms: list[tuple[str, Term, float]], distill: dict, student: nn.Module,
-                 teacher: Optional[nn.Module]) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+def collect_taps(
+    terms: list[tuple[str, Term, float]], distill: dict, student: nn.Module, teacher: nn.Module | None
+) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
     """Union of the dotted paths the active terms tap: student, teacher, and the teacher taps that
     must be autograd leaves (CAM gradients). Only those are cut: cutting the graph at a plain
     feature tap (e.g. the decoder output) would disconnect a CAM layer below it from the logits."""
@@ -132,8 +152,15 @@ def collect_taps(terms: list[tuple[str, Term, float]], distill: dict, student: n
 
 
 @torch.no_grad()
-def build_extras(terms, distill: dict, student: nn.Module, teacher: Optional[nn.Module],
-                 s_paths: dict[str, str], t_paths: dict[str, str], sample: torch.Tensor) -> nn.ModuleDict:
+def build_extras(
+    terms,
+    distill: dict,
+    student: nn.Module,
+    teacher: nn.Module | None,
+    s_paths: dict[str, str],
+    t_paths: dict[str, str],
+    sample: torch.Tensor,
+) -> nn.ModuleDict:
     """Trainable modules (connectors, attention) that terms build from the tapped feature shapes."""
     builders = [(name, term) for name, term, _ in terms if term.build]
     if not builders:

@@ -16,11 +16,12 @@ under `set_grad_enabled(True)` autograd records nothing up to the CAM layer; the
 logits, which is what the teacher's CAM gradient needs. Without a saliency term the teacher runs
 under no_grad.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -38,7 +39,7 @@ class Trainer:
     """Everything `train_step` needs; the loop also checkpoints `extras`, `opt`, `sched`, `scaler`."""
 
     student: nn.Module
-    teacher: Optional[nn.Module]
+    teacher: nn.Module | None
     terms: list[tuple[str, Term, float]]
     distill: dict
     s_paths: dict[str, str]
@@ -51,10 +52,10 @@ class Trainer:
     scaler: torch.amp.GradScaler
     autocast: Callable
     device: torch.device
-    grad_clip: Optional[float] = None
+    grad_clip: float | None = None
     channels_last: bool = False
     needs_teacher: bool = False
-    model: Optional[nn.Module] = None  # the student or its DDP wrapper (forward goes through this)
+    model: nn.Module | None = None  # the student or its DDP wrapper (forward goes through this)
     sync_extras: Callable[[], None] = field(default=lambda: None)
 
     def __post_init__(self) -> None:
@@ -69,8 +70,9 @@ class StepOut:
     saliency: SpanTimer  # the saliency terms' time (CUDA: events, read by the caller after its sync)
 
 
-def build_trainer(config: dict, student: nn.Module, teacher: Optional[nn.Module], sample: Tensor,
-                  device: torch.device, total_steps: int) -> Trainer:
+def build_trainer(
+    config: dict, student: nn.Module, teacher: nn.Module | None, sample: Tensor, device: torch.device, total_steps: int
+) -> Trainer:
     """The step's state for `config` (TrainSpec dict); models already on `device`, teacher frozen."""
     distill, optim, run = config["distill"], config["optim"], config["run"]
     terms = active_terms(distill, teacher is not None)
@@ -90,12 +92,25 @@ def build_trainer(config: dict, student: nn.Module, teacher: Optional[nn.Module]
         compile_off_cam_path(student, s_paths)
         if teacher is not None:
             compile_off_cam_path(teacher, {**t_paths, **t_leaf})
-    return Trainer(student=student, teacher=teacher, terms=terms, distill=distill, s_paths=s_paths,
-                   t_paths=t_paths, t_leaf=t_leaf, extras=extras,
-                   weights=torch.tensor([w for _, _, w in terms], device=device),
-                   opt=opt, sched=sched, scaler=scaler, autocast=autocast, device=device,
-                   grad_clip=optim["grad_clip"], channels_last=channels_last,
-                   needs_teacher=teacher is not None and any(t.needs_teacher for _, t, _ in terms))
+    return Trainer(
+        student=student,
+        teacher=teacher,
+        terms=terms,
+        distill=distill,
+        s_paths=s_paths,
+        t_paths=t_paths,
+        t_leaf=t_leaf,
+        extras=extras,
+        weights=torch.tensor([w for _, _, w in terms], device=device),
+        opt=opt,
+        sched=sched,
+        scaler=scaler,
+        autocast=autocast,
+        device=device,
+        grad_clip=optim["grad_clip"],
+        channels_last=channels_last,
+        needs_teacher=teacher is not None and any(t.needs_teacher for _, t, _ in terms),
+    )
 
 
 def compile_off_cam_path(model: nn.Module, paths: dict[str, str]) -> list[str]:
@@ -123,8 +138,12 @@ def train_step(tr: Trainer, x: Tensor, y: Tensor) -> StepOut:
             s_logits = tr.model(x)
         t_logits, t_feats = None, {}
         if tr.needs_teacher:
-            with record_function("step.teacher_forward"), torch.set_grad_enabled(bool(tr.t_leaf)), \
-                    tap(tr.teacher, tr.t_paths) as t_feats, tap(tr.teacher, tr.t_leaf, leaf=True) as t_leaves:
+            with (
+                record_function("step.teacher_forward"),
+                torch.set_grad_enabled(bool(tr.t_leaf)),
+                tap(tr.teacher, tr.t_paths) as t_feats,
+                tap(tr.teacher, tr.t_leaf, leaf=True) as t_leaves,
+            ):
                 t_logits = tr.teacher(x)
             t_feats = {**t_feats, **t_leaves}
         with record_function("step.losses"):
@@ -150,4 +169,3 @@ def _term_value(term: Term, step: Step, distill: dict, saliency: SpanTimer) -> T
     """The term's loss, timed by `saliency` when it is a saliency term (`Term.saliency`)."""
     with saliency if term.saliency else nullcontext():
         return term.fn(step, distill)
-

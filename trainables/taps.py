@@ -4,10 +4,11 @@
 grad), which is how the frozen teacher gets CAM gradients without building an autograd graph
 through its encoder.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -22,8 +23,9 @@ def get_module(model: nn.Module, path: str) -> nn.Module:
         import difflib
 
         close = difflib.get_close_matches(path, names, n=3)
-        raise ValueError(f"layer {path!r} is not a module of {type(model).__name__}; "
-                         f"close matches: {close or names[:8]}") from None
+        raise ValueError(
+            f"layer {path!r} is not a module of {type(model).__name__}; close matches: {close or names[:8]}"
+        ) from None
 
 
 @contextmanager
@@ -32,12 +34,14 @@ def tap(model: nn.Module, paths: dict[str, str], leaf: bool = False) -> Iterator
     feats: dict[str, torch.Tensor] = {}
     handles = []
     for name, path in paths.items():
+
         def hook(_m, _inp, out, name=name):
             if leaf:
                 out = out.detach().requires_grad_(True)
                 feats[name] = out
                 return out  # the rest of the forward starts its graph from this leaf
             feats[name] = out
+
         handles.append(get_module(model, path).register_forward_hook(hook))
     try:
         yield feats

@@ -8,10 +8,10 @@ reads them (`elapsed_time`) only in `seconds()`, which the caller runs after its
 On other devices it adds host `perf_counter` seconds as each span ends (there the host does the
 work it times).
 """
+
 from __future__ import annotations
 
 import time
-from typing import Optional
 
 import torch
 
@@ -25,9 +25,9 @@ class SpanTimer:
         self.cuda = torch.device(device).type == "cuda"
         self.host_s = 0.0
         self.events: list[tuple] = []  # (start, end) CUDA event pairs, read in seconds()
-        self._open: Optional[object] = None
+        self._open: object | None = None
 
-    def __enter__(self) -> "SpanTimer":
+    def __enter__(self) -> SpanTimer:
         if self._open is not None:
             raise RuntimeError("SpanTimer spans do not nest")
         if self.cuda:
@@ -46,7 +46,7 @@ class SpanTimer:
         else:
             self.host_s += time.perf_counter() - start
 
-    def add(self, other: "SpanTimer") -> "SpanTimer":
+    def add(self, other: SpanTimer) -> SpanTimer:
         """Take in another timer's spans (e.g. one step's into the epoch's); nothing is read yet."""
         self.host_s += other.host_s
         self.events.extend(other.events)

@@ -1,5 +1,6 @@
 """The bench's student and teacher presets, by name, or any smp model as 'arch:encoder'.
 Torch-free, so `bench --help` lists them without loading the trainer."""
+
 from __future__ import annotations
 
 STUDENTS: dict[str, dict[str, str]] = {

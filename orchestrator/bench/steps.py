@@ -21,6 +21,7 @@ none, except GradScaler's with fp16 and linalg.eigh's error check in EigenGradCA
 The orchestration overhead (trial start to first training step, and throughput of a sweep of
 stub trials) is measured by orchestrator.bench.sweep when requested.
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,9 +30,9 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 
@@ -51,8 +52,15 @@ VARIANTS: dict[str, dict] = {
 }
 PI, GRADCAM = "pi", "xgd_gradcam"
 BUILTIN = "+builtin"  # suffix: the variant with PyTorch's convolution double backward (before trainables.convgrad)
-PHASES = ("step.student_forward", "step.teacher_forward", "step.losses", "step.backward", "step.optimizer",
-          "cam.teacher", "cam.student")
+PHASES = (
+    "step.student_forward",
+    "step.teacher_forward",
+    "step.losses",
+    "step.backward",
+    "step.optimizer",
+    "cam.teacher",
+    "cam.student",
+)
 
 
 @dataclass
@@ -65,7 +73,7 @@ class BenchSettings:
     iters: int = 10
     warmup: int = 2
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
-    threads: Optional[int] = None  # torch intra-op threads (None: torch's default)
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
     amp: str = "auto"
     channels_last: bool = True
     compile: bool = False
@@ -87,15 +95,24 @@ def check_settings(s: BenchSettings) -> None:
 
 def variant_config(s: BenchSettings, variant: str) -> dict:
     """The TrainSpec dict the variant's step is built from (the loop's defaults otherwise)."""
-    return validate(TrainSpec, {
-        "name": "bench", "seed": s.seed,
-        "data": {"kind": "synthetic", "num_train": s.batch, "image_size": max(96, s.crop), "crop": s.crop,
-                 "batch_size": s.batch},
-        "model": model_cfg(s.student, STUDENTS, "student"),
-        "distill": VARIANTS[variant],
-        "optim": {"amp": s.amp, "epochs": 1},
-        "run": {"device": s.device, "channels_last": s.channels_last, "compile": s.compile},
-    }).model_dump()  # a bad name is one SpecError line
+    return validate(
+        TrainSpec,
+        {
+            "name": "bench",
+            "seed": s.seed,
+            "data": {
+                "kind": "synthetic",
+                "num_train": s.batch,
+                "image_size": max(96, s.crop),
+                "crop": s.crop,
+                "batch_size": s.batch,
+            },
+            "model": model_cfg(s.student, STUDENTS, "student"),
+            "distill": VARIANTS[variant],
+            "optim": {"amp": s.amp, "epochs": 1},
+            "run": {"device": s.device, "channels_last": s.channels_last, "compile": s.compile},
+        },
+    ).model_dump()  # a bad name is one SpecError line
 
 
 def fixed_batch(config: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,8 +151,11 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]" and e.device_type() == DeviceType.CPU)
+    events = sorted(
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == DeviceType.CPU
+    )
     running = peak = 0
     for _, nbytes in events:
         running += nbytes
@@ -143,7 +163,7 @@ def peak_bytes(fn: Callable[[], object], device: torch.device) -> int:
     return peak
 
 
-def host_syncs(fn: Callable[[], object], device: torch.device) -> Optional[list[str]]:
+def host_syncs(fn: Callable[[], object], device: torch.device) -> list[str] | None:
     """CUDA: the host-device synchronisations fn() makes (torch.cuda sync debug mode); None elsewhere."""
     if device.type != "cuda":
         return None
@@ -182,9 +202,15 @@ def machine_info(device: torch.device) -> dict:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "device": str(device)}
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
@@ -211,16 +237,24 @@ def run_bench(s: BenchSettings, log: Callable[[str], None] = lambda _m: None) ->
     x, y = fixed_batch(next(iter(configs.values())))
     x, y = x.to(device), y.to(device)
     trainers = build_trainers(s, configs, x, device)
-    log(f"built {len(trainers)} variants in {time.perf_counter() - t_start:.1f} s; timing "
-        f"{s.warmup} warm-up + {s.iters} steps each, round-robin")
+    log(
+        f"built {len(trainers)} variants in {time.perf_counter() - t_start:.1f} s; timing "
+        f"{s.warmup} warm-up + {s.iters} steps each, round-robin"
+    )
     steps = {v: (lambda tr=tr: train_step(tr, x, y)) for v, tr in trainers.items()}
     rows = measure(steps, s, device)
     profiles = {v: profile_step(steps[v], device, s.profile_rows) for v in s.profile if v in steps}
-    return {"settings": asdict(s), "machine": machine_info(device),
-            "memory_method": "cuda.max_memory_allocated" if device.type == "cuda" else "torch.profiler memory events",
-            "load_avg_before": list(load_before), "load_avg_after": list(os.getloadavg()),
-            "variants": rows, "targets": targets(rows), "profiles": profiles,
-            "bench_wall_s": time.perf_counter() - t_start}
+    return {
+        "settings": asdict(s),
+        "machine": machine_info(device),
+        "memory_method": "cuda.max_memory_allocated" if device.type == "cuda" else "torch.profiler memory events",
+        "load_avg_before": list(load_before),
+        "load_avg_after": list(os.getloadavg()),
+        "variants": rows,
+        "targets": targets(rows),
+        "profiles": profiles,
+        "bench_wall_s": time.perf_counter() - t_start,
+    }
 
 
 def build_trainers(s: BenchSettings, configs: dict[str, dict], x: torch.Tensor, device: torch.device) -> dict:
@@ -255,13 +289,13 @@ def measure(steps: dict[str, Callable[[], object]], s: BenchSettings, device: to
     saliency: dict[str, list[float]] = {v: [] for v in names}
     peaks: dict[str, int] = {}
     for r in range(s.warmup + s.iters):
-        for v in names[r % len(names):] + names[: r % len(names)]:
+        for v in names[r % len(names) :] + names[: r % len(names)]:
             if r == s.warmup - 1:  # the last warm-up step is not timed: it measures memory
                 peaks[v] = peak_bytes(steps[v], device)
                 continue
             out: list = []
             c0 = time.process_time()
-            t = timed(lambda: out.append(steps[v]()), device)
+            t = timed(lambda: out.append(steps[v]()), device)  # noqa: B023 (called at once, in this iteration)
             if r >= s.warmup:
                 times[v].append(t)
                 cpu[v].append(time.process_time() - c0)
@@ -270,10 +304,17 @@ def measure(steps: dict[str, Callable[[], object]], s: BenchSettings, device: to
         peaks = {v: peak_bytes(steps[v], device) for v in names}
     rows = {}
     for v in names:
-        rows[v] = {"median_s": statistics.median(times[v]), "min_s": min(times[v]), "max_s": max(times[v]),
-                   "cpu_median_s": statistics.median(cpu[v]), "saliency_s": statistics.median(saliency[v]),
-                   "peak_mem_mb": peaks[v] / 2**20, "host_syncs": host_syncs(steps[v], device),
-                   "times_s": times[v], "distill": VARIANTS[v.removesuffix(BUILTIN)]}
+        rows[v] = {
+            "median_s": statistics.median(times[v]),
+            "min_s": min(times[v]),
+            "max_s": max(times[v]),
+            "cpu_median_s": statistics.median(cpu[v]),
+            "saliency_s": statistics.median(saliency[v]),
+            "peak_mem_mb": peaks[v] / 2**20,
+            "host_syncs": host_syncs(steps[v], device),
+            "times_s": times[v],
+            "distill": VARIANTS[v.removesuffix(BUILTIN)],
+        }
     for ref, key in ((PI, "ratio_pi"), (GRADCAM, "ratio_gradcam")):
         for v in names:
             rows[v][key] = rows[v]["median_s"] / rows[ref]["median_s"] if ref in rows else None
@@ -309,12 +350,18 @@ def targets(rows: dict[str, dict]) -> dict[str, dict]:
         if v in rows and rows[v][key] is not None:
             r = rows[v][key]
             r_cpu = rows[v][key + "_cpu"]
-            out[name] = {"ratio": r, "ratio_cpu": r_cpu, "ratio_min": rows[v][key + "_min"], "limit": limit,
-                         "met": r <= limit, "met_cpu": r_cpu <= limit}
+            out[name] = {
+                "ratio": r,
+                "ratio_cpu": r_cpu,
+                "ratio_min": rows[v][key + "_min"],
+                "limit": limit,
+                "met": r <= limit,
+                "met_cpu": r_cpu <= limit,
+            }
     return out
 
 
-def write_result(result: dict, out_dir: str | Path, name: Optional[str] = None) -> Path:
+def write_result(result: dict, out_dir: str | Path, name: str | None = None) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name or time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -328,8 +375,10 @@ def table(result: dict):
 
     m = result["machine"]
     st = result["settings"]
-    t = Table(title=f"step bench: {st['student']} <- {st['teacher']}, crop {st['crop']}, batch {st['batch']}, "
-                    f"{st['iters']} steps, {m['device']} ({m.get('gpu') or m['cpu']}, {m['torch_threads']} threads)")
+    t = Table(
+        title=f"step bench: {st['student']} <- {st['teacher']}, crop {st['crop']}, batch {st['batch']}, "
+        f"{st['iters']} steps, {m['device']} ({m.get('gpu') or m['cpu']}, {m['torch_threads']} threads)"
+    )
     t.add_column("variant", no_wrap=True, min_width=16)
     for col in ("median s/step", "x PI", "x GradCAM", "CPU s/step", "x PI (CPU)", "CAM s", "peak MB"):
         t.add_column(col, justify="right")
@@ -338,7 +387,14 @@ def table(result: dict):
         return "-" if r is None else f"{r:.2f}"
 
     for v, row in result["variants"].items():
-        t.add_row(v, f"{row['median_s']:.4f}", ratio(row["ratio_pi"]), ratio(row["ratio_gradcam"]),
-                  f"{row['cpu_median_s']:.4f}", ratio(row["ratio_pi_cpu"]),
-                  f"{row['saliency_s']:.4f}" if row["saliency_s"] else "-", f"{row['peak_mem_mb']:.1f}")
+        t.add_row(
+            v,
+            f"{row['median_s']:.4f}",
+            ratio(row["ratio_pi"]),
+            ratio(row["ratio_gradcam"]),
+            f"{row['cpu_median_s']:.4f}",
+            ratio(row["ratio_pi_cpu"]),
+            f"{row['saliency_s']:.4f}" if row["saliency_s"] else "-",
+            f"{row['peak_mem_mb']:.1f}",
+        )
     return t

@@ -1,15 +1,23 @@
 """`python -m orchestrator ablate SPEC.yaml [--set k=v] [--dry-run] [--resume] [--address A] [--verbose]`."""
+
 from __future__ import annotations
 
 from orchestrator.commands.sweep import add_run_args, execute
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("ablate", help="run an ablation (factorial or listed cells x seeds) as a grid sweep "
-                                      "(see search_spaces/ablations/)")
+    p = sub.add_parser(
+        "ablate",
+        help="run an ablation (factorial or listed cells x seeds) as a grid sweep (see search_spaces/ablations/)",
+    )
     p.add_argument("spec", help="YAML ablation spec, e.g. search_spaces/ablations/quickstart_table1.yaml")
-    add_run_args(p, "an ablation", "seeds=1, data.root=/data/ttpla, factors.distill.cam=[gradcam,layercam], "
-                                "resources.max_concurrent=4, name=table1-b", "the cells, seeds")
+    add_run_args(
+        p,
+        "an ablation",
+        "seeds=1, data.root=/data/ttpla, factors.distill.cam=[gradcam,layercam], "
+        "resources.max_concurrent=4, name=table1-b",
+        "the cells, seeds",
+    )
     p.set_defaults(run=run)
 
 
@@ -31,6 +39,8 @@ def run(args) -> int:
 
     uri = ab.sweep.mlflow.tracking_uri
     store = "" if uri == default_tracking_uri() else f" --tracking-uri {uri}"
-    console.print(f"tables (mean ± std over {ab.seeds} seed(s)): python -m orchestrator report {ab.sweep.name}{store}",
-                  highlight=False)
+    console.print(
+        f"tables (mean ± std over {ab.seeds} seed(s)): python -m orchestrator report {ab.sweep.name}{store}",
+        highlight=False,
+    )
     return 0

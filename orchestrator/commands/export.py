@@ -1,6 +1,7 @@
 """`export [SWEEP]`: write a sweep's best students (top K by a metric, or the Pareto front of the
 metric against a cost) to results/exports/<sweep>/<rank>/ as safetensors, TorchScript and
 ONNX (checked with onnxruntime), each with a model card, and register them in MLflow."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,22 +13,39 @@ DEFAULT_OUT = "results/exports"
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("export", help="write the best students (safetensors, TorchScript, ONNX + model card)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "export",
+        help="write the best students (safetensors, TorchScript, ONNX + model card)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("sweep", nargs="?", metavar="SWEEP", help="sweep name (default: the newest sweep in the store)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or "
-                                                        "sqlite:///<abs>/results/mlflow.db)")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///<abs>/results/mlflow.db)",
+    )
     p.add_argument("--metric", default="val_miou", help="metric that ranks trials (default val_miou)")
     p.add_argument("--mode", choices=("max", "min"), default="max")
     pick = p.add_mutually_exclusive_group()
     pick.add_argument("--top", type=int, default=1, metavar="K", help="export the K best trials (default 1)")
     pick.add_argument("--pareto", action="store_true", help="export the Pareto front of METRIC against --cost")
-    p.add_argument("--cost", default="latency_ms", help="cost minimised by --pareto (default latency_ms; "
-                                                        "gflops or params also work)")
-    p.add_argument("--format", default="pt,torchscript,onnx",
-                   help="comma list of pt (=safetensors), torchscript, onnx (default all three)")
-    p.add_argument("--size", type=int, default=None, help="input size for tracing and checks (default: the "
-                                                          "checkpoint's eval size or crop)")
+    p.add_argument(
+        "--cost",
+        default="latency_ms",
+        help="cost minimised by --pareto (default latency_ms; gflops or params also work)",
+    )
+    p.add_argument(
+        "--format",
+        default="pt,torchscript,onnx",
+        help="comma list of pt (=safetensors), torchscript, onnx (default all three)",
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="input size for tracing and checks (default: the checkpoint's eval size or crop)",
+    )
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output root (default {DEFAULT_OUT})")
     p.add_argument("--model-name", default=None, help="registered model name (default xgd-<sweep>)")
     p.add_argument("--no-register", action="store_true", help="skip the MLflow model registry")
@@ -48,8 +66,10 @@ def run(args) -> int:
         raise UserError(f"--top must be >= 1, got {args.top}")
 
     if args.metric.startswith(HELD_OUT_PREFIX):
-        raise UserError(f"--metric {args.metric} would pick students by the held-out test split; "
-                        f"pick by a val metric (e.g. --metric val_{args.metric[5:]}) and report test")
+        raise UserError(
+            f"--metric {args.metric} would pick students by the held-out test split; "
+            f"pick by a val metric (e.g. --metric val_{args.metric[5:]}) and report test"
+        )
     formats = ex.parse_formats(args.format)
     console = Console()
     if not console.is_terminal:
@@ -76,13 +96,24 @@ def run(args) -> int:
             exp.version = ex.register(client, exp, model_name)
         value = choice.row[args.metric]
         reg = f"; registered {model_name} v{exp.version}" if exp.version else ""
-        console.print(f"rank {exp.rank}: {choice.row['run_name']} {args.metric}={value:.4f} -> {exp.dir} "
-                      f"({', '.join(exp.files)}){reg}")
-        index.append({"rank": exp.rank, "dir": str(exp.dir), "run_id": choice.row["run_id"],
-                      "run_name": choice.row["run_name"], args.metric: value,
-                      "registered_model": model_name if exp.version else None, "version": exp.version})
+        console.print(
+            f"rank {exp.rank}: {choice.row['run_name']} {args.metric}={value:.4f} -> {exp.dir} "
+            f"({', '.join(exp.files)}){reg}"
+        )
+        index.append(
+            {
+                "rank": exp.rank,
+                "dir": str(exp.dir),
+                "run_id": choice.row["run_id"],
+                "run_name": choice.row["run_name"],
+                args.metric: value,
+                "registered_model": model_name if exp.version else None,
+                "version": exp.version,
+            }
+        )
     root = reader.safe_join(args.out, sweep.name)
-    (root / "index.json").write_text(json.dumps({"sweep": sweep.name, "selection": selection,
-                                                 "exports": index}, indent=2))
+    (root / "index.json").write_text(
+        json.dumps({"sweep": sweep.name, "selection": selection, "exports": index}, indent=2)
+    )
     console.print(f"[green]{sweep.name}[/]: exported {len(index)} student(s); index at {root / 'index.json'}")
     return 0

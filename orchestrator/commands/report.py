@@ -3,6 +3,7 @@
 Writes results/reports/<sweep>/: trials.parquet/.csv (one row per trial), <layout>.md/.tex/.csv
 (mean +- std over seeds per cell), report.md, plots/*.png; logs them to the sweep's parent run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,16 +14,28 @@ DEFAULT_OUT = "results/reports"
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="tables (rich, Markdown, LaTeX, Parquet, CSV) and plots of sweeps from MLflow",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "report",
+        help="tables (rich, Markdown, LaTeX, Parquet, CSV) and plots of sweeps from MLflow",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("sweeps", nargs="*", metavar="SWEEP", help="sweep names (default: every sweep in the store)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI or "
-                                                        "sqlite:///<abs>/results/mlflow.db)")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///<abs>/results/mlflow.db)",
+    )
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output root (default {DEFAULT_OUT})")
     p.add_argument("--metric", default="val_miou", help="metric for plots and importances (default val_miou)")
     p.add_argument("--mode", choices=("max", "min"), default="max")
-    p.add_argument("--gallery", type=int, default=1, metavar="K",
-                   help="saliency galleries for the K best trials (needs their checkpoints and data; 0: none)")
+    p.add_argument(
+        "--gallery",
+        type=int,
+        default=1,
+        metavar="K",
+        help="saliency galleries for the K best trials (needs their checkpoints and data; 0: none)",
+    )
     p.add_argument("--no-log", action="store_true", help="do not log tables and plots to the parent MLflow run")
     p.set_defaults(run=run)
 
@@ -46,8 +59,9 @@ def run(args) -> int:
     done = 0
     for name in names:
         try:
-            rep = make_report(client, name, args.out, args.metric, args.mode == "max", not args.no_log, console,
-                              args.gallery)
+            rep = make_report(
+                client, name, args.out, args.metric, args.mode == "max", not args.no_log, console, args.gallery
+            )
         except UserError as e:
             if args.sweeps:  # a sweep the user named: its problem is the answer
                 raise
@@ -59,8 +73,10 @@ def run(args) -> int:
         logged = "" if args.no_log else " and logged to the parent run's artifacts (report/)"
         if rep.log_error:
             logged = f"; [yellow]not logged to MLflow[/] ({rep.log_error})"
-        console.print(f"[green]{rep.sweep}[/]: {rep.counted}/{rep.trials} trials; wrote {len(rep.files)} files "
-                      f"under {rep.dir}{logged}")
+        console.print(
+            f"[green]{rep.sweep}[/]: {rep.counted}/{rep.trials} trials; wrote {len(rep.files)} files "
+            f"under {rep.dir}{logged}"
+        )
     if not done:
         raise UserError(f"none of the {len(names)} sweeps in {uri} has a finished trial to report")
     return 0

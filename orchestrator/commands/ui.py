@@ -5,20 +5,31 @@ The UI has no login: anyone who can reach the port can read and delete runs. Bin
 interface (--host 0.0.0.0) only on a network you trust; MLflow then also checks the Host header
 against --allowed-hosts (default: localhost and private addresses).
 """
+
 from __future__ import annotations
 
 import argparse
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("ui", help="serve the MLflow UI on the project's store (127.0.0.1 by default)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tracking-uri", default=None, help="backend store (default: $MLFLOW_TRACKING_URI or "
-                                                        "sqlite:///<abs>/results/mlflow.db)")
+    p = sub.add_parser(
+        "ui",
+        help="serve the MLflow UI on the project's store (127.0.0.1 by default)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="backend store (default: $MLFLOW_TRACKING_URI or sqlite:///<abs>/results/mlflow.db)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--artifacts-root", default=None, help="artifact root for experiments created from the UI "
-                                                          "(default: mlartifacts/ beside the sqlite store)")
+    p.add_argument(
+        "--artifacts-root",
+        default=None,
+        help="artifact root for experiments created from the UI (default: mlartifacts/ beside the sqlite store)",
+    )
     p.add_argument("--allowed-hosts", default=None, help="passed to mlflow server (Host headers it accepts)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for the server")
@@ -29,5 +40,12 @@ def run(args) -> int:
     from orchestrator.tracking.server import serve
     from orchestrator.tracking.store import default_tracking_uri
 
-    return serve(args.tracking_uri or default_tracking_uri(), args.host, args.port, args.artifacts_root,
-                 args.workers, args.allowed_hosts, args.startup_timeout)
+    return serve(
+        args.tracking_uri or default_tracking_uri(),
+        args.host,
+        args.port,
+        args.artifacts_root,
+        args.workers,
+        args.allowed_hosts,
+        args.startup_timeout,
+    )

@@ -4,6 +4,7 @@ results/exports/<sweep>/<rank>/: model.safetensors, model.torchscript.pt, model.
 against onnxruntime), model_card.json / .md with sha256 of each file; then register the folder in
 the MLflow model registry as a version of `xgd-<sweep>`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,10 +17,11 @@ import shutil
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import pyarrow as pa
 import torch
@@ -47,25 +49,30 @@ class Exported:
     dir: Path
     card: dict[str, Any]
     files: dict[str, Path] = field(default_factory=dict)
-    version: Optional[str] = None
+    version: str | None = None
 
 
 # ------------------------------------------------------------------ choosing trials
 
 
-def choose(table: pa.Table, metric: str, maximize: bool = True, top: int = 1,
-           pareto_cost: Optional[str] = None) -> list[Choice]:
+def choose(
+    table: pa.Table, metric: str, maximize: bool = True, top: int = 1, pareto_cost: str | None = None
+) -> list[Choice]:
     """Ranked trials: the top `top` by `metric`, or the Pareto front against `pareto_cost`."""
     counted = reader.done(table, metric)
     if not len(counted):
-        raise UserError(f"no finished trial with metric {metric!r} to export "
-                        f"({len(table)} trial runs; statuses: {', '.join(sorted(set(table.column('status').to_pylist())))})")
+        raise UserError(
+            f"no finished trial with metric {metric!r} to export "
+            f"({len(table)} trial runs; statuses: {', '.join(sorted(set(table.column('status').to_pylist())))})"
+        )
     rows = counted.to_pylist()
     sign = -1.0 if maximize else 1.0
     if pareto_cost:
         if pareto_cost not in counted.column_names:
-            raise UserError(f"--pareto needs cost metric {pareto_cost!r}, which no trial logged; "
-                            f"logged: {', '.join(reader.metric_columns(counted))}")
+            raise UserError(
+                f"--pareto needs cost metric {pareto_cost!r}, which no trial logged; "
+                f"logged: {', '.join(reader.metric_columns(counted))}"
+            )
         rows = [r for r in rows if r[pareto_cost] is not None and math.isfinite(r[pareto_cost])]
         front = pareto_front([(r[metric], r[pareto_cost]) for r in rows], ("max" if maximize else "min", "min"))
         rows = sorted((rows[i] for i in front), key=lambda r: sign * r[metric])  # best first
@@ -77,24 +84,26 @@ def choose(table: pa.Table, metric: str, maximize: bool = True, top: int = 1,
 # ------------------------------------------------------------------ checkpoints and models
 
 
-def checkpoint_file(row: dict, client=None, scratch: Optional[Path] = None) -> Path:
+def checkpoint_file(row: dict, client=None, scratch: Path | None = None) -> Path:
     """The trial's best checkpoint: tag xgd.checkpoint (a file, or a Ray checkpoint dir holding
     best.pt / checkpoint.pt), else a best.pt / checkpoint.pt among the run's MLflow artifacts."""
     tag = row.get("checkpoint")
     if tag:
         p = Path(tag)
-        for cand in ((p / "best.pt", p / "checkpoint.pt") if p.is_dir() else (p,)):
+        for cand in (p / "best.pt", p / "checkpoint.pt") if p.is_dir() else (p,):
             if cand.is_file():
                 return cand
     if client is not None and scratch is not None:
         found = _artifact_checkpoint(client, row["run_id"])
         if found:
             return Path(client.download_artifacts(row["run_id"], found, str(scratch)))
-    raise UserError(f"trial {row['run_name']} (run {row['run_id']}): checkpoint {tag!r} does not exist and the run "
-                    "has no best.pt/checkpoint.pt artifact")
+    raise UserError(
+        f"trial {row['run_name']} (run {row['run_id']}): checkpoint {tag!r} does not exist and the run "
+        "has no best.pt/checkpoint.pt artifact"
+    )
 
 
-def _artifact_checkpoint(client, run_id: str, path: str = "", depth: int = 2) -> Optional[str]:
+def _artifact_checkpoint(client, run_id: str, path: str = "", depth: int = 2) -> str | None:
     try:
         items = client.list_artifacts(run_id, path or None)
     except Exception:  # an unreachable artifact store reads as "no artifact"
@@ -121,19 +130,23 @@ def load_student(path: Path) -> tuple[nn.Module, dict]:
     except CheckpointError as e:
         raise UserError(str(e)) from None
     except Exception as e:  # torch's weights-only unpickler fails on some non-checkpoints with IndexError etc.
-        raise UserError(f"checkpoint {str(path)!r} is not a readable weights-only checkpoint: "
-                        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+        raise UserError(
+            f"checkpoint {str(path)!r} is not a readable weights-only checkpoint: "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
     missing = [k for k in ("model", "model_cfg", "classes") if k not in state]
     if missing:
-        raise UserError(f"checkpoint {str(path)!r} lacks {', '.join(missing)} (expected a student checkpoint "
-                        "written by this tool)")
+        raise UserError(
+            f"checkpoint {str(path)!r} lacks {', '.join(missing)} (expected a student checkpoint written by this tool)"
+        )
     cfg = {**state["model_cfg"], "encoder_weights": None}  # weights come from the checkpoint, never a hub
     try:
         model = model_from_config(cfg, len(state["classes"]))
         model.load_state_dict(state["model"])
     except (ValueError, RuntimeError) as e:
-        raise UserError(f"checkpoint {str(path)!r} does not fit model {cfg['arch']}/{cfg['encoder']}: "
-                        f"{str(e).splitlines()[0]}") from None
+        raise UserError(
+            f"checkpoint {str(path)!r} does not fit model {cfg['arch']}/{cfg['encoder']}: {str(e).splitlines()[0]}"
+        ) from None
     return model.eval(), state
 
 
@@ -196,8 +209,9 @@ def write_onnx(model: nn.Module, state: dict, d: Path, size) -> tuple[Path, dict
         import onnx
         import onnxruntime as ort
     except ImportError as e:
-        raise UserError(f"format onnx needs the export extra ({e.name} is missing): "
-                        "pip install 'xgd-orchestrator[export]'") from None
+        raise UserError(
+            f"format onnx needs the export extra ({e.name} is missing): pip install 'xgd-orchestrator[export]'"
+        ) from None
     path = d / "model.onnx"
     # Dynamic height/width where the graph allows it; models with adaptive pooling to a fixed grid
     # (PSPNet's pyramid) cannot export that, so they get a fixed input size and a dynamic batch.
@@ -207,13 +221,17 @@ def write_onnx(model: nn.Module, state: dict, d: Path, size) -> tuple[Path, dict
         # The TorchScript-based exporter takes seconds here, where dynamo=True took minutes on CPU.
         # Dynamo exports at its lowest native opset (18): asking it for 17 runs a version converter
         # that fails on PSPNet's graph and prints a traceback.
-        kw = dict(dynamo=False, opset_version=17, dynamic_axes={"image": axes, "logits": axes}) if axes \
+        kw = (
+            dict(dynamo=False, opset_version=17, dynamic_axes={"image": axes, "logits": axes})
+            if axes
             else dict(dynamo=True, opset_version=18)
+        )
         try:
             with torch.no_grad(), warnings.catch_warnings(), _silenced():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(model, (_example(size),), str(path), input_names=["image"],
-                                  output_names=["logits"], **kw)
+                torch.onnx.export(
+                    model, (_example(size),), str(path), input_names=["image"], output_names=["logits"], **kw
+                )
             break
         except torch.onnx.errors.SymbolicValueError:
             continue
@@ -225,15 +243,18 @@ def write_onnx(model: nn.Module, state: dict, d: Path, size) -> tuple[Path, dict
         diff = float(np.abs(out - model(x).numpy()).max())
     if not diff <= ONNX_ATOL:
         path.unlink(missing_ok=True)
-        raise UserError(f"ONNX check failed for {d}: onnxruntime vs torch max abs diff {diff:.3g} > {ONNX_ATOL}; "
-                        "model.onnx removed")
-    return path, {"onnx_max_abs_diff": diff, "onnx_opset": kw["opset_version"],
-                  "onnx_dynamic_size": bool(axes) and len(axes) == 3}
+        raise UserError(
+            f"ONNX check failed for {d}: onnxruntime vs torch max abs diff {diff:.3g} > {ONNX_ATOL}; model.onnx removed"
+        )
+    return path, {
+        "onnx_max_abs_diff": diff,
+        "onnx_opset": kw["opset_version"],
+        "onnx_dynamic_size": bool(axes) and len(axes) == 3,
+    }
 
 
 Writer = Callable[[nn.Module, dict, Path, tuple[int, int]], tuple[Path, dict]]
-FORMATS: dict[str, Writer] = {"safetensors": write_safetensors, "torchscript": write_torchscript,
-                              "onnx": write_onnx}
+FORMATS: dict[str, Writer] = {"safetensors": write_safetensors, "torchscript": write_torchscript, "onnx": write_onnx}
 ALIASES = {"pt": "safetensors", "ts": "torchscript"}
 
 
@@ -260,8 +281,17 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def model_card(sweep: str, choice: Choice, state: dict, model: nn.Module, size: tuple[int, int],
-               files: dict[str, Path], checks: dict, selection: dict, tracking_uri: str) -> dict[str, Any]:
+def model_card(
+    sweep: str,
+    choice: Choice,
+    state: dict,
+    model: nn.Module,
+    size: tuple[int, int],
+    files: dict[str, Path],
+    checks: dict,
+    selection: dict,
+    tracking_uri: str,
+) -> dict[str, Any]:
     from trainables.models import count_params
 
     row = choice.row
@@ -273,19 +303,45 @@ def model_card(sweep: str, choice: Choice, state: dict, model: nn.Module, size: 
     classes = list(state["classes"])
     return {
         "name": f"{sweep}-rank{choice.rank}",
-        "sweep": sweep, "rank": choice.rank, "selection": selection,
-        "source": {"run_id": row["run_id"], "run_name": row["run_name"], "trial_id": row.get("trial_id"),
-                   "experiment_id": row.get("experiment_id"), "tracking_uri": tracking_uri,
-                   "checkpoint": row.get("checkpoint"), "epoch": state.get("epoch")},
-        "model": {"framework": "segmentation_models_pytorch", "arch": state["model_cfg"]["arch"],
-                  "encoder": state["model_cfg"]["encoder"], "num_classes": len(classes), "classes": classes},
-        "input": {"name": "image", "shape": [1, 3, *size], "dynamic_axes": ["batch", "height", "width"],
-                  "layout": "NCHW", "dtype": "float32", "color": "RGB",
-                  "preprocess": "x = (rgb / 255 - mean) / std; height and width multiples of 16",
-                  "mean": inp.get("mean", list(IMAGENET_MEAN)), "std": inp.get("std", list(IMAGENET_STD))},
-        "output": {"name": "logits", "shape": [1, len(classes), *size],
-                   "postprocess": "class index = argmax over dim 1"},
-        "metrics": metrics, "cost": cost, "checks": checks, "config": params,
+        "sweep": sweep,
+        "rank": choice.rank,
+        "selection": selection,
+        "source": {
+            "run_id": row["run_id"],
+            "run_name": row["run_name"],
+            "trial_id": row.get("trial_id"),
+            "experiment_id": row.get("experiment_id"),
+            "tracking_uri": tracking_uri,
+            "checkpoint": row.get("checkpoint"),
+            "epoch": state.get("epoch"),
+        },
+        "model": {
+            "framework": "segmentation_models_pytorch",
+            "arch": state["model_cfg"]["arch"],
+            "encoder": state["model_cfg"]["encoder"],
+            "num_classes": len(classes),
+            "classes": classes,
+        },
+        "input": {
+            "name": "image",
+            "shape": [1, 3, *size],
+            "dynamic_axes": ["batch", "height", "width"],
+            "layout": "NCHW",
+            "dtype": "float32",
+            "color": "RGB",
+            "preprocess": "x = (rgb / 255 - mean) / std; height and width multiples of 16",
+            "mean": inp.get("mean", list(IMAGENET_MEAN)),
+            "std": inp.get("std", list(IMAGENET_STD)),
+        },
+        "output": {
+            "name": "logits",
+            "shape": [1, len(classes), *size],
+            "postprocess": "class index = argmax over dim 1",
+        },
+        "metrics": metrics,
+        "cost": cost,
+        "checks": checks,
+        "config": params,
         "files": {name: {"sha256": sha256(p), "bytes": p.stat().st_size} for name, p in files.items()},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -294,25 +350,45 @@ def model_card(sweep: str, choice: Choice, state: dict, model: nn.Module, size: 
 def card_markdown(card: dict) -> str:
     m, i, s = card["model"], card["input"], card["source"]
     pct = lambda v: f"{100 * v:.2f}"  # noqa: E731
-    lines = [f"# {card['name']}", "",
-             f"{m['arch']} / {m['encoder']} student from sweep `{card['sweep']}`, rank {card['rank']} "
-             f"({card['selection']['text']}).", "",
-             "## Model", "", f"- classes ({m['num_classes']}): {', '.join(m['classes'])}",
-             f"- input `{i['name']}`: {i['dtype']} {i['layout']} {i['color']} {i['shape']} "
-             f"(dynamic {', '.join(i['dynamic_axes'])}); {i['preprocess']}",
-             f"- normalisation: mean {i['mean']}, std {i['std']} (ImageNet)",
-             f"- output `{card['output']['name']}`: {card['output']['shape']}; {card['output']['postprocess']}", "",
-             "## Metrics", "", "| metric | value |", "|:--|--:|"]
+    lines = [
+        f"# {card['name']}",
+        "",
+        f"{m['arch']} / {m['encoder']} student from sweep `{card['sweep']}`, rank {card['rank']} "
+        f"({card['selection']['text']}).",
+        "",
+        "## Model",
+        "",
+        f"- classes ({m['num_classes']}): {', '.join(m['classes'])}",
+        f"- input `{i['name']}`: {i['dtype']} {i['layout']} {i['color']} {i['shape']} "
+        f"(dynamic {', '.join(i['dynamic_axes'])}); {i['preprocess']}",
+        f"- normalisation: mean {i['mean']}, std {i['std']} (ImageNet)",
+        f"- output `{card['output']['name']}`: {card['output']['shape']}; {card['output']['postprocess']}",
+        "",
+        "## Metrics",
+        "",
+        "| metric | value |",
+        "|:--|--:|",
+    ]
     fractions = tuple(f"{split}_{m}" for split in ("val", "best_val", "test") for m in ("miou", "iou", "pixel"))
-    lines += [f"| {k} | {pct(v) if k.startswith(fractions) else v} |"
-              for k, v in sorted(card["metrics"].items()) if isinstance(v, (int, float))]
+    lines += [
+        f"| {k} | {pct(v) if k.startswith(fractions) else v} |"
+        for k, v in sorted(card["metrics"].items())
+        if isinstance(v, (int, float))
+    ]
     c = card["cost"]
     lines += ["", "## Cost", "", f"- parameters: {c['params'] / 1e6:.2f} M"]
     lines += [f"- GFLOPs: {c['gflops']:.2f}"] if "gflops" in c else []
     lines += [f"- latency: {c['latency_ms']:.2f} ms (as measured by the trial)"] if "latency_ms" in c else []
-    lines += ["", "## Source", "", f"- MLflow run `{s['run_id']}` ({s['run_name']}, trial {s['trial_id']}), "
-              f"epoch {s['epoch']}", f"- checkpoint: `{s['checkpoint']}`", "",
-              "## Checks", ""] + [f"- {k}: {v}" for k, v in card["checks"].items()]
+    lines += [
+        "",
+        "## Source",
+        "",
+        f"- MLflow run `{s['run_id']}` ({s['run_name']}, trial {s['trial_id']}), epoch {s['epoch']}",
+        f"- checkpoint: `{s['checkpoint']}`",
+        "",
+        "## Checks",
+        "",
+    ] + [f"- {k}: {v}" for k, v in card["checks"].items()]
     lines += ["", "## Files", "", "| file | sha256 | bytes |", "|:--|:--|--:|"]
     lines += [f"| {n} | `{f['sha256']}` | {f['bytes']} |" for n, f in card["files"].items()]
     lines += ["", "Ratios (mIoU, IoU, pixel accuracy) are shown in percent.", ""]
@@ -322,15 +398,23 @@ def card_markdown(card: dict) -> str:
 # ------------------------------------------------------------------ export and register
 
 
-def selection(metric: str, maximize: bool, top: int, pareto_cost: Optional[str]) -> dict[str, Any]:
+def selection(metric: str, maximize: bool, top: int, pareto_cost: str | None) -> dict[str, Any]:
     mode = "max" if maximize else "min"
-    text = (f"Pareto front of {metric} ({mode}) against {pareto_cost} (min)" if pareto_cost
-            else f"top {top} by {metric} ({mode})")
-    return {"metric": metric, "mode": mode, "top": None if pareto_cost else top, "pareto_cost": pareto_cost,
-            "text": text}
+    text = (
+        f"Pareto front of {metric} ({mode}) against {pareto_cost} (min)"
+        if pareto_cost
+        else f"top {top} by {metric} ({mode})"
+    )
+    return {
+        "metric": metric,
+        "mode": mode,
+        "top": None if pareto_cost else top,
+        "pareto_cost": pareto_cost,
+        "text": text,
+    }
 
 
-def input_size(state: dict, size: Optional[int]) -> tuple[int, int]:
+def input_size(state: dict, size: int | None) -> tuple[int, int]:
     inp = state.get("input") or {}
     s = size or inp.get("eval_size") or inp.get("crop") or 512
     if s % 16:
@@ -338,8 +422,16 @@ def input_size(state: dict, size: Optional[int]) -> tuple[int, int]:
     return (int(s), int(s))
 
 
-def export_choice(sweep: str, choice: Choice, out_root: Path, formats: list[str], selection: dict,
-                  tracking_uri: str, client=None, size: Optional[int] = None) -> Exported:
+def export_choice(
+    sweep: str,
+    choice: Choice,
+    out_root: Path,
+    formats: list[str],
+    selection: dict,
+    tracking_uri: str,
+    client=None,
+    size: int | None = None,
+) -> Exported:
     d = reader.safe_join(out_root, sweep, str(choice.rank))
     with tempfile.TemporaryDirectory() as scratch:
         model, state = load_student(checkpoint_file(choice.row, client, Path(scratch)))
@@ -372,9 +464,17 @@ def register(client, exp: Exported, model_name: str) -> str:
         if "already exists" not in str(e).lower() and "RESOURCE_ALREADY_EXISTS" not in str(e):
             raise
     sel = exp.card["selection"]
-    tags = {T.SWEEP: exp.card["sweep"], T.RANK: str(exp.rank), T.SELECTION: sel["text"],
-            "sha256.safetensors": exp.card["files"].get("model.safetensors", {}).get("sha256", "")}
-    mv = client.create_model_version(model_name, source=f"runs:/{run_id}/{artifact_path}", run_id=run_id,
-                                     tags=tags, description=f"{exp.card['name']}: {exp.card['model']['arch']}/"
-                                                            f"{exp.card['model']['encoder']}")
+    tags = {
+        T.SWEEP: exp.card["sweep"],
+        T.RANK: str(exp.rank),
+        T.SELECTION: sel["text"],
+        "sha256.safetensors": exp.card["files"].get("model.safetensors", {}).get("sha256", ""),
+    }
+    mv = client.create_model_version(
+        model_name,
+        source=f"runs:/{run_id}/{artifact_path}",
+        run_id=run_id,
+        tags=tags,
+        description=f"{exp.card['name']}: {exp.card['model']['arch']}/{exp.card['model']['encoder']}",
+    )
     return str(mv.version)

@@ -7,11 +7,13 @@ With a base trial (the student's architecture trained without KD, from the same 
 column shows UniCAM's distilled features [UniCAM]: where the student's CAM layer carries what
 its decoder features share with the labels beyond what the base model's features already do
 (`trainables.explain.unicam_map`; it needs at least 4 images)."""
+
 from __future__ import annotations
 
 import ast
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -63,8 +65,9 @@ def samples(data_cfg: dict, classes: list[str], n: int) -> tuple[Tensor, Tensor]
     return pad_collate([ds[i] for i in range(min(n, len(ds)))])
 
 
-def predict_with_cam(model: nn.Module, layer: str, x: Tensor, y: Tensor, t_logits: Optional[Tensor],
-                     distill: dict) -> tuple[Tensor, Tensor]:
+def predict_with_cam(
+    model: nn.Module, layer: str, x: Tensor, y: Tensor, t_logits: Tensor | None, distill: dict
+) -> tuple[Tensor, Tensor]:
     """(logits, CAMs normalised to [0, 1] at input size) in eval mode; no parameter gradients."""
     from trainables.saliency import cam_classes_of, cam_maps, class_masks, normalize_maps
     from trainables.taps import tap
@@ -94,8 +97,11 @@ def unicam_distilled(student: nn.Module, base: nn.Module, layer: str, x: Tensor,
     with _inference(student), _inference(base):
         with torch.no_grad(), tap(base, {"feat": decoder_output(base)}) as b:
             base(x)
-        with torch.enable_grad(), tap(student, {"cam": layer}, leaf=True) as a, \
-                tap(student, {"feat": decoder_output(student)}) as f:
+        with (
+            torch.enable_grad(),
+            tap(student, {"cam": layer}, leaf=True) as a,
+            tap(student, {"feat": decoder_output(student)}) as f,
+        ):
             student(x)
             maps = unicam_map(a["cam"], f["feat"].flatten(1), b["feat"].flatten(1), label_embedding(y, k, (8, 8)))
     maps = F.interpolate(maps[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -104,7 +110,7 @@ def unicam_distilled(student: nn.Module, base: nn.Module, layer: str, x: Tensor,
     return normalize_maps(maps / scale)[:, 0]
 
 
-def gallery(row: dict[str, Any], path: Path, n: int = 4, base_row: Optional[dict[str, Any]] = None) -> Path:
+def gallery(row: dict[str, Any], path: Path, n: int = 4, base_row: dict[str, Any] | None = None) -> Path:
     """Write the PNG grid for one trial (rows = images, columns = COLUMNS, plus UNICAM with a base trial)."""
     from orchestrator.results.export import checkpoint_file, load_student
     from trainables.checkpoint import CheckpointError
@@ -125,18 +131,23 @@ def gallery(row: dict[str, Any], path: Path, n: int = 4, base_row: Optional[dict
     x, y = samples(cfg["data"], classes, n)
     t_logits = t_maps = None
     if teacher is not None:
-        t_logits, t_maps = predict_with_cam(teacher, distill.get("teacher_layer") or default_cam_layer(teacher),
-                                            x, y, None, distill)
-    s_logits, s_maps = predict_with_cam(student, distill.get("student_layer") or default_cam_layer(student),
-                                        x, y, t_logits, distill)
+        t_logits, t_maps = predict_with_cam(
+            teacher, distill.get("teacher_layer") or default_cam_layer(teacher), x, y, None, distill
+        )
+    s_logits, s_maps = predict_with_cam(
+        student, distill.get("student_layer") or default_cam_layer(student), x, y, t_logits, distill
+    )
     inp = state.get("input") or {}
     images = denormalize(x, inp.get("mean", IMAGENET_MEAN), inp.get("std", IMAGENET_STD))
     panels = [images, y, None if t_logits is None else t_logits.argmax(1), s_logits.argmax(1), t_maps, s_maps]
     columns = list(COLUMNS)
     if base_row is not None:
         base, _ = load_student(checkpoint_file(base_row))
-        panels.append(unicam_distilled(student, base, distill.get("student_layer") or default_cam_layer(student),
-                                       x, y, len(classes)))
+        panels.append(
+            unicam_distilled(
+                student, base, distill.get("student_layer") or default_cam_layer(student), x, y, len(classes)
+            )
+        )
         columns.append(UNICAM)
     title = f"{row['run_name']} ({distill.get('cam') or 'gradcam'})"
     return draw(panels, classes, images, path, title + (f"; base {base_row['run_name']}" if base_row else ""), columns)
@@ -159,8 +170,9 @@ def colorize(mask: Tensor, k: int):
     return palette[m]
 
 
-def draw(panels: list, classes: list[str], images: Tensor, path: Path, title: str,
-         columns: Sequence[str] = COLUMNS) -> Path:
+def draw(
+    panels: list, classes: list[str], images: Tensor, path: Path, title: str, columns: Sequence[str] = COLUMNS
+) -> Path:
     from orchestrator.results.plots import _plt, _save
 
     plt = _plt()
@@ -184,8 +196,13 @@ def draw(panels: list, classes: list[str], images: Tensor, path: Path, title: st
     from matplotlib.patches import Patch
 
     colors = colorize(torch.arange(len(classes)).view(1, -1), len(classes))[0]
-    fig.legend(handles=[Patch(color=c, label=name) for c, name in zip(colors, classes)], loc="lower center",
-               ncol=min(len(classes), 6), fontsize=8, frameon=False)
+    fig.legend(
+        handles=[Patch(color=c, label=name) for c, name in zip(colors, classes)],
+        loc="lower center",
+        ncol=min(len(classes), 6),
+        fontsize=8,
+        frameon=False,
+    )
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return _save(fig, path, plt)

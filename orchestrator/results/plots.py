@@ -1,12 +1,12 @@
 """PNG plots where a picture beats a table: metric against alpha/beta/tau (the paper's Figure 3),
 metric against cost with the Pareto front, and Optuna parameter importances. Each returns the
 written path, or None when the sweep has nothing to show (e.g. alpha never varied)."""
+
 from __future__ import annotations
 
 import math
 import statistics
 from pathlib import Path
-from typing import Optional
 
 import pyarrow as pa
 
@@ -32,11 +32,14 @@ def _numbers(values: list) -> bool:
 
 def _points(t: pa.Table, x: str, y: str) -> list[tuple[float, float]]:
     xs, ys = t.column(x).to_pylist(), t.column(y).to_pylist()
-    return [(float(a), float(b)) for a, b in zip(xs, ys)
-            if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
+    return [
+        (float(a), float(b))
+        for a, b in zip(xs, ys)
+        if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)
+    ]
 
 
-def hyper_plot(t: pa.Table, metric: str, path: Path, max_lines: int = 8) -> Optional[Path]:
+def hyper_plot(t: pa.Table, metric: str, path: Path, max_lines: int = 8) -> Path | None:
     """Metric (mean +- std over the trials at each value, points behind) against each of alpha,
     beta, tau that varies: one line per cell of the other factors (e.g. method), marginal over the
     other two weights (exact for the paper's one-at-a-time design); log x when all positive."""
@@ -45,8 +48,14 @@ def hyper_plot(t: pa.Table, metric: str, path: Path, max_lines: int = 8) -> Opti
     if not keys or metric not in t.column_names:
         return None
     others = [k for k in all_factors if k not in HYPERS]
-    labels = [" ".join(f"{n}={v}" for n, v in zip(short_names(others), vals))
-              for vals in zip(*(t.column(o).to_pylist() for o in others))] if others else [""] * len(t)
+    labels = (
+        [
+            " ".join(f"{n}={v}" for n, v in zip(short_names(others), vals))
+            for vals in zip(*(t.column(o).to_pylist() for o in others))
+        ]
+        if others
+        else [""] * len(t)
+    )
     lines = sorted(set(labels))
     if len(lines) > max_lines:
         labels, lines = [""] * len(t), [""]
@@ -56,8 +65,11 @@ def hyper_plot(t: pa.Table, metric: str, path: Path, max_lines: int = 8) -> Opti
     for ax, key, name in zip(axes[0], keys, short_names(keys)):
         xs_all = t.column(key).to_pylist()
         for line in lines:
-            pts = [(float(x), float(y) * c.scale) for x, y, lab in zip(xs_all, ys, labels)
-                   if lab == line and x is not None and y is not None and math.isfinite(y)]
+            pts = [
+                (float(x), float(y) * c.scale)
+                for x, y, lab in zip(xs_all, ys, labels)
+                if lab == line and x is not None and y is not None and math.isfinite(y)
+            ]
             xs = sorted({x for x, _ in pts})
             groups = [[y for x2, y in pts if x2 == x] for x in xs]
             means = [statistics.fmean(g) for g in groups]
@@ -78,7 +90,7 @@ def hyper_plot(t: pa.Table, metric: str, path: Path, max_lines: int = 8) -> Opti
     return _save(fig, path, plt)
 
 
-def pareto_plot(t: pa.Table, metric: str, path: Path, maximize: bool = True) -> Optional[Path]:
+def pareto_plot(t: pa.Table, metric: str, path: Path, maximize: bool = True) -> Path | None:
     """Metric against each logged cost (latency, FLOPs, params), Pareto front drawn and labelled."""
     costs = [k for k in COSTS if k in t.column_names and len({c for c, _ in _points(t, k, metric)}) > 1]
     if not costs or metric not in t.column_names:
@@ -88,12 +100,21 @@ def pareto_plot(t: pa.Table, metric: str, path: Path, maximize: bool = True) -> 
     names = t.column("run_name").to_pylist()
     for ax, cost in zip(axes[0], costs):
         cc = col(cost)
-        rows = [i for i, (a, b) in enumerate(zip(t.column(cost).to_pylist(), t.column(metric).to_pylist()))
-                if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
+        rows = [
+            i
+            for i, (a, b) in enumerate(zip(t.column(cost).to_pylist(), t.column(metric).to_pylist()))
+            if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)
+        ]
         pts = [(t.column(metric)[i].as_py(), t.column(cost)[i].as_py()) for i in rows]
         front = sorted(pareto_front(pts, ("max" if maximize else "min", "min")), key=lambda i: pts[i][1])
-        ax.scatter([p[1] * cc.scale for p in pts], [p[0] * mc.scale for p in pts], s=14, alpha=0.5,
-                   color="tab:gray", label="trials")
+        ax.scatter(
+            [p[1] * cc.scale for p in pts],
+            [p[0] * mc.scale for p in pts],
+            s=14,
+            alpha=0.5,
+            color="tab:gray",
+            label="trials",
+        )
         fx, fy = [pts[i][1] * cc.scale for i in front], [pts[i][0] * mc.scale for i in front]
         ax.plot(fx, fy, "-o", color="tab:red", drawstyle="steps-post", label="Pareto front")
         for i, x, y in zip(front, fx, fy):
@@ -112,8 +133,11 @@ def study_from_table(t: pa.Table, metric: str, maximize: bool = True):
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     keys = factors(t)
-    rows = [i for i, v in enumerate(t.column(metric).to_pylist()) if v is not None and math.isfinite(v)] \
-        if metric in t.column_names else []
+    rows = (
+        [i for i, v in enumerate(t.column(metric).to_pylist()) if v is not None and math.isfinite(v)]
+        if metric in t.column_names
+        else []
+    )
     if not keys or len(rows) < 2:
         return None
     dists, values = {}, {}
@@ -134,8 +158,11 @@ def study_from_table(t: pa.Table, metric: str, maximize: bool = True):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if maximize else "minimize")
     for j, i in enumerate(rows):
-        study.add_trial(optuna.trial.create_trial(params={k: values[k][j] for k in keys}, distributions=dists,
-                                                  value=float(t.column(metric)[i].as_py())))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={k: values[k][j] for k in keys}, distributions=dists, value=float(t.column(metric)[i].as_py())
+            )
+        )
     return study
 
 
@@ -168,7 +195,7 @@ def _evaluator(n_trials: int):
         return optuna.importance.PedAnovaImportanceEvaluator(target_quantile=0.5 if n_trials < 40 else 0.1)
 
 
-def importance_plot(importances: dict[str, float], metric: str, path: Path) -> Optional[Path]:
+def importance_plot(importances: dict[str, float], metric: str, path: Path) -> Path | None:
     if not importances or not any(v > 0 for v in importances.values()):
         return None
     plt = _plt()

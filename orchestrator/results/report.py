@@ -1,12 +1,12 @@
 """The report of one sweep, read from MLflow only: trials.parquet/.csv (one row per trial), one
 <layout>.md/.tex/.csv per table (mean +- std over seeds per cell), report.md and plots/*.png
 (orchestrator.results.tables, .plots, .gallery), logged to the sweep's parent run."""
+
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from orchestrator.errors import SpecError, UserError
 from orchestrator.tracking import tags as T
@@ -24,8 +24,16 @@ class Report:
     notes: list[str] = field(default_factory=list)  # what was skipped and why
 
 
-def make_report(client, name: str, out_root: str | Path, metric: str = "val_miou", maximize: bool = True,
-                log: bool = True, console=None, galleries: int = 1) -> Report:
+def make_report(
+    client,
+    name: str,
+    out_root: str | Path,
+    metric: str = "val_miou",
+    maximize: bool = True,
+    log: bool = True,
+    console=None,
+    galleries: int = 1,
+) -> Report:
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
@@ -45,12 +53,18 @@ def make_report(client, name: str, out_root: str | Path, metric: str = "val_miou
     rep.counted = len(counted)
     if not len(counted):
         states = sorted(set(table.column("status").to_pylist()))
-        raise UserError(f"sweep {name!r} has {len(table)} trial runs but none finished with metric {metric!r} "
-                        f"(statuses: {', '.join(states)}); wrote {out / 'trials.csv'}")
+        raise UserError(
+            f"sweep {name!r} has {len(table)} trial runs but none finished with metric {metric!r} "
+            f"(statuses: {', '.join(states)}); wrote {out / 'trials.csv'}"
+        )
 
-    md = [f"# Sweep {sweep.name}", "",
-          f"Parent run `{sweep.parent.info.run_id}`; {len(counted)} of {len(table)} trials counted "
-          f"(status {' or '.join(reader.DONE)}); mean ± std over seeds; best **bold**, second <u>underlined</u>.", ""]
+    md = [
+        f"# Sweep {sweep.name}",
+        "",
+        f"Parent run `{sweep.parent.info.run_id}`; {len(counted)} of {len(table)} trials counted "
+        f"(status {' or '.join(reader.DONE)}); mean ± std over seeds; best **bold**, second <u>underlined</u>.",
+        "",
+    ]
     for layout in _layouts(sweep, counted, console):
         grid = tables.build_grid(counted, layout, _labels(sweep))
         if grid is None:
@@ -66,12 +80,15 @@ def make_report(client, name: str, out_root: str | Path, metric: str = "val_miou
 
     pdir = out / "plots"
     rep.importances = plots.param_importances(counted, metric, maximize)
-    made = [plots.hyper_plot(counted, metric, pdir / "hyperparams.png"),
-            plots.pareto_plot(counted, metric, pdir / "pareto.png", maximize),
-            plots.importance_plot(rep.importances, metric, pdir / "importances.png")]
+    made = [
+        plots.hyper_plot(counted, metric, pdir / "hyperparams.png"),
+        plots.pareto_plot(counted, metric, pdir / "pareto.png", maximize),
+        plots.importance_plot(rep.importances, metric, pdir / "importances.png"),
+    ]
     if rep.importances:
-        (out / "importances.csv").write_text("param,importance\n" + "".join(
-            f"{k},{v:.6f}\n" for k, v in rep.importances.items()))
+        (out / "importances.csv").write_text(
+            "param,importance\n" + "".join(f"{k},{v:.6f}\n" for k, v in rep.importances.items())
+        )
         rep.files.append(out / "importances.csv")
     made += _galleries(counted, metric, maximize, galleries, pdir, rep)
     for p in filter(None, made):
@@ -95,7 +112,7 @@ def _galleries(counted, metric: str, maximize: bool, k: int, pdir: Path, rep: Re
 
     everyone = sorted(counted.to_pylist(), key=lambda r: r[metric], reverse=maximize)
     out = []
-    for rank, row in enumerate(everyone[:max(k, 0)], 1):
+    for rank, row in enumerate(everyone[: max(k, 0)], 1):
         try:
             out.append(gallery.gallery(row, pdir / f"gallery_{rank}.png", base_row=_base_trial(row, everyone)))
         except (UserError, SpecError, DataError) as e:
@@ -106,14 +123,16 @@ def _galleries(counted, metric: str, maximize: bool, k: int, pdir: Path, rep: Re
     return out
 
 
-def _base_trial(row: dict, ranked: list[dict]) -> Optional[dict]:
+def _base_trial(row: dict, ranked: list[dict]) -> dict | None:
     """The best trial of the same student architecture trained without KD (UniCAM's base), if
     the sweep has one and `row` is distilled."""
     same = ("params.model.arch", "params.model.encoder")
     if row.get("params.distill.method") in (None, "none"):
         return None
-    return next((r for r in ranked if r.get("params.distill.method") == "none"
-                 and all(r.get(k) == row.get(k) for k in same)), None)
+    return next(
+        (r for r in ranked if r.get("params.distill.method") == "none" and all(r.get(k) == row.get(k) for k in same)),
+        None,
+    )
 
 
 def _labels(sweep) -> list[str]:
@@ -134,6 +153,8 @@ def _layouts(sweep, counted, console) -> list[str]:
     names = [n.strip() for n in tag.split(",") if n.strip()]
     unknown = [n for n in names if n not in tables.LAYOUTS]
     if unknown and console is not None:
-        console.print(f"[yellow]warning:[/] parent tag xgd.layouts names unknown layouts {unknown}; "
-                      f"known: {', '.join(tables.LAYOUTS)}")
+        console.print(
+            f"[yellow]warning:[/] parent tag xgd.layouts names unknown layouts {unknown}; "
+            f"known: {', '.join(tables.LAYOUTS)}"
+        )
     return [n for n in names if n in tables.LAYOUTS]

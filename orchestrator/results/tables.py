@@ -2,12 +2,13 @@
 excepted; a listed cell's `label` stands for the params it fixes), columns are metrics as
 mean +- std over seeds, best in bold and second underlined. One neutral `Grid` per layout,
 rendered to rich, Markdown, LaTeX and CSV."""
+
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
 
 import pyarrow as pa
 
@@ -16,8 +17,17 @@ from orchestrator.tracking.reader import PARAM, metric_columns
 
 LABEL = PARAM + CELL_LABEL  # an ablation cell's name, as a trials-table column
 # Row factors come in this order (the paper's: student, method, CAM, weights), then the rest by name.
-FACTOR_ORDER = (LABEL, "params.model.arch", "params.model.encoder", "params.distill.method", "params.distill.cam",
-                "params.distill.cam_target", "params.distill.alpha", "params.distill.beta", "params.distill.tau")
+FACTOR_ORDER = (
+    LABEL,
+    "params.model.arch",
+    "params.model.encoder",
+    "params.distill.method",
+    "params.distill.cam",
+    "params.distill.cam_target",
+    "params.distill.alpha",
+    "params.distill.beta",
+    "params.distill.tau",
+)
 # Params that name or place a trial rather than choose its method: never a row factor.
 NOT_FACTORS = ("params.seed", "params.name")
 NOT_FACTOR_PREFIXES = ("params.run.",)
@@ -27,27 +37,30 @@ NOT_FACTOR_PREFIXES = ("params.run.",)
 class Col:
     key: str
     header: str
-    better: Optional[str] = None  # "max" | "min" | None (not ranked)
+    better: str | None = None  # "max" | "min" | None (not ranked)
     scale: float = 1.0
     digits: int = 2
     spread: bool = True  # show "± std" (off for deterministic costs such as FLOPs)
 
 
-COLUMNS: dict[str, Col] = {c.key: c for c in (
-    Col("val_miou", "val mIoU (%)", "max", 100.0),
-    Col("best_val_miou", "best val mIoU (%)", "max", 100.0),
-    Col("test_miou", "test mIoU (%)", "max", 100.0),  # the best-on-val weights on the held-out split
-    Col("val_pixel_acc", "pixel acc (%)", "max", 100.0),
-    Col("gflops", "GFLOPs", "min", spread=False),
-    Col("params", "params (M)", "min", 1e-6, spread=False),
-    Col("latency_ms", "latency (ms)", "min"),
-    Col("step_time_s", "s / iter", "min", 1.0, 4),
-    Col("saliency_time_s", "CAM s / iter", "min", 1.0, 4),
-    Col("wall_time_s", "wall (s)", None, 1.0, 0),
-    Col("expl_sal_spearman", "CAM Spearman (S-T)", "max", 1.0, 3),
-    Col("expl_topk_iou", "CAM top-20% IoU (S-T)", "max", 1.0, 3),
-    Col("expl_focus", "focus (S-T)", "max", 1.0, 3),
-)}
+COLUMNS: dict[str, Col] = {
+    c.key: c
+    for c in (
+        Col("val_miou", "val mIoU (%)", "max", 100.0),
+        Col("best_val_miou", "best val mIoU (%)", "max", 100.0),
+        Col("test_miou", "test mIoU (%)", "max", 100.0),  # the best-on-val weights on the held-out split
+        Col("val_pixel_acc", "pixel acc (%)", "max", 100.0),
+        Col("gflops", "GFLOPs", "min", spread=False),
+        Col("params", "params (M)", "min", 1e-6, spread=False),
+        Col("latency_ms", "latency (ms)", "min"),
+        Col("step_time_s", "s / iter", "min", 1.0, 4),
+        Col("saliency_time_s", "CAM s / iter", "min", 1.0, 4),
+        Col("wall_time_s", "wall (s)", None, 1.0, 0),
+        Col("expl_sal_spearman", "CAM Spearman (S-T)", "max", 1.0, 3),
+        Col("expl_topk_iou", "CAM top-20% IoU (S-T)", "max", 1.0, 3),
+        Col("expl_focus", "focus (S-T)", "max", 1.0, 3),
+    )
+}
 
 
 def col(key: str) -> Col:
@@ -163,8 +176,8 @@ def group(t: pa.Table, by: list[str], metrics: list[str], labels: Sequence[str] 
 @dataclass
 class Entry:
     text: str
-    mean: Optional[float] = None
-    std: Optional[float] = None
+    mean: float | None = None
+    std: float | None = None
     rank: int = 0  # 1 best, 2 second, 0 neither
 
 
@@ -186,7 +199,7 @@ def short_names(keys: list[str]) -> list[str]:
     return [s if last.count(s) == 1 else k.removeprefix(PARAM) for k, s in zip(keys, last)]
 
 
-def _rank(entries: list[Entry], better: Optional[str]) -> None:
+def _rank(entries: list[Entry], better: str | None) -> None:
     distinct = sorted({e.mean for e in entries if e.mean is not None}, reverse=better == "max")
     if better is None or len(distinct) < 2:
         return
@@ -197,7 +210,7 @@ def _rank(entries: list[Entry], better: Optional[str]) -> None:
             e.rank = 2
 
 
-def build_grid(t: pa.Table, layout: str, labels: Sequence[str] = ()) -> Optional[Grid]:
+def build_grid(t: pa.Table, layout: str, labels: Sequence[str] = ()) -> Grid | None:
     """The layout's table, or None when the trials hold none of its metrics. `labels`: the
     ablation's cell labels in spec order (parent tag xgd.labels), the order of labelled rows."""
     title, pick = LAYOUTS[layout]
@@ -225,7 +238,7 @@ def build_grid(t: pa.Table, layout: str, labels: Sequence[str] = ()) -> Optional
     return Grid(title, headers, rows, n_label)
 
 
-def _fmt(mean: Optional[float], std: Optional[float], digits: int) -> str:
+def _fmt(mean: float | None, std: float | None, digits: int) -> str:
     if mean is None:
         return "-"
     return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
@@ -242,8 +255,7 @@ def to_rich(g: Grid):
         table.add_column(h, justify="left" if i < g.n_label else "right")
     style = {1: "bold", 2: "underline", 0: ""}
     for row in g.rows:
-        table.add_row(*(f"[{style[e.rank]}]{_rich_escape(e.text)}[/]" if e.rank else _rich_escape(e.text)
-                        for e in row))
+        table.add_row(*(f"[{style[e.rank]}]{_rich_escape(e.text)}[/]" if e.rank else _rich_escape(e.text) for e in row))
     return table
 
 
@@ -256,14 +268,28 @@ def _rich_escape(s: str) -> str:
 def to_markdown(g: Grid) -> str:
     wrap = {1: "**{}**", 2: "<u>{}</u>", 0: "{}"}
     esc = lambda s: s.replace("|", "\\|")  # noqa: E731
-    lines = [f"### {g.title}", "", "| " + " | ".join(esc(h) for h in g.headers) + " |",
-             "|" + "|".join(":--" if i < g.n_label else "--:" for i in range(len(g.headers))) + "|"]
+    lines = [
+        f"### {g.title}",
+        "",
+        "| " + " | ".join(esc(h) for h in g.headers) + " |",
+        "|" + "|".join(":--" if i < g.n_label else "--:" for i in range(len(g.headers))) + "|",
+    ]
     lines += ["| " + " | ".join(wrap[e.rank].format(esc(e.text)) for e in row) + " |" for row in g.rows]
     return "\n".join(lines) + "\n"
 
 
-_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_TEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
 
 def tex_escape(s: str) -> str:
@@ -281,8 +307,12 @@ def to_latex(g: Grid, label: str = "") -> str:
     out = [r"\begin{table}[t]", r"\centering", f"\\caption{{{tex_escape(g.title)}}}"]
     if label:
         out.append(f"\\label{{{tex_escape(label)}}}")
-    out += [f"\\begin{{tabular}}{{{spec}}}", r"\toprule",
-            " & ".join(tex_escape(h) for h in g.headers) + r" \\", r"\midrule"]
+    out += [
+        f"\\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(tex_escape(h) for h in g.headers) + r" \\",
+        r"\midrule",
+    ]
     out += [" & ".join(cell(e) for e in row) + r" \\" for row in g.rows]
     out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(out) + "\n"

@@ -1,9 +1,10 @@
 """An ablation, ready to run: its spec (orchestrator.spec.ablation) checked against the report's
 layouts (orchestrator.results.tables), and its dry run. It runs as a grid sweep (orchestrator.run.sweep)."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from orchestrator.results.tables import LAYOUTS
 from orchestrator.run.dry_run import render as render_sweep
@@ -12,7 +13,7 @@ from orchestrator.spec.ablation import Ablation, apply_ablation_overrides, parse
 from orchestrator.spec.load import read_yaml
 
 
-def load_ablation(path: str | Path, overrides: Optional[list[str]] = None) -> Ablation:
+def load_ablation(path: str | Path, overrides: list[str] | None = None) -> Ablation:
     return parse_ablation(apply_ablation_overrides(read_yaml(path), overrides or []))
 
 
@@ -36,16 +37,26 @@ def render(ab: Ablation):
     for k in keys:
         cells.add_column(k, overflow="fold")
     for i, p in enumerate(points):
-        cells.add_row(str(i), *(escape(str(p[k])) if k in p else f"[dim]{escape(_base_value(base, k))}[/]"
-                                for k in keys))
-    title = Text(f"ablation {spec.name} ({ab.kind}): {len(points)} cells x {ab.seeds} seed(s) "
-                 f"(0..{ab.seeds - 1}, the trainer's seed) = {spec.num_samples} trials", style="bold")
+        cells.add_row(
+            str(i), *(escape(str(p[k])) if k in p else f"[dim]{escape(_base_value(base, k))}[/]" for k in keys)
+        )
+    title = Text(
+        f"ablation {spec.name} ({ab.kind}): {len(points)} cells x {ab.seeds} seed(s) "
+        f"(0..{ab.seeds - 1}, the trainer's seed) = {spec.num_samples} trials",
+        style="bold",
+    )
     notes = Text(f"dim: the value from train:, not set by the cell; report layouts: {', '.join(ab.layouts)}")
     info = render_sweep(spec).renderables[1]  # the sweep's objective/resources/teacher/storage rows
     students = {k: m.model_dump() for k, m in spec.students.items()}
     first = S.resolve(spec.base_config(), points[0], students)
-    return Group(title, cells, notes, info, Text(f"first cell's trainer config: model {first['model']}, distill {first['distill']}", style="dim"),
-                 Text("dry run: nothing was started", style="bold green"))
+    return Group(
+        title,
+        cells,
+        notes,
+        info,
+        Text(f"first cell's trainer config: model {first['model']}, distill {first['distill']}", style="dim"),
+        Text("dry run: nothing was started", style="bold green"),
+    )
 
 
 def _base_value(base: dict, key: str) -> str:

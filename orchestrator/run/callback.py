@@ -4,10 +4,10 @@ Tune pickles its callbacks into the experiment folder and brings them back on re
 callback holds only a key; the live objects (MLflow client, console) sit in `SESSIONS` in the
 driver process and are looked up by that key.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from ray import tune
 
@@ -18,7 +18,7 @@ from orchestrator.spec import space as S
 from orchestrator.spec.sweep import SweepSpec
 from orchestrator.tracking import tags as T
 
-SESSIONS: dict[str, "Session"] = {}
+SESSIONS: dict[str, Session] = {}
 # Tune internals DriverCallback relies on: it sets trial.max_failures = 0, which Trial.should_recover
 # reads at the next failure, and reads trial.error_file; tests/test_ray_internals.py checks them.
 RAY_INTERNALS = (
@@ -33,7 +33,7 @@ class DriverCallback(tune.Callback):
     def __init__(self, key: str):
         self.key = key
 
-    def _s(self) -> Optional["Session"]:
+    def _s(self) -> Session | None:
         return SESSIONS.get(self.key)
 
     def on_step_begin(self, iteration, trials, **info):
@@ -110,8 +110,10 @@ class Session:
         once, the runs of trials the restored state never heard of: Tracker.close_orphans)."""
         if not self.orphans_checked and trials:
             self.orphans_checked = True
-            for tid in self._safe("orphan check", self.tracker and self.tracker.close_orphans,
-                                  {t.trial_id for t in trials}) or []:
+            for tid in (
+                self._safe("orphan check", self.tracker and self.tracker.close_orphans, {t.trial_id for t in trials})
+                or []
+            ):
                 self.view.note(f"[yellow]run of trial {tid} closed: it started after the last Tune snapshot[/]")
         for t in trials:
             if t.trial_id in self.seen or t.status not in ("TERMINATED", "ERROR"):
@@ -151,8 +153,13 @@ class Session:
     def started(self, trial) -> None:
         self.seen.add(trial.trial_id)
         self.view.trial_started(trial.trial_id, trial.config)
-        self._safe("trial start", self.tracker and self.tracker.trial_started, trial.trial_id, self._params(trial),
-                   {T.TRIAL_DIR: getattr(trial, "path", None) or trial.local_path})
+        self._safe(
+            "trial start",
+            self.tracker and self.tracker.trial_started,
+            trial.trial_id,
+            self._params(trial),
+            {T.TRIAL_DIR: getattr(trial, "path", None) or trial.local_path},
+        )
 
     def result(self, trial, result: dict) -> None:
         self.view.trial_result(trial.trial_id, result)
@@ -162,7 +169,7 @@ class Session:
         self.view.row(trial.trial_id).checkpoint = path
         self._safe("checkpoint tag", self.tracker and self.tracker.trial_checkpoint, trial.trial_id, path)
 
-    def ended(self, trial, error: Optional[str]) -> None:
+    def ended(self, trial, error: str | None) -> None:
         status = "failed" if error else self._status(trial)
         self.view.trial_ended(trial.trial_id, status, error)
         tags = {T.EPOCHS_DONE: self.view.row(trial.trial_id).epoch, T.ERROR: error}

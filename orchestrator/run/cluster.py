@@ -1,9 +1,9 @@
 """Where the sweep runs: an existing Ray cluster (`--address`, RAY_ADDRESS) or an embedded local Ray."""
+
 from __future__ import annotations
 
 import logging
 import os
-from typing import Optional
 
 # Ray Train's controller polls its workers every 2 s by default: up to 2 s lost at a Train run's
 # start, at its end and on each report. Polling at 0.5 s cut a single-report run's fit() here from
@@ -11,11 +11,11 @@ from typing import Optional
 LOCAL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
 
-def is_client(address: Optional[str]) -> bool:
+def is_client(address: str | None) -> bool:
     return bool(address) and address.startswith("ray://")
 
 
-def connect(address: Optional[str], verbose: bool) -> bool:
+def connect(address: str | None, verbose: bool) -> bool:
     """Connect or start Ray; True when this call started it (and so must shut it down).
 
     Without --verbose the workers' logs stay out of the terminal (the live view owns it);

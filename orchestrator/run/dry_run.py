@@ -1,4 +1,5 @@
 """`sweep --dry-run`: the resolved sweep as tables; starts nothing (no Ray, no MLflow, no training)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,37 +27,55 @@ def render(spec: SweepSpec) -> Group:
     per = r.per_trial
     gpu = f", {r.gpus_per_worker:g} GPU" if r.gpus_per_worker else ""
     rows = [
-        ("objective", ", ".join(f"{o.mode} {o.metric}" for o in spec.objectives)
-         + (" (Pareto front)" if len(spec.objectives) > 1 else "")),
+        (
+            "objective",
+            ", ".join(f"{o.mode} {o.metric}" for o in spec.objectives)
+            + (" (Pareto front)" if len(spec.objectives) > 1 else ""),
+        ),
         ("search", f"{spec.search.algorithm} (Optuna, seed {spec.search.seed}), {spec.num_samples} trials"),
         ("early stopping", _early(spec)),
-        ("executor", "Ray Train: each trial fits a Ray Train run" if r.use_train else
-                     "one process: each trial runs the loop in its own reused Tune process"),
+        (
+            "executor",
+            "Ray Train: each trial fits a Ray Train run"
+            if r.use_train
+            else "one process: each trial runs the loop in its own reused Tune process",
+        ),
         ("per trial", _per_trial(r, gpu, per)),
-        ("concurrency", f"up to {r.max_concurrent} trials (capped by what the cluster holds); "
-                        f"{r.max_failures} retr{'y' if r.max_failures == 1 else 'ies'} per failed trial"),
+        (
+            "concurrency",
+            f"up to {r.max_concurrent} trials (capped by what the cluster holds); "
+            f"{r.max_failures} retr{'y' if r.max_failures == 1 else 'ies'} per failed trial",
+        ),
         ("epochs", f"up to {spec.max_epochs} per trial"),
         ("dataset", _data(spec)),
         ("teacher", _teacher(spec)),
-        ("students", ", ".join(f"{k}={m.arch}/{m.encoder}" for k, m in spec.students.items()) or
-         f"{spec.train.model.arch}/{spec.train.model.encoder} (train.model)"),
+        (
+            "students",
+            ", ".join(f"{k}={m.arch}/{m.encoder}" for k, m in spec.students.items())
+            or f"{spec.train.model.arch}/{spec.train.model.encoder} (train.model)",
+        ),
         ("storage", spec.experiment_dir),
         ("MLflow", f"{spec.mlflow.tracking_uri} (experiment {spec.mlflow.experiment!r})"),
     ]
     for k, v in rows:
         info.add_row(k, v)
     example = S.resolve(spec.base_config(), _first_point(spec), {k: m.model_dump() for k, m in spec.students.items()})
-    return Group(space, info, Text(f"first point's trainer config: model {example['model']}, "
-                                   f"distill {example['distill']}", style="dim"),
-                 Text("dry run: nothing was started", style="bold green"))
+    return Group(
+        space,
+        info,
+        Text(f"first point's trainer config: model {example['model']}, distill {example['distill']}", style="dim"),
+        Text("dry run: nothing was started", style="bold green"),
+    )
 
 
 def _early(spec: SweepSpec) -> str:
     es = spec.early_stopping
     if es.kind == "none":
         return "none (every trial runs all its epochs)"
-    return (f"ASHA on {spec.objectives[0].metric}: grace {es.grace_period} epoch(s), reduction factor "
-            f"{es.reduction_factor:g}, max_t {es.max_t or spec.max_epochs}")
+    return (
+        f"ASHA on {spec.objectives[0].metric}: grace {es.grace_period} epoch(s), reduction factor "
+        f"{es.reduction_factor:g}, max_t {es.max_t or spec.max_epochs}"
+    )
 
 
 def _data(spec: SweepSpec) -> str:
@@ -94,5 +113,7 @@ def _per_trial(r, gpu: str, per: dict) -> str:
     total = f"{per['CPU']:g} CPU, {per['GPU']:g} GPU"
     if not r.use_train:
         return f"1 process x ({r.cpus_per_worker:g} CPU{gpu}) = {total}, held by the Tune trial"
-    return (f"{r.num_workers} Ray Train worker(s) x ({r.cpus_per_worker:g} CPU{gpu}) = {total}; the Tune trial "
-            "itself reserves no CPU" + ("; DDP over the workers" if r.num_workers > 1 else ""))
+    return (
+        f"{r.num_workers} Ray Train worker(s) x ({r.cpus_per_worker:g} CPU{gpu}) = {total}; the Tune trial "
+        "itself reserves no CPU" + ("; DDP over the workers" if r.num_workers > 1 else "")
+    )

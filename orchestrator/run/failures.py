@@ -5,6 +5,7 @@ wrappers around the worker's own traceback; the line worth showing is the worker
 A diverged loss (the loop raises FloatingPointError) or CUDA out-of-memory comes back the same
 on every retry, so such a trial is failed at once instead of being retried (see orchestrator.run.trial).
 """
+
 from __future__ import annotations
 
 import re
@@ -12,7 +13,7 @@ import re
 # root cause -> what to do about it ("" : the message says it all); these are never retried
 FATAL = {
     "OutOfMemoryError": "lower data.batch_size or data.crop, run fewer trials at once (resources.max_concurrent) "
-                        "or give each trial more of a GPU (resources.gpus_per_worker)",
+    "or give each trial more of a GPU (resources.gpus_per_worker)",
     "FloatingPointError": "",  # the loop's own message says what diverged and at which epoch
     "FatalTrialError": "",  # a retry of a trial that already failed fatally (the message is the first line)
 }

@@ -2,12 +2,13 @@
 summary at the end. Fed by the driver's Tune callback (Ray's own tables are off unless --verbose).
 Without a terminal (CI, `ray job submit` logs) it prints one line per trial event instead.
 """
+
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -15,8 +16,14 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-STYLE = {"pending": "dim", "running": "cyan", "completed": "green", "stopped": "yellow", "failed": "red",
-         "interrupted": "magenta"}
+STYLE = {
+    "pending": "dim",
+    "running": "cyan",
+    "completed": "green",
+    "stopped": "yellow",
+    "failed": "red",
+    "interrupted": "magenta",
+}
 MAX_ROWS = 24
 
 
@@ -25,12 +32,12 @@ class Row:
     trial_id: str
     point: dict = field(default_factory=dict)
     state: str = "pending"
-    epoch: Optional[int] = None  # epochs done (1-based)
-    latest: Optional[float] = None
-    best: Optional[float] = None
-    checkpoint: Optional[str] = None
+    epoch: int | None = None  # epochs done (1-based)
+    latest: float | None = None
+    best: float | None = None
+    checkpoint: str | None = None
     result: dict = field(default_factory=dict)
-    error: Optional[str] = None
+    error: str | None = None
 
 
 def short(key: str) -> str:
@@ -44,15 +51,23 @@ def fmt(v: Any) -> str:
 
 
 class SweepView:
-    def __init__(self, name: str, num_samples: int, metric: str, mode: str, max_epochs: int,
-                 console: Optional[Console] = None, extra_metrics: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        name: str,
+        num_samples: int,
+        metric: str,
+        mode: str,
+        max_epochs: int,
+        console: Console | None = None,
+        extra_metrics: tuple[str, ...] = (),
+    ):
         self.name, self.num_samples, self.metric, self.mode = name, num_samples, metric, mode
         self.max_epochs, self.extra = max(1, max_epochs), extra_metrics
         self.console = console or Console()
         self.rows: dict[str, Row] = {}
         self.notes: list[str] = []
         self.t0 = time.monotonic()
-        self._live: Optional[Live] = None
+        self._live: Live | None = None
 
     # -------------------------------------------------------------- events
 
@@ -77,7 +92,7 @@ class SweepView:
         if result.get("checkpoint_path"):
             r.checkpoint = result["checkpoint_path"]
 
-    def trial_ended(self, trial_id: str, status: str, error: Optional[str] = None) -> None:
+    def trial_ended(self, trial_id: str, status: str, error: str | None = None) -> None:
         r = self.row(trial_id)
         r.state, r.error = status, error
         tail = f" ({error})" if error else f" {self.metric} {fmt(r.latest)} (best {fmt(r.best)})"
@@ -89,11 +104,17 @@ class SweepView:
 
     # -------------------------------------------------------------- display
 
-    def __enter__(self) -> "SweepView":
+    def __enter__(self) -> SweepView:
         self.t0 = time.monotonic()
         if self.console.is_terminal:
-            self._live = Live(get_renderable=self.render, console=self.console, refresh_per_second=2,
-                              transient=False, redirect_stdout=True, redirect_stderr=True)
+            self._live = Live(
+                get_renderable=self.render,
+                console=self.console,
+                refresh_per_second=2,
+                transient=False,
+                redirect_stdout=True,
+                redirect_stderr=True,
+            )
             self._live.__enter__()
         return self
 
@@ -106,15 +127,17 @@ class SweepView:
         if self._live is None:
             self.console.print(msg, highlight=False)
 
-    def best_row(self) -> Optional[Row]:
+    def best_row(self) -> Row | None:
         scored = [r for r in self.rows.values() if r.best is not None]
         if not scored:
             return None
         return (max if self.mode == "max" else min)(scored, key=lambda r: r.best)
 
     def fraction(self) -> float:
-        done = sum(1.0 if r.state in ("completed", "stopped", "failed") else (r.epoch or 0) / self.max_epochs
-                   for r in self.rows.values())
+        done = sum(
+            1.0 if r.state in ("completed", "stopped", "failed") else (r.epoch or 0) / self.max_epochs
+            for r in self.rows.values()
+        )
         return min(1.0, done / max(1, self.num_samples))
 
     def _params(self, r: Row) -> str:
@@ -127,21 +150,34 @@ class SweepView:
         rows = list(self.rows.values())
         if len(rows) > MAX_ROWS:  # running first, then the best finished
             rows = [r for r in rows if r.state == "running"] + sorted(
-                (r for r in rows if r.state != "running"), key=self._rank)[: MAX_ROWS]
+                (r for r in rows if r.state != "running"), key=self._rank
+            )[:MAX_ROWS]
             rows = rows[:MAX_ROWS]
         for r in rows:
-            table.add_row(r.trial_id, Text(r.state, style=STYLE.get(r.state, "")), self._params(r),
-                          f"{r.epoch or 0}/{self.max_epochs}", fmt(r.latest), fmt(r.best))
+            table.add_row(
+                r.trial_id,
+                Text(r.state, style=STYLE.get(r.state, "")),
+                self._params(r),
+                f"{r.epoch or 0}/{self.max_epochs}",
+                fmt(r.latest),
+                fmt(r.best),
+            )
         f = self.fraction()
         elapsed = time.monotonic() - self.t0
         eta = "-" if f <= 0 else _hms(elapsed * (1 - f) / f)
         ended = sum(r.state in ("completed", "stopped", "failed") for r in self.rows.values())
         bar = Table.grid(padding=(0, 1))
-        bar.add_row(ProgressBar(total=1.0, completed=f, width=40),
-                    f"{ended}/{self.num_samples} trials  elapsed {_hms(elapsed)}  ETA {eta}")
+        bar.add_row(
+            ProgressBar(total=1.0, completed=f, width=40),
+            f"{ended}/{self.num_samples} trials  elapsed {_hms(elapsed)}  ETA {eta}",
+        )
         best = self.best_row()
-        best_line = Text(f"best so far: {best.trial_id} {self.metric} {fmt(best.best)}  {self._params(best)}"
-                         if best else "best so far: -", style="bold")
+        best_line = Text(
+            f"best so far: {best.trial_id} {self.metric} {fmt(best.best)}  {self._params(best)}"
+            if best
+            else "best so far: -",
+            style="bold",
+        )
         return Group(*[Text(n, style="dim") for n in self.notes], table, bar, best_line)
 
     def _rank(self, r: Row) -> float:
@@ -157,8 +193,15 @@ class SweepView:
         if pareto:
             table.add_column("pareto")
         for r in sorted(self.rows.values(), key=self._rank):
-            cells = [r.trial_id, Text(r.state, style=STYLE.get(r.state, "")), self._params(r), str(r.epoch or 0),
-                     fmt(r.latest), fmt(r.best), *[fmt(r.result.get(m)) for m in self.extra]]
+            cells = [
+                r.trial_id,
+                Text(r.state, style=STYLE.get(r.state, "")),
+                self._params(r),
+                str(r.epoch or 0),
+                fmt(r.latest),
+                fmt(r.best),
+                *[fmt(r.result.get(m)) for m in self.extra],
+            ]
             if pareto:
                 cells.append("*" if r.trial_id in pareto else "")
             table.add_row(*cells)

@@ -4,15 +4,16 @@ The lock is `filelock.FileLock` (an OS file lock: released by the kernel when it
 killed sweep never leaves a stale lock). Beside it, `owner.json` names the holder (host, pid, what
 it runs, since when) so that a second sweep can say whom it waits for.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import socket
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 from filelock import FileLock, Timeout
 

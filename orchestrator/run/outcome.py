@@ -1,11 +1,11 @@
 """What a sweep leaves behind: the outcome (rows, best trial, Pareto front), the parent MLflow
 run's params/tags, and the closing summary."""
+
 from __future__ import annotations
 
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 from rich.console import Console
 
@@ -20,9 +20,9 @@ from orchestrator.tracking import tags as T
 class SweepOutcome:
     name: str
     experiment_dir: str
-    parent_run_id: Optional[str]
+    parent_run_id: str | None
     rows: list[Row]
-    best: Optional[Row]
+    best: Row | None
     pareto: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     leaks_fixed: int = 0
@@ -30,14 +30,20 @@ class SweepOutcome:
 
 
 def parent_params(spec: SweepSpec) -> dict:
-    return S.flatten({
-        "train": {k: v for k, v in spec.train.model_dump().items() if k != "teacher"},
-        "space": {k: f"{p.type} {p.describe()}" + (f" when {p.when}" if p.when else "") for k, p in spec.space.items()},
-        "students": {k: f"{m.arch}/{m.encoder}" for k, m in spec.students.items()},
-        "objective": ", ".join(f"{o.mode} {o.metric}" for o in spec.objectives),
-        "search": spec.search.model_dump(), "early_stopping": spec.early_stopping.model_dump(),
-        "resources": spec.resources.model_dump(), "num_samples": spec.num_samples,
-    })
+    return S.flatten(
+        {
+            "train": {k: v for k, v in spec.train.model_dump().items() if k != "teacher"},
+            "space": {
+                k: f"{p.type} {p.describe()}" + (f" when {p.when}" if p.when else "") for k, p in spec.space.items()
+            },
+            "students": {k: f"{m.arch}/{m.encoder}" for k, m in spec.students.items()},
+            "objective": ", ".join(f"{o.mode} {o.metric}" for o in spec.objectives),
+            "search": spec.search.model_dump(),
+            "early_stopping": spec.early_stopping.model_dump(),
+            "resources": spec.resources.model_dump(),
+            "num_samples": spec.num_samples,
+        }
+    )
 
 
 def parent_tags(spec: SweepSpec, teacher) -> dict:
@@ -45,18 +51,26 @@ def parent_tags(spec: SweepSpec, teacher) -> dict:
     from trainables.data import class_names
 
     data = spec.train.data
-    return {**git_info(), T.DATASET: data.kind, T.DATA_ROOT: data.root,
-            T.CLASSES: ",".join(class_names(data.model_dump())), T.EXPERIMENT_DIR: spec.experiment_dir,
-            T.TEACHER_CHECKPOINT: teacher.checkpoint if teacher else None,
-            T.TEACHER_HASH: teacher.recipe_hash if teacher else None,
-            T.TEACHER_RUN_ID: getattr(teacher, "run_id", None) if teacher else None}
+    return {
+        **git_info(),
+        T.DATASET: data.kind,
+        T.DATA_ROOT: data.root,
+        T.CLASSES: ",".join(class_names(data.model_dump())),
+        T.EXPERIMENT_DIR: spec.experiment_dir,
+        T.TEACHER_CHECKPOINT: teacher.checkpoint if teacher else None,
+        T.TEACHER_HASH: teacher.recipe_hash if teacher else None,
+        T.TEACHER_RUN_ID: getattr(teacher, "run_id", None) if teacher else None,
+    }
 
 
 def pareto_trials(rows: list[Row], objectives) -> list[str]:
     """Trials no other trial beats on every objective (last reported values; failed trials and
     trials missing an objective are left out)."""
-    kept = [r for r in rows if r.state != "failed"
-            and all(isinstance(r.result.get(o.metric), (int, float)) for o in objectives)]
+    kept = [
+        r
+        for r in rows
+        if r.state != "failed" and all(isinstance(r.result.get(o.metric), (int, float)) for o in objectives)
+    ]
     front = pareto_front([[r.result[o.metric] for o in objectives] for r in kept], [o.mode for o in objectives])
     return [kept[i].trial_id for i in front]
 
@@ -85,9 +99,14 @@ def finish(spec, view: SweepView, tracker, parent, status, fixed, t0) -> SweepOu
         tags = {T.LEAKED_PGS_RELEASED: fixed}
         metrics = {}
         if best is not None:
-            tags.update({T.BEST_TRIAL_ID: best.trial_id, T.BEST_RUN_ID: tracker.runs.get(best.trial_id),
-                         T.BEST_CHECKPOINT: best_checkpoint(best.checkpoint),
-                         T.BEST_PARAMS: json.dumps(_point(best), sort_keys=True)})
+            tags.update(
+                {
+                    T.BEST_TRIAL_ID: best.trial_id,
+                    T.BEST_RUN_ID: tracker.runs.get(best.trial_id),
+                    T.BEST_CHECKPOINT: best_checkpoint(best.checkpoint),
+                    T.BEST_PARAMS: json.dumps(_point(best), sort_keys=True),
+                }
+            )
             metrics[f"best_{view.metric}"] = float(best.best)
         if pareto:
             tags[T.PARETO_TRIALS] = ",".join(pareto)
@@ -98,8 +117,9 @@ def finish(spec, view: SweepView, tracker, parent, status, fixed, t0) -> SweepOu
             tracker.finish_sweep(status, tags, metrics)
         except Exception as e:
             view.console.print(f"[yellow]MLflow: could not close the sweep run: {e}[/]")
-    return SweepOutcome(spec.name, spec.experiment_dir, parent, rows, best, pareto,
-                        time.monotonic() - t0, fixed, status)
+    return SweepOutcome(
+        spec.name, spec.experiment_dir, parent, rows, best, pareto, time.monotonic() - t0, fixed, status
+    )
 
 
 def print_best(console: Console, outcome: SweepOutcome, metric: str) -> None:
@@ -115,8 +135,10 @@ def print_best(console: Console, outcome: SweepOutcome, metric: str) -> None:
         console.print(f"Pareto front: {', '.join(outcome.pareto)}")
     if outcome.status == "interrupted":
         console.print("[yellow]interrupted[/]: continue with the same command and --resume")
-    console.print(f"wall time {outcome.wall_s:.0f} s; MLflow parent run {outcome.parent_run_id}; "
-                  f"results in {outcome.experiment_dir}")
+    console.print(
+        f"wall time {outcome.wall_s:.0f} s; MLflow parent run {outcome.parent_run_id}; "
+        f"results in {outcome.experiment_dir}"
+    )
 
 
 def _point(row: Row) -> dict:

@@ -14,12 +14,12 @@ driver. The reaper pings each registered controller about once a second; when a 
 `release_all()`, which removes whatever is still registered (nothing should be left by then).
 Only PGs registered by this sweep's own trials are ever touched, so sharing a cluster is safe.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import uuid
-from typing import Optional
 
 import ray
 
@@ -107,11 +107,14 @@ def _alive(actor) -> bool:
         return True
 
 
-def start_reaper() -> tuple[str, "ray.actor.ActorHandle"]:
+def start_reaper() -> tuple[str, ray.actor.ActorHandle]:
     """A fresh reaper for one sweep (a unique name, so concurrent sweeps never share one)."""
     name = f"pg-reaper-{uuid.uuid4().hex[:12]}"
-    handle = ray.remote(num_cpus=0, max_concurrency=8)(Reaper).options(
-        name=name, namespace=NAMESPACE, max_restarts=0).remote()
+    handle = (
+        ray.remote(num_cpus=0, max_concurrency=8)(Reaper)
+        .options(name=name, namespace=NAMESPACE, max_restarts=0)
+        .remote()
+    )
     ray.get(handle.__ray_ready__.remote())
     return name, handle
 
@@ -128,7 +131,7 @@ RAY_INTERNALS = (
 )
 
 
-def make_link(trial_id: str, reaper_name: Optional[str]):
+def make_link(trial_id: str, reaper_name: str | None):
     """The Train callback that registers a run's PG, or None when Ray's internals moved on
     (then Ray's own cleaner is all there is; the sweep still checks for leaks at the end)."""
     if reaper_name is None:

@@ -1,5 +1,6 @@
 """The small text files a sweep keeps in its storage, a local folder or an object-store URI
 (s3://, gs://, ...; orchestrator.spec.paths): its spec, and a trial's fatal marker."""
+
 from __future__ import annotations
 
 import json

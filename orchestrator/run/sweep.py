@@ -6,6 +6,7 @@ Order matters: the dataset and spec are checked before Ray starts (a missing dat
 nothing); the teacher is resolved before any trial; the placement-group reaper
 (orchestrator.run.reaper) is up before the first Train run.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,8 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import yaml
 from rich.console import Console
@@ -37,12 +38,21 @@ from orchestrator.tracking.store import sqlite_path
 
 # kind -> (what, where to get it, how it must sit under data.root)
 DATASETS = {
-    "ttpla": ("TTPLA", "https://github.com/R3ab/ttpla_dataset",
-              "unpack it there (images with their LabelMe .json files and the train/val/test split lists)"),
-    "voc": ("Pascal VOC 2012", "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ (VOCtrainval_11-May-2012.tar)",
-            "unpack it there so that VOCdevkit/VOC2012/ is inside"),
-    "folder": ("the dataset folder", "your own data",
-               "lay it out as <root>/<split>/images/* with masks in <root>/<split>/masks/<stem>.png"),
+    "ttpla": (
+        "TTPLA",
+        "https://github.com/R3ab/ttpla_dataset",
+        "unpack it there (images with their LabelMe .json files and the train/val/test split lists)",
+    ),
+    "voc": (
+        "Pascal VOC 2012",
+        "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ (VOCtrainval_11-May-2012.tar)",
+        "unpack it there so that VOCdevkit/VOC2012/ is inside",
+    ),
+    "folder": (
+        "the dataset folder",
+        "your own data",
+        "lay it out as <root>/<split>/images/* with masks in <root>/<split>/masks/<stem>.png",
+    ),
 }
 
 
@@ -56,8 +66,10 @@ def check_dataset(spec: SweepSpec) -> None:
             continue
         if not Path(data.root).is_dir():
             what, url, how = DATASETS[data.kind]
-            raise UserError(f"{what} not found at {data.root} ({where}data.root): get it from {url}, {how}, "
-                            f"or point the sweep at it with --set data.root=/path/to/{data.kind}")
+            raise UserError(
+                f"{what} not found at {data.root} ({where}data.root): get it from {url}, {how}, "
+                f"or point the sweep at it with --set data.root=/path/to/{data.kind}"
+            )
 
 
 MIN_FREE_MB = 200  # below this a sweep would die mid-checkpoint: refuse it up front
@@ -82,12 +94,16 @@ def check_storage(spec: SweepSpec) -> None:
             with tempfile.TemporaryFile(dir=path):
                 pass
         except OSError as e:
-            raise UserError(f"{key} {where!r} is not writable ({e.strerror or type(e).__name__}): "
-                            f"point it at a folder you can write with --set {key}=...") from None
+            raise UserError(
+                f"{key} {where!r} is not writable ({e.strerror or type(e).__name__}): "
+                f"point it at a folder you can write with --set {key}=..."
+            ) from None
         free_mb = shutil.disk_usage(path).free / 2**20
         if free_mb < MIN_FREE_MB:
-            raise UserError(f"{key} {where!r} has only {free_mb:.0f} MB free (a sweep needs at least {MIN_FREE_MB} MB "
-                            f"for checkpoints and MLflow): free some space or point it elsewhere with --set {key}=...")
+            raise UserError(
+                f"{key} {where!r} has only {free_mb:.0f} MB free (a sweep needs at least {MIN_FREE_MB} MB "
+                f"for checkpoints and MLflow): free some space or point it elsewhere with --set {key}=..."
+            )
 
 
 def _recipe_data(spec: SweepSpec):
@@ -112,8 +128,15 @@ def capacity(spec: SweepSpec, cluster: dict[str, float]) -> int:
 # ------------------------------------------------------------------ the sweep
 
 
-def run_sweep(spec: SweepSpec, *, resume: bool = False, address: Optional[str] = None,
-              worker: Optional[Callable] = None, verbose: bool = False, console: Optional[Console] = None) -> SweepOutcome:
+def run_sweep(
+    spec: SweepSpec,
+    *,
+    resume: bool = False,
+    address: str | None = None,
+    worker: Callable | None = None,
+    verbose: bool = False,
+    console: Console | None = None,
+) -> SweepOutcome:
     """Run (or resume) the sweep; returns the rows, best trial and Pareto set."""
     console = console or Console()
     t0 = time.monotonic()
@@ -135,8 +158,10 @@ def run_sweep(spec: SweepSpec, *, resume: bool = False, address: Optional[str] =
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # with verbose=0: no Ray trial tables
     exists = sweep_exists(spec)
     if exists and not resume:
-        raise UserError(f"sweep {spec.name!r} already exists at {spec.experiment_dir}: continue it with --resume, "
-                        f"or start another with --set name={spec.name}-2")
+        raise UserError(
+            f"sweep {spec.name!r} already exists at {spec.experiment_dir}: continue it with --resume, "
+            f"or start another with --set name={spec.name}-2"
+        )
     if resume and not exists:
         raise UserError(f"no sweep {spec.name!r} to resume at {spec.experiment_dir}; start it without --resume")
     if resume:
@@ -166,13 +191,17 @@ def _run(spec, resume, worker, verbose, console, t0) -> SweepOutcome:
     fits = capacity(spec, ray.cluster_resources())
     if fits < 1:
         need = spec.resources.per_trial
-        raise UserError(f"one trial needs {need['CPU']:g} CPU / {need['GPU']:g} GPU "
-                        f"({spec.resources.num_workers} worker(s)) but the cluster has "
-                        f"{cluster.describe(ray.cluster_resources())}: lower resources.* or add nodes")
+        raise UserError(
+            f"one trial needs {need['CPU']:g} CPU / {need['GPU']:g} GPU "
+            f"({spec.resources.num_workers} worker(s)) but the cluster has "
+            f"{cluster.describe(ray.cluster_resources())}: lower resources.* or add nodes"
+        )
     concurrent = min(spec.resources.max_concurrent, fits)
     if concurrent < spec.resources.max_concurrent:
-        console.print(f"max_concurrent {spec.resources.max_concurrent} -> {concurrent}: that is what "
-                      f"{cluster.describe(ray.cluster_resources())} holds")
+        console.print(
+            f"max_concurrent {spec.resources.max_concurrent} -> {concurrent}: that is what "
+            f"{cluster.describe(ray.cluster_resources())} holds"
+        )
 
     if not verbose:
         _quiet()
@@ -182,22 +211,37 @@ def _run(spec, resume, worker, verbose, console, t0) -> SweepOutcome:
         precheck(_base_spec(spec, teacher.checkpoint))
     use_train = spec.resources.use_train
     reaper_name, reaper = start_reaper() if use_train else (None, None)
-    plan = TrialPlan(base=_base_spec(spec, teacher.checkpoint if teacher else None).model_dump(),
-                     students={k: m.model_dump() for k, m in spec.students.items()},
-                     worker=worker or _default_worker(), train_storage=join(spec.experiment_dir, "train"),
-                     num_workers=spec.resources.num_workers, use_train=use_train,
-                     cpus_per_worker=spec.resources.cpus_per_worker,
-                     gpus_per_worker=spec.resources.gpus_per_worker, reaper_name=reaper_name)
+    plan = TrialPlan(
+        base=_base_spec(spec, teacher.checkpoint if teacher else None).model_dump(),
+        students={k: m.model_dump() for k, m in spec.students.items()},
+        worker=worker or _default_worker(),
+        train_storage=join(spec.experiment_dir, "train"),
+        num_workers=spec.resources.num_workers,
+        use_train=use_train,
+        cpus_per_worker=spec.resources.cpus_per_worker,
+        gpus_per_worker=spec.resources.gpus_per_worker,
+        reaper_name=reaper_name,
+    )
     from trainables.data import held_out_split
 
     obj = spec.objectives
     held_out = ("test_miou",) if held_out_split(spec.train.data.model_dump()) else ()  # shown, never selected on
-    view = SweepView(spec.name, spec.num_samples, obj[0].metric, obj[0].mode, spec.max_epochs, console,
-                     extra_metrics=tuple(o.metric for o in obj[1:]) + held_out)
+    view = SweepView(
+        spec.name,
+        spec.num_samples,
+        obj[0].metric,
+        obj[0].mode,
+        spec.max_epochs,
+        console,
+        extra_metrics=tuple(o.metric for o in obj[1:]) + held_out,
+    )
     parent = None
     if tracker is not None:
-        parent = tracker.start_sweep(yaml.safe_dump(json.loads(canonical(spec.model_dump())), sort_keys=False),
-                                     parent_params(spec), {**spec.tags, **parent_tags(spec, teacher)})
+        parent = tracker.start_sweep(
+            yaml.safe_dump(json.loads(canonical(spec.model_dump())), sort_keys=False),
+            parent_params(spec),
+            {**spec.tags, **parent_tags(spec, teacher)},
+        )
     key = f"{spec.name}@{spec.experiment_dir}"
     SESSIONS[key] = Session(spec, plan, view, tracker, resumed=resume)
     trainable = make_trainable(plan)
@@ -205,8 +249,9 @@ def _run(spec, resume, worker, verbose, console, t0) -> SweepOutcome:
     try:
         with view:
             if resume:
-                tuner = tune.Tuner.restore(spec.experiment_dir, trainable=trainable, resume_unfinished=True,
-                                           resume_errored=True)
+                tuner = tune.Tuner.restore(
+                    spec.experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=True
+                )
             else:
                 tuner = _new_tuner(spec, trainable, concurrent, DriverCallback(key), verbose)
                 save_spec(spec)
@@ -241,8 +286,9 @@ def _run_on_head(spec, resume, address, worker, verbose, console) -> SweepOutcom
 
 
 def _head_driver(spec, resume, worker, verbose) -> SweepOutcome:
-    return run_sweep(spec, resume=resume, worker=worker, verbose=verbose,
-                     console=Console(force_terminal=False, width=120))
+    return run_sweep(
+        spec, resume=resume, worker=worker, verbose=verbose, console=Console(force_terminal=False, width=120)
+    )
 
 
 def _new_tuner(spec: SweepSpec, trainable, concurrent: int, callback, verbose: bool):
@@ -253,28 +299,45 @@ def _new_tuner(spec: SweepSpec, trainable, concurrent: int, callback, verbose: b
     obj = spec.objectives
     optuna_sampler, define = sampler(spec)
     multi = len(obj) > 1
-    searcher = OptunaSearch(space=define, sampler=optuna_sampler,
-                            metric=[o.metric for o in obj] if multi else obj[0].metric,
-                            mode=[o.mode for o in obj] if multi else obj[0].mode)
+    searcher = OptunaSearch(
+        space=define,
+        sampler=optuna_sampler,
+        metric=[o.metric for o in obj] if multi else obj[0].metric,
+        mode=[o.mode for o in obj] if multi else obj[0].mode,
+    )
     es = spec.early_stopping
     scheduler = None
     if es.kind == "asha":
-        scheduler = ASHAScheduler(time_attr=EPOCHS_DONE, metric=obj[0].metric, mode=obj[0].mode,
-                                  max_t=es.max_t or spec.max_epochs, grace_period=es.grace_period,
-                                  reduction_factor=es.reduction_factor)
+        scheduler = ASHAScheduler(
+            time_attr=EPOCHS_DONE,
+            metric=obj[0].metric,
+            mode=obj[0].mode,
+            max_t=es.max_t or spec.max_epochs,
+            grace_period=es.grace_period,
+            reduction_factor=es.reduction_factor,
+        )
     return tune.Tuner(
         trainable,
         # reuse_actors: a one-process trial hands its warm process (torch imported) to the next
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=spec.num_samples,
-                                    max_concurrent_trials=concurrent, reuse_actors=not spec.resources.use_train,
-                                    trial_dirname_creator=trial_dirname),
-        run_config=tune.RunConfig(name=spec.name, storage_path=spec.storage_path, callbacks=[callback],
-                                  verbose=2 if verbose else 0,
-                                  # one checkpoint per one-process trial (it holds best.pt too); Tune
-                                  # then snapshots the experiment at each, so --resume starts a trial
-                                  # from the checkpoint it reported last, not from a 10 s old snapshot
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                  failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures)),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=spec.num_samples,
+            max_concurrent_trials=concurrent,
+            reuse_actors=not spec.resources.use_train,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=spec.storage_path,
+            callbacks=[callback],
+            verbose=2 if verbose else 0,
+            # one checkpoint per one-process trial (it holds best.pt too); Tune
+            # then snapshots the experiment at each, so --resume starts a trial
+            # from the checkpoint it reported last, not from a 10 s old snapshot
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+        ),
     )
 
 
@@ -312,7 +375,7 @@ def _default_worker() -> Callable:
     return train_loop
 
 
-def _base_spec(spec: SweepSpec, teacher: Optional[str]) -> TrainSpec:
+def _base_spec(spec: SweepSpec, teacher: str | None) -> TrainSpec:
     base = spec.train.model_dump()
     base["teacher"] = {"checkpoint": teacher} if teacher else None
     return TrainSpec.model_validate(base)
@@ -331,15 +394,23 @@ def _teacher(spec: SweepSpec, tracker, console: Console):
         return None
     if spec.teacher.checkpoint:
         return teachers.Teacher(spec.teacher.checkpoint)
-    teacher = teachers.obtain(spec, say=lambda line: console.print(line, highlight=False),
-                              progress=lambda e, n, m: console.print(
-        f"  teacher epoch {e}/{n}: loss {m.get('train_loss', float('nan')):.4f}"
-        + (f" val_miou {m['val_miou']:.4f}" if "val_miou" in m else ""), highlight=False))
+    teacher = teachers.obtain(
+        spec,
+        say=lambda line: console.print(line, highlight=False),
+        progress=lambda e, n, m: console.print(
+            f"  teacher epoch {e}/{n}: loss {m.get('train_loss', float('nan')):.4f}"
+            + (f" val_miou {m['val_miou']:.4f}" if "val_miou" in m else ""),
+            highlight=False,
+        ),
+    )
     if teacher.cached:
-        console.print(f"teacher: cached {teacher.checkpoint} (val_miou {teacher.metrics.get('val_miou', float('nan')):.4f})")
+        console.print(
+            f"teacher: cached {teacher.checkpoint} (val_miou {teacher.metrics.get('val_miou', float('nan')):.4f})"
+        )
     if tracker is not None:
-        teacher.run_id = tracker.teacher_run(teacher.recipe_hash, S.flatten(teachers.recipe_spec(spec).model_dump()),
-                                             teacher.metrics, teacher.checkpoint)
+        teacher.run_id = tracker.teacher_run(
+            teacher.recipe_hash, S.flatten(teachers.recipe_spec(spec).model_dump()), teacher.metrics, teacher.checkpoint
+        )
     return teacher
 
 

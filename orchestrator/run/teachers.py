@@ -13,14 +13,15 @@ sweeps or ablations with one recipe started together train it once; the second w
 whom, and reuses it. The run checkpoints every `run.checkpoint_every` epochs, and a training that
 was killed resumes exactly from its last checkpoint when the recipe is asked for again.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 from orchestrator.run import lock
 from orchestrator.spec.load import canonical
@@ -33,11 +34,11 @@ RUN_NAME = "teacher"
 @dataclass
 class Teacher:
     checkpoint: str
-    recipe_hash: Optional[str] = None
-    dir: Optional[str] = None
+    recipe_hash: str | None = None
+    dir: str | None = None
     metrics: dict = field(default_factory=dict)
     cached: bool = False
-    run_id: Optional[str] = None  # its MLflow run, when tracked
+    run_id: str | None = None  # its MLflow run, when tracked
 
 
 def recipe_spec(spec: SweepSpec) -> TrainSpec:
@@ -59,7 +60,7 @@ def recipe_hash(recipe: dict) -> str:
     return hashlib.sha256(canonical(full).encode()).hexdigest()[:16]
 
 
-def cached(spec: SweepSpec) -> Optional[Teacher]:
+def cached(spec: SweepSpec) -> Teacher | None:
     """The cached teacher for this recipe, or None when it has not been trained (completely)."""
     key = recipe_hash(spec.teacher.recipe)
     folder = Path(spec.results) / "teachers" / key
@@ -72,15 +73,19 @@ def cached(spec: SweepSpec) -> Optional[Teacher]:
     return Teacher(result["checkpoint"], key, str(folder), result.get("metrics", {}), cached=True)
 
 
-def obtain(spec: SweepSpec, say: Callable[[str], None],
-           progress: Optional[Callable[[int, int, dict], None]] = None) -> Teacher:
+def obtain(
+    spec: SweepSpec, say: Callable[[str], None], progress: Callable[[int, int, dict], None] | None = None
+) -> Teacher:
     """The recipe's teacher: cached, or trained now under the cache folder's lock (see the module doc)."""
     hit = cached(spec)
     if hit is not None:
         return hit
     key = recipe_hash(spec.teacher.recipe)
-    with lock.hold(Path(spec.results) / "teachers" / key, by=f"sweep {spec.name!r}",
-                   waiting=lambda who: say(f"waiting for the teacher {key} trained by {who}")):
+    with lock.hold(
+        Path(spec.results) / "teachers" / key,
+        by=f"sweep {spec.name!r}",
+        waiting=lambda who: say(f"waiting for the teacher {key} trained by {who}"),
+    ):
         hit = cached(spec)  # trained by the holder while we waited
         if hit is not None:
             return hit
@@ -88,8 +93,9 @@ def obtain(spec: SweepSpec, say: Callable[[str], None],
         return train_teacher(spec, progress, say)
 
 
-def train_teacher(spec: SweepSpec, progress: Optional[Callable[[int, int, dict], None]] = None,
-                  say: Callable[[str], None] = print) -> Teacher:
+def train_teacher(
+    spec: SweepSpec, progress: Callable[[int, int, dict], None] | None = None, say: Callable[[str], None] = print
+) -> Teacher:
     """Train the recipe as a Ray task (Ray must be up) and cache it; `progress(epoch, epochs,
     metrics)` is called as the run's metrics.jsonl grows. A checkpoint left by a killed training
     of this recipe is resumed (the loop's resume is exact)."""
@@ -118,13 +124,16 @@ def train_teacher(spec: SweepSpec, progress: Optional[Callable[[int, int, dict],
             break
     result = ray.get(ref)  # raises the task's error
     _poll(log, seen, tspec.optim.epochs, progress)
-    out = {"checkpoint": result["checkpoint"], "metrics": _jsonable(result.get("metrics", {})),
-           "trained_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    out = {
+        "checkpoint": result["checkpoint"],
+        "metrics": _jsonable(result.get("metrics", {})),
+        "trained_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     (folder / "result.json").write_text(json.dumps(out, indent=2))
     return Teacher(result["checkpoint"], folder.name, str(folder), out["metrics"], cached=False)
 
 
-def _poll(log: Path, seen: int, epochs: int, progress: Optional[Callable]) -> int:
+def _poll(log: Path, seen: int, epochs: int, progress: Callable | None) -> int:
     if progress is None or not log.is_file():
         return seen
     lines = log.read_text().splitlines()

@@ -1,5 +1,6 @@
 """One training run (teacher or student) as plain Python, with the checks that turn a bad spec,
 a bad teacher checkpoint or bad data into one-line errors before any epoch runs."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,8 +28,10 @@ def precheck(spec: TrainSpec) -> list[str]:
         except CheckpointError as e:
             raise SpecError(f"teacher.checkpoint: {e}") from None
         if list(state["classes"]) != classes:
-            raise SpecError(f"teacher.checkpoint {spec.teacher.checkpoint!r} has {len(state['classes'])} classes "
-                            f"{list(state['classes'])}; the data has {len(classes)}: {classes}")
+            raise SpecError(
+                f"teacher.checkpoint {spec.teacher.checkpoint!r} has {len(state['classes'])} classes "
+                f"{list(state['classes'])}; the data has {len(classes)}: {classes}"
+            )
     out = Path(spec.run.out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

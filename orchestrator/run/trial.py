@@ -18,11 +18,12 @@ A failure no retry can fix (NaN loss, CUDA OOM: orchestrator.run.failures) leave
 trial's run folder, and a retry that finds it fails again at once instead of redoing epochs
 towards the same end (and the driver then allows no further retry: callback.DriverCallback).
 """
+
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 from orchestrator.run.failures import FatalTrialError, fatal_cause
 from orchestrator.run.storage import read_text, write_text
@@ -46,7 +47,7 @@ class TrialPlan:
     use_train: bool = False  # the "train" executor (see the module doc)
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
-    reaper_name: Optional[str] = None
+    reaper_name: str | None = None
     out_dir: str = ""  # run.out_dir for the trial configs (only plain-Python runs write there)
     extra: dict = field(default_factory=dict)
 
@@ -69,8 +70,11 @@ def trial_config(plan: TrialPlan, point: dict, trial_id: str) -> dict:
 # Ray internals this module overrides or patches ("module:attribute", "params" = its parameter names |
 # "reads" = names its code looks up); tests/test_ray_internals.py checks them against the installed Ray.
 RAY_INTERNALS = (
-    ("ray.tune.integration.ray_train:TuneReportCallback.after_report", "params",
-     ("self", "run_context", "metrics", "checkpoint")),
+    (
+        "ray.tune.integration.ray_train:TuneReportCallback.after_report",
+        "params",
+        ("self", "run_context", "metrics", "checkpoint"),
+    ),
     # _replace_ray_cleaner swaps this module global, which TorchTrainer looks up when it builds its callbacks
     ("ray.train.v2.api.data_parallel_trainer:PlacementGroupCleanerCallback", "attrs", ()),
     ("ray.train.torch:TorchTrainer._create_default_callbacks", "reads", ("PlacementGroupCleanerCallback",)),
@@ -133,6 +137,7 @@ def make_trainable(plan: TrialPlan):
     from ray import tune
 
     if not plan.use_train:
+
         def xgd_trial_in_process(config: dict) -> None:
             trial_id = tune.get_context().get_trial_id()
             cfg = trial_config(plan, config, trial_id)
@@ -158,15 +163,19 @@ def make_trainable(plan: TrialPlan):
         trainer = TorchTrainer(
             plan.worker,
             train_loop_config=trial_config(plan, config, trial_id),
-            scaling_config=ray.train.ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.gpus_per_worker > 0,
-                                                   resources_per_worker=per_worker),
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=plan.num_workers, use_gpu=plan.gpus_per_worker > 0, resources_per_worker=per_worker
+            ),
             run_config=ray.train.RunConfig(
-                name=trial_id, storage_path=plan.train_storage, callbacks=callbacks,
+                name=trial_id,
+                storage_path=plan.train_storage,
+                callbacks=callbacks,
                 # retries belong to Tune (resources.max_failures): a Tune retry restarts this
                 # function, which finds the same Train run and resumes from its checkpoint
                 failure_config=ray.train.FailureConfig(max_failures=0),
                 # the last checkpoint holds best.pt too: older ones are only disk
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1)),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            ),
         )
         _run_marking_fatal(trainer.fit, fatal_marker(plan, trial_id))
 

@@ -9,13 +9,15 @@ The parent run carries `xgd.layouts` (which paper tables `report` prints) and `x
 The layout names are the report's (orchestrator.results.tables), so the caller passes them in:
 orchestrator.run.ablate loads an ablation against them.
 """
+
 from __future__ import annotations
 
 import copy
 import difflib
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any, Collection, Optional
+from typing import Any
 
 import yaml
 from pydantic import Field
@@ -28,11 +30,23 @@ from orchestrator.tracking import tags as T
 
 SEED = "seed"  # the grid entry that carries the trainer's seed
 # Top-level keys passed to the sweep spec as they are; the rest are the ablation's own.
-SWEEP_KEYS = ("name", "results", "storage_path", "train", "teacher", "students", "objective", "early_stopping",
-              "resources", "mlflow")
-NOT_IN_ABLATIONS = {"space": "an ablation has no search space: use factors: (full factorial) or cells: (listed)",
-                    "search": "an ablation always runs its grid once (every cell x seed): remove search:",
-                    "tags": f"an ablation sets the parent run's tags itself ({T.LAYOUTS} from layouts:)"}
+SWEEP_KEYS = (
+    "name",
+    "results",
+    "storage_path",
+    "train",
+    "teacher",
+    "students",
+    "objective",
+    "early_stopping",
+    "resources",
+    "mlflow",
+)
+NOT_IN_ABLATIONS = {
+    "space": "an ablation has no search space: use factors: (full factorial) or cells: (listed)",
+    "search": "an ablation always runs its grid once (every cell x seed): remove search:",
+    "tags": f"an ablation sets the parent run's tags itself ({T.LAYOUTS} from layouts:)",
+}
 DEFAULT_LAYOUTS = ("summary", "per_class")
 
 
@@ -41,8 +55,8 @@ class AblationPart(Strict):
 
     seeds: int = Field(1, ge=1, le=1000)
     factors: dict[str, list[S.Scalar]] = Field(default_factory=dict)
-    cells: Optional[list[dict[str, S.Scalar]]] = None
-    layouts: Optional[list[str]] = None
+    cells: list[dict[str, S.Scalar]] | None = None
+    layouts: list[str] | None = None
 
 
 @dataclass
@@ -50,7 +64,7 @@ class Ablation:
     sweep: SweepSpec  # what runs
     seeds: int
     factors: dict[str, list]
-    cells: Optional[list[dict]]
+    cells: list[dict] | None
     layouts: list[str]
 
     @property
@@ -78,9 +92,11 @@ def apply_ablation_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[
             if not isinstance(factors, dict):
                 raise SpecError(f"--set {item!r}: 'factors' is not a mapping")
             try:
-                factors[key[len("factors."):]] = yaml.safe_load(value)
+                factors[key[len("factors.") :]] = yaml.safe_load(value)
             except yaml.YAMLError:
-                raise SpecError(f"--set {item!r}: the value is not YAML; give a list like [gradcam, layercam]") from None
+                raise SpecError(
+                    f"--set {item!r}: the value is not YAML; give a list like [gradcam, layercam]"
+                ) from None
         else:
             rest.append(item)
     return apply_sweep_overrides(raw, rest)
@@ -93,8 +109,10 @@ def parse_ablation_spec(raw: dict[str, Any], known_layouts: Collection[str]) -> 
     part = validate(AblationPart, {k: raw.pop(k) for k in list(AblationPart.model_fields) if k in raw})
     _check_factors(part)
     if not part.factors and part.cells is None:
-        raise SpecError("factors: an ablation needs factors: {key: [values]} (full factorial) and/or "
-                        "cells: [{key: value, ...}, ...] (listed cells), e.g. factors: {distill.cam: [gradcam, layercam]}")
+        raise SpecError(
+            "factors: an ablation needs factors: {key: [values]} (full factorial) and/or "
+            "cells: [{key: value, ...}, ...] (listed cells), e.g. factors: {distill.cam: [gradcam, layercam]}"
+        )
     train = raw.get("train")
     if isinstance(train, dict) and SEED in train:
         raise SpecError("train.seed: an ablation runs seeds 0..N-1 in every cell; set seeds: N instead")
@@ -116,8 +134,11 @@ def to_sweep_raw(raw: dict[str, Any], part: AblationPart, layouts: list[str]) ->
     out["cells"] = copy.deepcopy(part.cells)
     out["search"] = {"algorithm": "grid", "seed": 0}
     out.setdefault("early_stopping", {"kind": "none"})
-    out["tags"] = {T.LAYOUTS: ",".join(layouts), T.ABLATION: "cells" if part.cells is not None else "factorial",
-                   T.SEEDS: str(part.seeds)}
+    out["tags"] = {
+        T.LAYOUTS: ",".join(layouts),
+        T.ABLATION: "cells" if part.cells is not None else "factorial",
+        T.SEEDS: str(part.seeds),
+    }
     labels = [c[S.LABEL] for c in part.cells or [] if S.LABEL in c]
     if labels:  # the report's row order
         out["tags"][T.LABELS] = json.dumps(labels)
@@ -167,9 +188,9 @@ def _check_layouts(layouts: list[str], known: Collection[str]) -> None:
 def _ablation_words(msg: str) -> str:
     """Sweep-spec errors about the generated space, in the ablation's own keys."""
     if msg.startswith(f"space.{SEED}"):
-        return "seeds" + msg[len(f"space.{SEED}"):]
+        return "seeds" + msg[len(f"space.{SEED}") :]
     if msg.startswith("space."):
-        return "factors." + msg[len("space."):]
+        return "factors." + msg[len("space.") :]
     if msg.startswith("space:"):
-        return "factors:" + msg[len("space:"):]
+        return "factors:" + msg[len("space:") :]
     return msg

@@ -1,6 +1,7 @@
 """Loading any spec: YAML files, `--set key=value` overrides, and pydantic's errors turned into
 one `SpecError` line that names the key (with a did-you-mean for unknown keys); `Strict` is the
 base of every schema (unknown keys are errors)."""
+
 from __future__ import annotations
 
 import difflib

@@ -6,10 +6,11 @@ the sweep's ``students:``) to a distribution. ``when`` makes an entry exist only
 other entries, so the space is sampled define-by-run (Optuna) in dependency order; a trial's config
 holds only the entries that were active for it.
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Union
 
 from pydantic import Field, model_validator
 
@@ -20,18 +21,18 @@ LABEL = "label"  # a listed cell's row name in report tables (ablations); never 
 GRID_KEY = "grid_index"  # the one parameter Optuna's GridSampler walks; never reaches the trainer
 MAX_GRID = 100_000
 
-Scalar = Union[bool, int, float, str, None]
+Scalar = Union[bool, int, float, str, None]  # noqa: UP007 (a runtime alias: py3.10 isinstance needs Union)
 
 
 class Param(Strict):
     """One search-space entry. Ranges are inclusive; ``q`` is the step of the quantised kinds."""
 
     type: Literal["uniform", "loguniform", "quniform", "randint", "qrandint", "choice", "grid"]
-    low: Optional[float] = None
-    high: Optional[float] = None
-    q: Optional[float] = Field(None, gt=0)
-    values: Optional[list[Scalar]] = None
-    when: dict[str, Union[Scalar, list[Scalar]]] = Field(default_factory=dict)
+    low: float | None = None
+    high: float | None = None
+    q: float | None = Field(None, gt=0)
+    values: list[Scalar] | None = None
+    when: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check(self):
@@ -66,7 +67,7 @@ class Param(Strict):
 
     # -------------------------------------------------------------- views
 
-    def discrete_values(self) -> Optional[list[Scalar]]:
+    def discrete_values(self) -> list[Scalar] | None:
         """Every value this entry can take, or None for a continuous range."""
         if self.values is not None:
             return list(self.values)
@@ -128,8 +129,9 @@ def ordered(space: dict[str, Param]) -> list[str]:
     for name, p in space.items():
         for dep, want in p.when.items():
             if dep not in space:
-                raise ValueError(f"space.{name}.when: {dep!r} is not an entry of the space; "
-                                 f"entries: {', '.join(space)}")
+                raise ValueError(
+                    f"space.{name}.when: {dep!r} is not an entry of the space; entries: {', '.join(space)}"
+                )
             if dep == name:
                 raise ValueError(f"space.{name}.when refers to itself")
             values = space[dep].discrete_values()
@@ -137,8 +139,9 @@ def ordered(space: dict[str, Param]) -> list[str]:
             if values is not None:
                 bad = [w for w in wanted if w not in values]
                 if bad:
-                    raise ValueError(f"space.{name}.when: {dep} can never be {bad[0]!r}; its values: "
-                                     f"{', '.join(map(str, values))}")
+                    raise ValueError(
+                        f"space.{name}.when: {dep} can never be {bad[0]!r}; its values: {', '.join(map(str, values))}"
+                    )
     done: list[str] = []
     pending = list(space)
     while pending:
@@ -175,8 +178,10 @@ def grid_points(space: dict[str, Param]) -> list[dict[str, Any]]:
     for name in ordered(space):
         values = space[name].discrete_values()
         if values is None:
-            raise ValueError(f"space.{name}: a grid needs discrete values; {space[name].type} is continuous "
-                             f"(use choice, grid, quniform, randint or qrandint)")
+            raise ValueError(
+                f"space.{name}: a grid needs discrete values; {space[name].type} is continuous "
+                f"(use choice, grid, quniform, randint or qrandint)"
+            )
         nxt = []
         for p in points:
             if space[name].active(p):
@@ -206,7 +211,7 @@ def grid_sampler(points: list[dict[str, Any]], seed: int):
     return optuna.samplers.GridSampler({GRID_KEY: list(range(len(points)))}, seed=seed), GridDefine(points)
 
 
-def space_sampler(algorithm: str, seed: int, space: dict[str, Param], n_startup_trials: Optional[int] = None):
+def space_sampler(algorithm: str, seed: int, space: dict[str, Param], n_startup_trials: int | None = None):
     """(optuna sampler, define-by-run fn, grid size or None) for tpe | random | grid over `space`."""
     import optuna
 

@@ -5,12 +5,13 @@ Validated like `train` specs (orchestrator.spec.train): every way it can be wron
 that names the key. The space is checked against TrainSpec at load time by validating every bound
 of every entry, so a sweep never fails hours in because a sampled value is out of range.
 """
+
 from __future__ import annotations
 
 import copy
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, model_validator
@@ -24,8 +25,19 @@ from orchestrator.tracking import tags as T
 from orchestrator.tracking.store import absolute_uri, results_store
 
 # Metrics the trainer reports (trainables.loop); per-class IoUs and per-term losses by prefix.
-METRICS = ("val_miou", "best_val_miou", "val_pixel_acc", "train_loss", "lr", "params", "gflops",
-           "latency_ms", "step_time_s", "saliency_time_s", "epoch_time_s")
+METRICS = (
+    "val_miou",
+    "best_val_miou",
+    "val_pixel_acc",
+    "train_loss",
+    "lr",
+    "params",
+    "gflops",
+    "latency_ms",
+    "step_time_s",
+    "saliency_time_s",
+    "epoch_time_s",
+)
 METRIC_PREFIXES = ("val_iou_", "train_")
 # Reported once, at the end of a finished trial, for the tables; never something to select on.
 HELD_OUT_PREFIX = "test_"
@@ -35,10 +47,10 @@ DEFAULT_SAMPLES = 10
 class TeacherSource(Strict):
     """A teacher checkpoint, or a recipe (a train spec) the sweep trains once and caches."""
 
-    checkpoint: Optional[str] = None
-    recipe: Optional[dict[str, Any]] = None
-    cpus: Optional[float] = Field(None, gt=0)  # recipe training; default: a trial's CPUs
-    gpus: Optional[float] = Field(None, ge=0)  # default: 1 if trials use GPUs, else 0
+    checkpoint: str | None = None
+    recipe: dict[str, Any] | None = None
+    cpus: float | None = Field(None, gt=0)  # recipe training; default: a trial's CPUs
+    gpus: float | None = Field(None, ge=0)  # default: 1 if trials use GPUs, else 0
 
     @model_validator(mode="after")
     def _one(self):
@@ -54,27 +66,33 @@ class Objective(Strict):
     @model_validator(mode="after")
     def _known(self):
         if self.metric.startswith(HELD_OUT_PREFIX):
-            raise ValueError(f"objective metric {self.metric!r} is measured on the held-out test split, which search "
-                             f"and early stopping never see; select on val (e.g. {'val_' + self.metric[5:]!r})")
+            raise ValueError(
+                f"objective metric {self.metric!r} is measured on the held-out test split, which search "
+                f"and early stopping never see; select on val (e.g. {'val_' + self.metric[5:]!r})"
+            )
         if self.metric not in METRICS and not self.metric.startswith(METRIC_PREFIXES):
             close = difflib.get_close_matches(self.metric, METRICS, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(METRICS)}, val_iou_<class>, train_<term>"
+            hint = (
+                f"did you mean {close[0]!r}?"
+                if close
+                else f"allowed: {', '.join(METRICS)}, val_iou_<class>, train_<term>"
+            )
             raise ValueError(f"objective metric {self.metric!r} is not reported by the trainer; {hint}")
         return self
 
 
 class SearchSpec(Strict):
     algorithm: Literal["tpe", "random", "grid"] = "tpe"
-    num_samples: Optional[int] = Field(None, ge=1)  # tpe/random: default 10; grid: the grid size
+    num_samples: int | None = Field(None, ge=1)  # tpe/random: default 10; grid: the grid size
     seed: int = 0
-    n_startup_trials: Optional[int] = Field(None, ge=1)  # TPE's random warm-up (Optuna default 10)
+    n_startup_trials: int | None = Field(None, ge=1)  # TPE's random warm-up (Optuna default 10)
 
 
 class EarlyStopping(Strict):
     kind: Literal["asha", "none"] = "asha"
     grace_period: int = Field(1, ge=1)  # epochs every trial gets before it can be stopped
     reduction_factor: float = Field(2.0, gt=1.0)
-    max_t: Optional[int] = Field(None, ge=1)  # default: the most epochs a trial can have
+    max_t: int | None = Field(None, ge=1)  # default: the most epochs a trial can have
 
 
 class Resources(Strict):
@@ -90,10 +108,12 @@ class Resources(Strict):
     executor: Literal["auto", "tune", "train"] = "auto"
 
     @model_validator(mode="after")
-    def _one_process(self) -> "Resources":
+    def _one_process(self) -> Resources:
         if self.executor == "tune" and self.num_workers > 1:
-            raise ValueError(f"executor 'tune' runs a trial in one process but num_workers is {self.num_workers}: "
-                             "use 'train' or 'auto' for DDP")
+            raise ValueError(
+                f"executor 'tune' runs a trial in one process but num_workers is {self.num_workers}: "
+                "use 'train' or 'auto' for DDP"
+            )
         return self
 
     @property
@@ -106,26 +126,26 @@ class Resources(Strict):
 
 
 class MlflowSpec(Strict):
-    tracking_uri: Optional[str] = None  # default sqlite:///<abs results>/mlflow.db
+    tracking_uri: str | None = None  # default sqlite:///<abs results>/mlflow.db
     experiment: str = "xgd"
 
 
 class SweepSpec(Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     results: str = "results"  # teachers/, sweeps/ and mlflow.db go here
-    storage_path: Optional[str] = None  # Tune/Train storage: a path or URI; default <results>/sweeps
+    storage_path: str | None = None  # Tune/Train storage: a path or URI; default <results>/sweeps
     train: TrainSpec = Field(default_factory=TrainSpec)  # fixed settings of every trial
-    teacher: Optional[TeacherSource] = None
+    teacher: TeacherSource | None = None
     students: dict[str, ModelSpec] = Field(default_factory=dict)
     space: dict[str, S.Param]
-    objective: Union[Objective, list[Objective]] = Field(default_factory=Objective)
+    objective: Objective | list[Objective] = Field(default_factory=Objective)
     search: SearchSpec = Field(default_factory=SearchSpec)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     resources: Resources = Field(default_factory=Resources)
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
     # Ablations (orchestrator.spec.ablation): listed cells, each crossed with the space's grid (grid only),
     # and extra tags on the parent MLflow run (e.g. xgd.layouts for the report).
-    cells: Optional[list[dict[str, S.Scalar]]] = None
+    cells: list[dict[str, S.Scalar]] | None = None
     tags: dict[str, str] = Field(default_factory=dict)
 
     @property
@@ -183,7 +203,7 @@ def apply_sweep_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str
             raise SpecError(f"--set {item!r}: expected key=value, e.g. --set data.root=/data/ttpla")
         head = key.split(".")[0]
         if head == "space" and key != "space":
-            _override_space(raw, key[len("space."):], value, item)
+            _override_space(raw, key[len("space.") :], value, item)
         elif head in TRAIN_SECTIONS and head not in SweepSpec.model_fields:
             plain.append(f"train.{item}")
         else:
@@ -201,7 +221,7 @@ def _override_space(raw: dict, rest: str, value: str, item: str) -> None:
             space[name] = parsed
             return
         if rest.startswith(name + ".") and isinstance(space[name], dict):
-            space[name][rest[len(name) + 1:]] = parsed
+            space[name][rest[len(name) + 1 :]] = parsed
             return
     if isinstance(parsed, dict):
         space[rest] = parsed
@@ -209,7 +229,7 @@ def _override_space(raw: dict, rest: str, value: str, item: str) -> None:
     raise SpecError(f"--set {item!r}: {rest!r} is not an entry of the space; entries: {', '.join(space) or 'none'}")
 
 
-def load_sweep_spec(path: str | Path, overrides: Optional[list[str]] = None) -> SweepSpec:
+def load_sweep_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
     raw = apply_sweep_overrides(read_yaml(path), overrides or [])
     return parse_sweep_spec(raw)
 
@@ -218,8 +238,10 @@ def parse_sweep_spec(raw: dict[str, Any]) -> SweepSpec:
     """Validate the parts with their own prefixes first (precise messages), then the whole."""
     raw = copy.deepcopy(raw)
     if not isinstance(raw.get("space"), dict) or not raw["space"]:
-        raise SpecError("space: a sweep needs a non-empty 'space' mapping of dotted keys to distributions, "
-                        "e.g. distill.alpha: {type: loguniform, low: 0.05, high: 2}")
+        raise SpecError(
+            "space: a sweep needs a non-empty 'space' mapping of dotted keys to distributions, "
+            "e.g. distill.alpha: {type: loguniform, low: 0.05, high: 2}"
+        )
     train = raw.get("train") or {}
     if not isinstance(train, dict):
         raise SpecError("train: must be a mapping of trainer settings (data, model, distill, optim, run)")
@@ -276,18 +298,24 @@ def _check_space(spec: SweepSpec) -> None:
         raise SpecError(str(e)) from None
     for name, p in space.items():
         if p.type == "grid" and spec.search.algorithm != "grid":
-            raise SpecError(f"space.{name}: type grid needs search.algorithm: grid (use choice with {spec.search.algorithm})")
+            raise SpecError(
+                f"space.{name}: type grid needs search.algorithm: grid (use choice with {spec.search.algorithm})"
+            )
         if name == S.STUDENT:
             if p.values is None:
                 raise SpecError("space.student: must be a choice (or grid) over names in 'students'")
             missing = [v for v in p.values if v not in students]
             if missing:
-                raise SpecError(f"space.student: {missing[0]!r} is not in students; defined: {', '.join(students) or 'none'}")
+                raise SpecError(
+                    f"space.student: {missing[0]!r} is not in students; defined: {', '.join(students) or 'none'}"
+                )
         elif name == S.GRID_KEY or name == "name" or name.split(".")[0] == "teacher":
             raise SpecError(f"space.{name}: this key cannot be searched")
     _check_cells(spec)
     if spec.search.algorithm == "grid" and spec.search.num_samples not in (None, spec.num_samples):
-        raise SpecError(f"search.num_samples: a grid runs each of its {spec.num_samples} points once; leave num_samples out")
+        raise SpecError(
+            f"search.num_samples: a grid runs each of its {spec.num_samples} points once; leave num_samples out"
+        )
     base = spec.base_config()
     for name, value, point in S.probe_points(space):
         try:
@@ -298,8 +326,10 @@ def _check_space(spec: SweepSpec) -> None:
             raise SpecError(f"space.{name}: value {value!r} is not allowed ({e})") from None
     es = spec.early_stopping
     if es.kind == "asha" and es.grace_period > (es.max_t or spec.max_epochs):
-        raise SpecError(f"early_stopping.grace_period ({es.grace_period}) exceeds the epochs a trial runs "
-                        f"({es.max_t or spec.max_epochs})")
+        raise SpecError(
+            f"early_stopping.grace_period ({es.grace_period}) exceeds the epochs a trial runs "
+            f"({es.max_t or spec.max_epochs})"
+        )
     names = [o.metric for o in spec.objectives]
     if len(set(names)) != len(names):
         raise SpecError(f"objective: metric listed twice in {names}")
@@ -328,11 +358,15 @@ def _check_cells(spec: SweepSpec) -> None:
             raise SpecError(f"{where}: an empty cell; give the settings that differ, e.g. {{distill.method: none}}")
         for key, value in cell.items():
             if key in spec.space:
-                raise SpecError(f"{where}.{key}: also an entry of the space; a key is either listed per cell or gridded")
+                raise SpecError(
+                    f"{where}.{key}: also an entry of the space; a key is either listed per cell or gridded"
+                )
             if key == S.GRID_KEY or key == "name" or key.split(".")[0] == "teacher":
                 raise SpecError(f"{where}.{key}: this key cannot be set per cell")
             if key == S.STUDENT and value not in students:
-                raise SpecError(f"{where}.student: {value!r} is not in students; defined: {', '.join(students) or 'none'}")
+                raise SpecError(
+                    f"{where}.student: {value!r} is not in students; defined: {', '.join(students) or 'none'}"
+                )
         text = canonical({k: v for k, v in cell.items() if k != S.LABEL})
         if text in seen:
             raise SpecError(f"{where}: the same cell is listed twice ({text})")
@@ -348,8 +382,9 @@ def sampler(spec: SweepSpec):
     listed cells with the space's grid."""
     if spec.search.algorithm == "grid":
         return S.grid_sampler(spec.grid(), spec.search.seed)
-    found, define, _ = S.space_sampler(spec.search.algorithm, spec.search.seed, spec.space,
-                                       spec.search.n_startup_trials)
+    found, define, _ = S.space_sampler(
+        spec.search.algorithm, spec.search.seed, spec.space, spec.search.n_startup_trials
+    )
     return found, define
 
 
@@ -371,16 +406,22 @@ def _resolved(spec: SweepSpec) -> SweepSpec:
     students = {k: m.model_dump() for k, m in spec.students.items()}
     for m in students.values():
         _abs_weights(m)
-    return spec.model_copy(update={
-        "results": results,
-        "storage_path": absolute(spec.storage_path) if spec.storage_path else str(Path(results) / "sweeps"),
-        "train": TrainSpec.model_validate(train),
-        "teacher": TeacherSource.model_validate(teacher) if teacher else None,
-        "students": {k: ModelSpec.model_validate(m) for k, m in students.items()},
-        "mlflow": spec.mlflow.model_copy(update={
-            "tracking_uri": absolute_uri(spec.mlflow.tracking_uri) if spec.mlflow.tracking_uri
-            else results_store(results)}),
-    })
+    return spec.model_copy(
+        update={
+            "results": results,
+            "storage_path": absolute(spec.storage_path) if spec.storage_path else str(Path(results) / "sweeps"),
+            "train": TrainSpec.model_validate(train),
+            "teacher": TeacherSource.model_validate(teacher) if teacher else None,
+            "students": {k: ModelSpec.model_validate(m) for k, m in students.items()},
+            "mlflow": spec.mlflow.model_copy(
+                update={
+                    "tracking_uri": absolute_uri(spec.mlflow.tracking_uri)
+                    if spec.mlflow.tracking_uri
+                    else results_store(results)
+                }
+            ),
+        }
+    )
 
 
 def _check_labels(cells: list[dict]) -> None:

@@ -5,11 +5,12 @@ key and what is allowed (orchestrator.spec.load); the CLI prints it and exits wi
 the trainer defines (model names, CAM methods, distillation methods and their weights) are
 checked against its registries, imported when a spec is validated, not when the CLI starts.
 """
+
 from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -18,12 +19,12 @@ from orchestrator.spec.load import Strict, apply_overrides, read_yaml, validate
 
 class DataSpec(Strict):
     kind: Literal["synthetic", "ttpla", "voc", "folder"] = "synthetic"
-    root: Optional[str] = None  # dataset folder; not used by `synthetic`
-    classes: Optional[list[str]] = None  # `folder` only: class names, index = mask value
+    root: str | None = None  # dataset folder; not used by `synthetic`
+    classes: list[str] | None = None  # `folder` only: class names, index = mask value
     train_split: str = "train"
     val_split: str = "val"
     # held-out split, evaluated once with the best-on-val weights; auto: the kind's (trainables.data.held_out_split)
-    test_split: Optional[str] = "auto"
+    test_split: str | None = "auto"
     # synthetic scene set
     num_train: int = Field(96, ge=1)
     num_val: int = Field(24, ge=1)
@@ -32,7 +33,7 @@ class DataSpec(Strict):
     data_seed: int = 0
     # transforms and loading
     crop: int = Field(64, ge=16)  # training crop (square)
-    eval_size: Optional[int] = Field(None, ge=16)  # eval: resize the shorter side to this; None keeps it
+    eval_size: int | None = Field(None, ge=16)  # eval: resize the shorter side to this; None keeps it
     scale: tuple[float, float] = (0.75, 1.5)
     flip: bool = True
     jitter: float = Field(0.2, ge=0.0, le=1.0)
@@ -46,8 +47,10 @@ class DataSpec(Strict):
         if self.kind == "folder" and not self.classes:
             raise ValueError("data.classes (list of class names) is required for data.kind='folder'")
         if self.test_split is not None and self.test_split in (self.train_split, self.val_split):
-            raise ValueError(f"data.test_split {self.test_split!r} is also the train or val split; name a held-out "
-                             "split, 'auto' (the dataset's own) or null (none)")
+            raise ValueError(
+                f"data.test_split {self.test_split!r} is also the train or val split; name a held-out "
+                "split, 'auto' (the dataset's own) or null (none)"
+            )
         if not 0 < self.scale[0] <= self.scale[1]:
             raise ValueError(f"data.scale must be (low, high) with 0 < low <= high, got {list(self.scale)}")
         return self
@@ -56,7 +59,7 @@ class DataSpec(Strict):
 class ModelSpec(Strict):
     arch: str = "deeplabv3plus"
     encoder: str = "resnet18"
-    encoder_weights: Optional[str] = None  # None | "imagenet" | path to a local state_dict file
+    encoder_weights: str | None = None  # None | "imagenet" | path to a local state_dict file
 
     @model_validator(mode="after")
     def _check(self):
@@ -80,8 +83,8 @@ class DistillSpec(Strict):
     # foreground: class 0 left out of the CAM target (trainables.saliency.DEFAULT_CAM_CLASSES, tested equal)
     cam_classes: Literal["all", "foreground"] = "foreground"
     cam_reduce: Literal["sum", "per_class"] = "sum"
-    teacher_layer: Optional[str] = None  # dotted module path; None -> first decoder layer (docs/method.md)
-    student_layer: Optional[str] = None
+    teacher_layer: str | None = None  # dotted module path; None -> first decoder layer (docs/method.md)
+    student_layer: str | None = None
     weights: dict[str, float] = Field(default_factory=dict)  # extra per-term weights (baselines)
 
     @field_validator("cam")
@@ -115,7 +118,7 @@ class OptimSpec(Strict):
     weight_decay: float = Field(1e-4, ge=0.0)
     schedule: Literal["poly", "cosine", "constant"] = "poly"
     epochs: int = Field(10, ge=1)
-    grad_clip: Optional[float] = Field(5.0, gt=0.0)
+    grad_clip: float | None = Field(5.0, gt=0.0)
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, off on CPU
 
 
@@ -126,9 +129,9 @@ class RunSpec(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     channels_last: bool = True  # CUDA only
     compile: bool = False  # torch.compile the encoders (trainables.step.compile_off_cam_path)
-    max_steps_per_epoch: Optional[int] = Field(None, ge=1)
+    max_steps_per_epoch: int | None = Field(None, ge=1)
     explain: bool = True  # explanation metrics (CAM/logit alignment, focus, FSS) at the end, with a teacher
-    resume: Optional[str] = None  # a checkpoint.pt (or its folder) to continue from exactly
+    resume: str | None = None  # a checkpoint.pt (or its folder) to continue from exactly
 
 
 class TrainSpec(Strict):
@@ -136,7 +139,7 @@ class TrainSpec(Strict):
     seed: int = 0
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
-    teacher: Optional[TeacherSpec] = None  # None trains without distillation (e.g. the teacher)
+    teacher: TeacherSpec | None = None  # None trains without distillation (e.g. the teacher)
     distill: DistillSpec = Field(default_factory=DistillSpec)
     optim: OptimSpec = Field(default_factory=OptimSpec)
     run: RunSpec = Field(default_factory=RunSpec)

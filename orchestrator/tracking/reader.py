@@ -5,13 +5,14 @@ can report and export. One row per trial in a pyarrow Table; params keep their d
 Layout contract (the sweep writes it: orchestrator.tracking.tags): a parent run of kind sweep
 named by its SWEEP tag; child runs of kind trial under it, with TRIAL_ID and CHECKPOINT.
 """
+
 from __future__ import annotations
 
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pyarrow as pa
 
@@ -23,11 +24,20 @@ PARAM = "params."
 # Trial statuses whose metrics count in tables, plots and export (a trial stopped early by a
 # scheduler ends KILLED or FINISHED; a FAILED or RUNNING one does not count).
 DONE = ("FINISHED", "KILLED")
-META = ("run_id", "run_name", "sweep", "trial_id", "status", "checkpoint", "experiment_id",
-        "start_time_ms", "wall_time_s")
+META = (
+    "run_id",
+    "run_name",
+    "sweep",
+    "trial_id",
+    "status",
+    "checkpoint",
+    "experiment_id",
+    "start_time_ms",
+    "wall_time_s",
+)
 
 
-def open_store(uri: Optional[str] = None):
+def open_store(uri: str | None = None):
     """An MlflowClient on an existing store; a missing sqlite file is an error, never created."""
     from mlflow.tracking import MlflowClient
 
@@ -45,13 +55,14 @@ def _experiments(client) -> list[str]:
     return [e.experiment_id for e in client.search_experiments()]
 
 
-def search_all(client, filter_string: str, experiment_ids: Optional[list[str]] = None) -> list:
+def search_all(client, filter_string: str, experiment_ids: list[str] | None = None) -> list:
     """All runs matching `filter_string` (pages followed), newest first."""
     ids = experiment_ids or _experiments(client)
     runs, token = [], None
     while ids:
-        page = client.search_runs(ids, filter_string, max_results=1000, page_token=token,
-                                  order_by=["attributes.start_time DESC"])
+        page = client.search_runs(
+            ids, filter_string, max_results=1000, page_token=token, order_by=["attributes.start_time DESC"]
+        )
         runs.extend(page)
         token = page.token
         if not token:
@@ -98,7 +109,7 @@ def find_sweep(client, name: str) -> Sweep:
 # ------------------------------------------------------------------ the trials table
 
 
-def parse_value(text: Optional[str]) -> Any:
+def parse_value(text: str | None) -> Any:
     """MLflow stores params as strings: give numbers back as numbers ('None' -> null)."""
     if text is None or text == "None":
         return None
@@ -119,7 +130,7 @@ def _column(values: list) -> pa.Array:
     return pa.array([None if v is None else str(v) for v in values], pa.string())
 
 
-def _best_from_history(client, run_id: str, key: str) -> Optional[float]:
+def _best_from_history(client, run_id: str, key: str) -> float | None:
     values = [m.value for m in client.get_metric_history(run_id, key) if math.isfinite(m.value)]
     return max(values) if values else None
 
@@ -131,10 +142,15 @@ def trials_table(client, sweep: Sweep) -> pa.Table:
         info, data = run.info, run.data
         wall = (info.end_time - info.start_time) / 1000 if info.end_time and info.start_time else None
         row: dict[str, Any] = {
-            "run_id": info.run_id, "run_name": info.run_name, "sweep": sweep.name,
-            "trial_id": data.tags.get(T.TRIAL_ID), "status": info.status,
-            "checkpoint": data.tags.get(T.CHECKPOINT), "experiment_id": info.experiment_id,
-            "start_time_ms": info.start_time, "wall_time_s": wall,
+            "run_id": info.run_id,
+            "run_name": info.run_name,
+            "sweep": sweep.name,
+            "trial_id": data.tags.get(T.TRIAL_ID),
+            "status": info.status,
+            "checkpoint": data.tags.get(T.CHECKPOINT),
+            "experiment_id": info.experiment_id,
+            "start_time_ms": info.start_time,
+            "wall_time_s": wall,
         }
         row.update({PARAM + k: parse_value(v) for k, v in data.params.items()})
         row.update({k: float(v) for k, v in data.metrics.items()})
@@ -148,7 +164,7 @@ def trials_table(client, sweep: Sweep) -> pa.Table:
     return pa.table({n: _column([r.get(n) for r in rows]) for n in names})
 
 
-def done(table: pa.Table, metric: Optional[str] = None) -> pa.Table:
+def done(table: pa.Table, metric: str | None = None) -> pa.Table:
     """Trials that count: finished (or stopped early) and, if given, holding `metric`."""
     keep = [s in DONE for s in table.column("status").to_pylist()]
     if metric is not None:

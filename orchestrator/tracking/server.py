@@ -1,6 +1,7 @@
 """The MLflow UI on a store: `mlflow server` in its own process group, bound to 127.0.0.1 unless
 told otherwise, with a link per sweep; it runs until Ctrl-C or SIGTERM and takes its workers
 down with it. The UI has no login (see the `ui` command's help)."""
+
 from __future__ import annotations
 
 import os
@@ -11,7 +12,6 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Optional
 
 from orchestrator.errors import UserError
 from orchestrator.tracking import tags as T
@@ -20,26 +20,45 @@ from orchestrator.tracking.store import sqlite_path
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def server_command(uri: str, host: str, port: int, artifacts_root: str, workers: int = 1,
-                   allowed_hosts: Optional[str] = None) -> list[str]:
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-           "--default-artifact-root", artifacts_root, "--host", host, "--port", str(port), "--workers", str(workers)]
+def server_command(
+    uri: str, host: str, port: int, artifacts_root: str, workers: int = 1, allowed_hosts: str | None = None
+) -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--default-artifact-root",
+        artifacts_root,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
     return cmd + (["--allowed-hosts", allowed_hosts] if allowed_hosts else [])
 
 
-def exposure_warning(host: str, port: int) -> Optional[str]:
+def exposure_warning(host: str, port: int) -> str | None:
     if host in LOOPBACK:
         return None
-    return (f"WARNING: the MLflow UI has no login and will be reachable by anyone who can reach {host}:{port}; "
-            "they can read and delete runs. Use --host 127.0.0.1 (the default) with an SSH tunnel unless "
-            "this network is trusted.")
+    return (
+        f"WARNING: the MLflow UI has no login and will be reachable by anyone who can reach {host}:{port}; "
+        "they can read and delete runs. Use --host 127.0.0.1 (the default) with an SSH tunnel unless "
+        "this network is trusted."
+    )
 
 
 def server_env() -> dict[str, str]:
     """MLflow 3 starts seven huey job consumers (GenAI scoring, trace archival; ~270 MB each) that
     browsing training runs never uses and that delay shutdown: off unless the user turned them on."""
-    return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get(
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
+    return {
+        **os.environ,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false"),
+    }
 
 
 def port_free(host: str, port: int) -> bool:
@@ -98,8 +117,15 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def serve(uri: str, host: str, port: int, artifacts_root: Optional[str] = None, workers: int = 1,
-          allowed_hosts: Optional[str] = None, startup_timeout: float = 120.0) -> int:
+def serve(
+    uri: str,
+    host: str,
+    port: int,
+    artifacts_root: str | None = None,
+    workers: int = 1,
+    allowed_hosts: str | None = None,
+    startup_timeout: float = 120.0,
+) -> int:
     """Serve the UI on `uri` until interrupted; the server's exit code (0 after Ctrl-C/SIGTERM)."""
     db = sqlite_path(uri)
     if db is not None and not db.is_file():

@@ -2,11 +2,11 @@
 sweep checks the file's folder is writable, keeps artifacts beside it and makes a relative URI
 absolute (Tune changes each trial's working directory); `report`, `export` and `ui` refuse a
 file that does not exist rather than create an empty store."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 SQLITE = "sqlite:///"
 STORE_FILE = "mlflow.db"
@@ -23,9 +23,9 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or results_store(DEFAULT_RESULTS)
 
 
-def sqlite_path(uri: str) -> Optional[Path]:
+def sqlite_path(uri: str) -> Path | None:
     """The database file of a `sqlite:///` URI (as written: relative or absolute), else None."""
-    return Path(uri[len(SQLITE):]) if uri.startswith(SQLITE) else None
+    return Path(uri[len(SQLITE) :]) if uri.startswith(SQLITE) else None
 
 
 def absolute_uri(uri: str) -> str:
@@ -36,7 +36,7 @@ def absolute_uri(uri: str) -> str:
     return SQLITE + str(db.resolve())
 
 
-def artifact_root(uri: str) -> Optional[str]:
+def artifact_root(uri: str) -> str | None:
     """Artifacts next to a SQLite store (never the cwd-relative ./mlruns); servers choose their own."""
     db = sqlite_path(uri)
     return None if db is None else db.parent.joinpath("mlartifacts").as_uri()

@@ -8,6 +8,7 @@ a second run or logs an epoch twice, and `report`/`export` need nothing but the 
   teacher run  KIND=teacher, TEACHER_HASH (a recipe the sweep trained), CHECKPOINT
   model version (export) SWEEP, RANK, SELECTION
 """
+
 from __future__ import annotations
 
 PARENT = "mlflow.parentRunId"  # MLflow's own: the UI nests a child under its parent

@@ -9,26 +9,46 @@ Layout (read back by orchestrator.tracking.reader; tag names in orchestrator.tra
 Runs are found again by their tags, so re-running or resuming never creates a second copy and
 never logs an epoch twice.
 """
+
 from __future__ import annotations
 
 import math
 import os
 import subprocess
 import time
-from typing import Any, Optional
+from typing import Any
 
 from orchestrator.tracking import tags as T
 from orchestrator.tracking.store import artifact_root
 
-SKIP_KEYS = {"done", "training_iteration", "time_total_s", "time_this_iter_s", "time_since_restore",
-             "iterations_since_restore", "timesteps_total", "episodes_total", "timestamp", "pid",
-             "trial_id", "experiment_tag", "should_checkpoint", "timesteps_since_restore", "epochs_done"}
-STATUS = {"completed": "FINISHED", "stopped": "KILLED", "failed": "FAILED", "running": "RUNNING",
-          "interrupted": "KILLED"}
+SKIP_KEYS = {
+    "done",
+    "training_iteration",
+    "time_total_s",
+    "time_this_iter_s",
+    "time_since_restore",
+    "iterations_since_restore",
+    "timesteps_total",
+    "episodes_total",
+    "timestamp",
+    "pid",
+    "trial_id",
+    "experiment_tag",
+    "should_checkpoint",
+    "timesteps_since_restore",
+    "epochs_done",
+}
+STATUS = {
+    "completed": "FINISHED",
+    "stopped": "KILLED",
+    "failed": "FAILED",
+    "running": "RUNNING",
+    "interrupted": "KILLED",
+}
 MAX_PARAM = 6000
 
 
-def git_info(cwd: Optional[str] = None) -> dict[str, str]:
+def git_info(cwd: str | None = None) -> dict[str, str]:
     def run(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip()
 
@@ -51,7 +71,7 @@ def metrics_of(result: dict) -> dict[str, float]:
     return out
 
 
-def best_checkpoint(checkpoint_path: Optional[str]) -> Optional[str]:
+def best_checkpoint(checkpoint_path: str | None) -> str | None:
     """The best-so-far model file inside a reported checkpoint folder (best.pt), else the folder."""
     if not checkpoint_path:
         return None
@@ -68,9 +88,12 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=uri)
         self.uri, self.sweep = uri, sweep
         exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-            experiment, artifact_location=artifact_root(uri))
-        self.parent_id: Optional[str] = None
+        self.experiment_id = (
+            exp.experiment_id
+            if exp
+            else self.client.create_experiment(experiment, artifact_location=artifact_root(uri))
+        )
+        self.parent_id: str | None = None
         self.runs: dict[str, str] = {}  # trial id -> run id
         self.last_step: dict[str, int] = {}  # run id -> last epoch logged
         self.errors: list[str] = []
@@ -78,8 +101,9 @@ class Tracker:
     # -------------------------------------------------------------- finding runs
 
     def _find(self, tags: dict[str, str]):
-        runs = self.client.search_runs([self.experiment_id], filter_string=T.matching(tags), max_results=2,
-                                       order_by=["attributes.start_time ASC"])
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=T.matching(tags), max_results=2, order_by=["attributes.start_time ASC"]
+        )
         return runs[0] if runs else None
 
     def _create(self, name: str, tags: dict[str, str]):
@@ -91,7 +115,7 @@ class Tracker:
         have = run.data.params if hasattr(run, "data") else {}
         todo = [Param(k, str(v)[:MAX_PARAM]) for k, v in sorted(params.items()) if k not in have]
         for i in range(0, len(todo), 100):
-            self.client.log_batch(run.info.run_id, params=todo[i:i + 100])
+            self.client.log_batch(run.info.run_id, params=todo[i : i + 100])
 
     # -------------------------------------------------------------- sweep (parent)
 
@@ -129,12 +153,16 @@ class Tracker:
         run = self._find({T.KIND: T.TEACHER_RUN, T.TEACHER_HASH: recipe_hash})
         if run is not None:
             return run.info.run_id
-        run = self._create(f"teacher:{recipe_hash}", {T.KIND: T.TEACHER_RUN, T.TEACHER_HASH: recipe_hash,
-                                                      T.CHECKPOINT: checkpoint})
+        run = self._create(
+            f"teacher:{recipe_hash}", {T.KIND: T.TEACHER_RUN, T.TEACHER_HASH: recipe_hash, T.CHECKPOINT: checkpoint}
+        )
         self._log_params(run, params)
         now = int(time.time() * 1000)
-        ms = [Metric(k, float(v), now, 0) for k, v in metrics.items()
-              if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+        ms = [
+            Metric(k, float(v), now, 0)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ]
         if ms:
             self.client.log_batch(run.info.run_id, metrics=ms)
         self.client.set_terminated(run.info.run_id, "FINISHED")
@@ -142,7 +170,7 @@ class Tracker:
 
     # -------------------------------------------------------------- trials (children)
 
-    def known_run(self, trial_id: str) -> Optional[str]:
+    def known_run(self, trial_id: str) -> str | None:
         """Status of the trial's run if one exists (and remember it), else None."""
         run = self._find({T.SWEEP: self.sweep, T.TRIAL_ID: trial_id})
         if run is None:
@@ -161,8 +189,15 @@ class Tracker:
         for run in self.client.search_runs([self.experiment_id], filter_string=flt, max_results=5000):
             tid = run.data.tags.get(T.TRIAL_ID)
             if tid and tid not in known:
-                self.set_tags(run.info.run_id, {T.STATUS: "orphaned", T.ERROR: (
-                    "started after the interrupted driver's last Tune snapshot; the resumed sweep sampled anew")})
+                self.set_tags(
+                    run.info.run_id,
+                    {
+                        T.STATUS: "orphaned",
+                        T.ERROR: (
+                            "started after the interrupted driver's last Tune snapshot; the resumed sweep sampled anew"
+                        ),
+                    },
+                )
                 self.client.set_terminated(run.info.run_id, status="KILLED")
                 closed.append(tid)
         return closed
@@ -170,9 +205,16 @@ class Tracker:
     def trial_started(self, trial_id: str, params: dict[str, Any], tags: dict[str, Any]) -> str:
         run = self._find({T.SWEEP: self.sweep, T.TRIAL_ID: trial_id})
         if run is None:
-            run = self._create(f"{self.sweep}/{trial_id}", {
-                T.PARENT: self.parent_id, T.KIND: T.TRIAL_RUN, T.SWEEP: self.sweep,
-                T.TRIAL_ID: trial_id, T.STATUS: "running"})
+            run = self._create(
+                f"{self.sweep}/{trial_id}",
+                {
+                    T.PARENT: self.parent_id,
+                    T.KIND: T.TRIAL_RUN,
+                    T.SWEEP: self.sweep,
+                    T.TRIAL_ID: trial_id,
+                    T.STATUS: "running",
+                },
+            )
             self.last_step[run.info.run_id] = -1
         else:  # resumed: continue the same run after its last logged epoch
             self.client.update_run(run.info.run_id, status="RUNNING")
@@ -199,7 +241,7 @@ class Tracker:
         self.last_step[run_id] = step
         self.trial_checkpoint(trial_id, result.get("checkpoint_path"))
 
-    def trial_checkpoint(self, trial_id: str, checkpoint_path: Optional[str]) -> None:
+    def trial_checkpoint(self, trial_id: str, checkpoint_path: str | None) -> None:
         ckpt, run_id = best_checkpoint(checkpoint_path), self.runs.get(trial_id)
         if ckpt and run_id is not None:
             self.set_tags(run_id, {T.CHECKPOINT: ckpt})

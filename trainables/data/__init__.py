@@ -4,10 +4,11 @@ Items are (image FloatTensor 3xHxW, ImageNet-normalised; mask LongTensor HxW, 25
 Each kind is a `Kind` in `KINDS`: its class names and a builder of a raw-array source; the
 transforms and the Dataset wrapper are shared (trainables.data.base / .transforms).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 from torch.utils.data import Dataset
@@ -25,7 +26,7 @@ PAD_MULTIPLE = 32  # smp encoders downsample by 32: inputs must be divisible by 
 class Kind:
     classes: Callable[[dict], list[str]]
     source: Callable[[dict, str], Source]
-    test_split: Callable[[dict], Optional[str]]  # the held-out split `data.test_split: auto` means
+    test_split: Callable[[dict], str | None]  # the held-out split `data.test_split: auto` means
 
 
 KINDS: dict[str, Kind] = {
@@ -48,7 +49,7 @@ def class_names(data_cfg: dict) -> list[str]:
     return _kind(data_cfg).classes(data_cfg)
 
 
-def held_out_split(data_cfg: dict) -> Optional[str]:
+def held_out_split(data_cfg: dict) -> str | None:
     """The held-out split a finished run is evaluated on once, or None. `auto` is the kind's own
     (none when that is already the train or val split); null is none; a name is that split."""
     name = data_cfg.get("test_split", "auto")

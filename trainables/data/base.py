@@ -5,11 +5,13 @@ A *source* knows where samples live and how to load one as raw uint8 arrays (ima
 HxW with 255 = ignore); `SegDataset` checks the pair and applies the transform. Keeping sources
 free of torch makes them cheap to test and lets every kind share one error path.
 """
+
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch

@@ -1,8 +1,8 @@
 """A plain folder of images and index masks: root/<split>/images/*, root/<split>/masks/<stem>.png."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from trainables.data.base import PairedFiles, list_images, require_dir
 from trainables.data.errors import DataError
@@ -34,7 +34,7 @@ class FolderSource(PairedFiles):
         self.masks = [mask_dir / f"{p.stem}.png" for p in self.images]
 
 
-def test_split(cfg: dict) -> Optional[str]:
+def test_split(cfg: dict) -> str | None:
     """`test` when the folder has root/test/images, else none (a folder with train/val only)."""
     return "test" if (Path(cfg["root"]).expanduser() / "test" / "images").is_dir() else None
 

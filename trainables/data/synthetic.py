@@ -13,9 +13,10 @@ Scene grammar (sizes scale with image_size; 96 px is the reference):
   from a tower off-image, or across the sky. Cables are drawn last, in the image and the mask.
 Masks are drawn with PIL ImageDraw (no anti-aliasing), so labels are exact.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw

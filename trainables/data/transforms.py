@@ -5,9 +5,10 @@ training loader seeds that RNG per sample from (seed, epoch, index) (`SegDataset
 in trainables.data.base), so a training item does not depend on the loader's workers.
 Masks are resized with nearest-exact and padded with 255, so padding never counts as a class.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torchvision import tv_tensors
@@ -24,7 +25,7 @@ class RandomScale(v2.Transform):
     the train scale to `eval_size` keeps objects at the same apparent size in training and eval.
     """
 
-    def __init__(self, scale: tuple[float, float] = (1.0, 1.0), short: Optional[int] = None):
+    def __init__(self, scale: tuple[float, float] = (1.0, 1.0), short: int | None = None):
         super().__init__()
         self.scale = (float(scale[0]), float(scale[1]))
         self.short = short

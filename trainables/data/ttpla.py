@@ -11,6 +11,7 @@ Draw order: towers, then 'void' (255), then cables. Cables are thin (a few px) p
 in front of towers; drawn earlier they would be painted over by the tower polygons around them,
 and the rare, thin cable pixels are exactly what the metric is most sensitive to.
 """
+
 from __future__ import annotations
 
 import base64
@@ -19,7 +20,7 @@ import json
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -39,7 +40,7 @@ class Shape:
     cls: int
     exterior: list[tuple[float, float]] = field(default_factory=list)
     holes: list[list[tuple[float, float]]] = field(default_factory=list)
-    bitmap: Optional[np.ndarray] = None  # bool HxW placed at `origin` (x, y)
+    bitmap: np.ndarray | None = None  # bool HxW placed at `origin` (x, y)
     origin: tuple[int, int] = (0, 0)
 
 
@@ -185,8 +186,7 @@ def labelme_items(root: Path, split: str) -> list[Item]:
     for p in sorted(root.rglob("*.json")):
         if p.stem in index:
             raise DataError(
-                f"two annotations named {p.name!r}: {str(index[p.stem])!r} and {str(p)!r}; "
-                "point data.root at one copy"
+                f"two annotations named {p.name!r}: {str(index[p.stem])!r} and {str(p)!r}; point data.root at one copy"
             )
         index[p.stem] = p
     names = [line.strip() for line in listing.read_text(encoding="utf-8").splitlines()]

@@ -2,6 +2,7 @@
 
 data.root may be the folder holding VOCdevkit/, VOCdevkit/ itself, or VOCdevkit/VOC2012/.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

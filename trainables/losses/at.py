@@ -1,8 +1,7 @@
 """AT [AT]: attention transfer at the encoder's last stage, the context module and the decoder
 output (the three roles of trainables.losses.roles)."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -14,7 +13,7 @@ from trainables.losses.roles import role_taps
 AT_ROLES = ("enc", "aspp", "dec")
 
 
-def attention_map(feat: Tensor, size: Optional[tuple[int, int]] = None) -> Tensor:
+def attention_map(feat: Tensor, size: tuple[int, int] | None = None) -> Tensor:
     """at(f) = L2-normalise(mean_c f^2, flattened); the squared map is resized before normalising."""
     a = feat.float().pow(2).mean(dim=1, keepdim=True)
     if size is not None:

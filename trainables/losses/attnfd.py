@@ -15,6 +15,7 @@ Loss: sum over layers of mean_b || F''_S / ||F''_S|| - F''_T / ||F''_T|| ||^2, n
 which is about 1/B of this value and changes with the batch size; with per-image norms the
 public weight 2 means the same at any batch size.
 """
+
 from __future__ import annotations
 
 import torch
@@ -82,9 +83,9 @@ class AttnFDModules(nn.Module):
 
     def __init__(self, s_channels: dict[str, int], t_channels: dict[str, int], reduction: int, teacher_cbam: bool):
         super().__init__()
-        self.student = nn.ModuleDict({
-            k: nn.Sequential(CBAM(s_channels[k], reduction), connector(s_channels[k], t_channels[k])) for k in LAYERS
-        })
+        self.student = nn.ModuleDict(
+            {k: nn.Sequential(CBAM(s_channels[k], reduction), connector(s_channels[k], t_channels[k])) for k in LAYERS}
+        )
         self.teacher = nn.ModuleDict({k: CBAM(t_channels[k], reduction) for k in LAYERS}) if teacher_cbam else None
 
     def refine_teacher(self, name: str, x: Tensor) -> Tensor:
@@ -92,12 +93,21 @@ class AttnFDModules(nn.Module):
 
 
 def _build(s_shapes: dict, t_shapes: dict, cfg: dict) -> nn.Module:
-    return AttnFDModules({k: s_shapes[k][1] for k in LAYERS}, {k: t_shapes[k][1] for k in LAYERS},
-                         int(hp(cfg, "attnfd_reduction")), hp(cfg, "attnfd_teacher_cbam") == 1.0)
+    return AttnFDModules(
+        {k: s_shapes[k][1] for k in LAYERS},
+        {k: t_shapes[k][1] for k in LAYERS},
+        int(hp(cfg, "attnfd_reduction")),
+        hp(cfg, "attnfd_teacher_cbam") == 1.0,
+    )
 
 
-@register("attnfd", weight=weight_from("attnfd", 2.0), student_taps=role_taps(*LAYERS),
-          teacher_taps=role_taps(*LAYERS), build=_build)
+@register(
+    "attnfd",
+    weight=weight_from("attnfd", 2.0),
+    student_taps=role_taps(*LAYERS),
+    teacher_taps=role_taps(*LAYERS),
+    build=_build,
+)
 def _attnfd(step: Step, cfg: dict) -> Tensor:
     mods: AttnFDModules = step.extras["attnfd"]
     total = step.s_logits.new_zeros((), dtype=torch.float32)

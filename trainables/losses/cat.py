@@ -1,8 +1,7 @@
 """CAT [CAT]: class attention transfer on the decoder output, in our reconstruction for
 segmentation (there is no public segmentation code; see `cat_loss`)."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -14,7 +13,7 @@ from trainables.losses.roles import role_taps
 from trainables.saliency import class_masks
 
 
-def class_attention(feat: Tensor, masks: Tensor, pool: int, size: Optional[tuple[int, int]] = None) -> Tensor:
+def class_attention(feat: Tensor, masks: Tensor, pool: int, size: tuple[int, int] | None = None) -> Tensor:
     """(B, K, pool*pool) unit-norm class attention: masks_k * mean_c f^2, average-pooled, L2-normalised."""
     a = feat.float().pow(2).mean(dim=1, keepdim=True)
     if size is not None:

@@ -1,5 +1,6 @@
 """CWD [CWD]: channel-wise distillation of the logits (`cwd`), and optionally of the decoder
 features through a 1x1 connector (`cwd_feat`, off unless distill.weights.cwd_feat > 0)."""
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -29,8 +30,13 @@ def _build_cwd_feat(s_shapes: dict, t_shapes: dict, cfg: dict) -> nn.Module:
     return connector(s_shapes["dec"][1], t_shapes["dec"][1])
 
 
-@register("cwd_feat", weight=weight_from("cwd_feat", 0.0), student_taps=role_taps("dec"),
-          teacher_taps=role_taps("dec"), build=_build_cwd_feat)
+@register(
+    "cwd_feat",
+    weight=weight_from("cwd_feat", 0.0),
+    student_taps=role_taps("dec"),
+    teacher_taps=role_taps("dec"),
+    build=_build_cwd_feat,
+)
 def _cwd_feat(step: Step, cfg: dict) -> Tensor:
     s, t = pair(step, "dec")
     return channel_wise_divergence(step.extras["cwd_feat"](s), t, hp(cfg, "cwd_tau"))

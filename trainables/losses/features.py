@@ -2,6 +2,7 @@
 students and the DLV3+ teacher differ in stride and channels) and reading a role's (student,
 teacher) pair. Teacher features are always detached: with the saliency term on, the loop hands
 them over as autograd leaves."""
+
 from __future__ import annotations
 
 import math

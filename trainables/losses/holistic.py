@@ -15,6 +15,7 @@ The public code trains D with its own optimizer and a gradient penalty. Here (a 
   the run's learning rate whatever lambda is); the logged `train_skd_ho` is the critic's loss,
   minus its Wasserstein estimate.
 """
+
 from __future__ import annotations
 
 import torch
@@ -69,7 +70,11 @@ def _build(s_shapes: dict, t_shapes: dict, cfg: dict) -> nn.Module:
     return discriminator(int(s_shapes["head"][1]))
 
 
-@register("skd_ho", weight=lambda cfg: 1.0 if _lam(cfg) > 0 else 0.0,
-          student_taps=lambda cfg, model: {"head": "segmentation_head"}, build=_build)
+@register(
+    "skd_ho",
+    weight=lambda cfg: 1.0 if _lam(cfg) > 0 else 0.0,
+    student_taps=lambda cfg, model: {"head": "segmentation_head"},
+    build=_build,
+)
 def _skd_ho(step: Step, cfg: dict) -> Tensor:
     return holistic_loss(step.extras["skd_ho"], step.images, step.s_logits, step.t_logits, _lam(cfg))

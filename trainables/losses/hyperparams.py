@@ -1,9 +1,10 @@
 """The baselines' hyperparameters: one flat dict of floats in `distill.weights`, next to the term
 weights, each with a default and a rule; `hp` reads one and refuses a value its rule forbids."""
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 HYPERPARAMS: dict[str, float] = {
     "skd_pool": 2.0,  # SKD node size: max-pool kernel in pixels (>= 1), or a fraction of the feature size (< 1)

@@ -5,6 +5,7 @@ The total loss of a method is sum(weight(term) * term) over its terms; a term wh
 is not computed at all (beta = 0 computes no CAM), which is how optional parts (SKD's holistic
 term, CWD on features) stay off by default. Names only: the terms register in their modules.
 """
+
 from __future__ import annotations
 
 XGD: dict[str, tuple[str, ...]] = {

@@ -7,10 +7,11 @@ optionally builds trainable modules (connectors) from the tapped shapes; the wor
 these declarations and never changes when a method is added. Term modules import this one and
 register themselves; this module imports none of them.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -25,7 +26,7 @@ class Step:
     images: torch.Tensor
     labels: torch.Tensor  # (B, H, W) long, IGNORE_INDEX where unlabelled
     s_logits: torch.Tensor  # (B, K, H, W)
-    t_logits: Optional[torch.Tensor] = None
+    t_logits: torch.Tensor | None = None
     s_feats: dict[str, torch.Tensor] = field(default_factory=dict)
     t_feats: dict[str, torch.Tensor] = field(default_factory=dict)  # leaves when teacher_grad
     extras: dict[str, nn.Module] = field(default_factory=dict)  # trainable modules by term name
@@ -39,12 +40,12 @@ class Term:
     fn: Callable[[Step, dict], torch.Tensor]
     weight: Callable[[dict], float]
     needs_teacher: bool = True
-    student_taps: Optional[Taps] = None
-    teacher_taps: Optional[Taps] = None
+    student_taps: Taps | None = None
+    teacher_taps: Taps | None = None
     teacher_grad: bool = False  # teacher taps must be autograd leaves (CAM gradients)
     saliency: bool = False  # its time is the step's saliency time (`saliency_time_s`, the bench's CAM s)
     # (student feature shapes, teacher feature shapes, cfg) -> trainable module, or None
-    build: Optional[Callable[[dict, dict, dict], nn.Module]] = None
+    build: Callable[[dict, dict, dict], nn.Module] | None = None
 
 
 TERMS: dict[str, Term] = {}

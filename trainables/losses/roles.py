@@ -2,9 +2,10 @@
 stage), `aspp` (the multi-scale context module: ASPP or pyramid pooling) and `dec` (the decoder's
 output, the feature the segmentation head classifies). A role always maps to the same layer, so
 terms that tap one role share the hook."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -43,8 +44,10 @@ def probe_last_stage(encoder: nn.Module, size: int = 64) -> str:
             h.remove()
     names = [n for n, out in seen if out is feats[-1]]  # inner modules fire first: the last match is outermost
     if not names:
-        raise ValueError(f"cannot find the last stage of encoder {type(encoder).__name__}; "
-                         f"set it in trainables.losses.roles.ENCODER_LAST")
+        raise ValueError(
+            f"cannot find the last stage of encoder {type(encoder).__name__}; "
+            f"set it in trainables.losses.roles.ENCODER_LAST"
+        )
     return names[-1]
 
 
@@ -57,8 +60,9 @@ def encoder_last_stage(model: nn.Module) -> str:
 def context_layer(model: nn.Module) -> str:
     name = type(model).__name__
     if name not in CONTEXT_LAYERS:
-        raise ValueError(f"model {name} has no ASPP/pyramid-pooling layer for this method; "
-                         f"supported: {', '.join(CONTEXT_LAYERS)}")
+        raise ValueError(
+            f"model {name} has no ASPP/pyramid-pooling layer for this method; supported: {', '.join(CONTEXT_LAYERS)}"
+        )
     return CONTEXT_LAYERS[name]
 
 

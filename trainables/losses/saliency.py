@@ -2,6 +2,7 @@
 teacher's normalised CAMs at their CAM layers. The maps themselves (segmentation target,
 classes, reduction, the student's CAM under BatchNorm) are `trainables.saliency`'s, shared with
 the explanation metrics and the report's galleries."""
+
 from __future__ import annotations
 
 import torch
@@ -13,6 +14,7 @@ from trainables.saliency import xgd_saliency_loss
 
 def cam_layer(role: str) -> Taps:
     """Taps {'cam': distill.<role>_layer, else the model's default CAM layer}."""
+
     def taps(cfg: dict, model: nn.Module) -> dict[str, str]:
         from trainables.models import default_cam_layer  # smp loads only when a model is tapped
 
@@ -21,7 +23,13 @@ def cam_layer(role: str) -> Taps:
     return taps
 
 
-@register("sa", weight=weight_from("beta"), student_taps=cam_layer("student"),
-          teacher_taps=cam_layer("teacher"), teacher_grad=True, saliency=True)
+@register(
+    "sa",
+    weight=weight_from("beta"),
+    student_taps=cam_layer("student"),
+    teacher_taps=cam_layer("teacher"),
+    teacher_grad=True,
+    saliency=True,
+)
 def _sa(step: Step, cfg: dict) -> torch.Tensor:
     return xgd_saliency_loss(step, cfg)

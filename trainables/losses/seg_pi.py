@@ -1,8 +1,7 @@
 """The supervised term `seg` (cross-entropy on labelled pixels) and XGD's pixel-wise distillation
 term `pi` (temperature-scaled KL to the teacher at every pixel), with their pure functions."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +15,9 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX)
 
 
-def pixel_kl(s_logits: torch.Tensor, t_logits: torch.Tensor, tau: float,
-             valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+def pixel_kl(
+    s_logits: torch.Tensor, t_logits: torch.Tensor, tau: float, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """tau^2 * mean over pixels of KL(softmax(t/tau) || softmax(s/tau)).
 
     Averaged per pixel (not the 'batchmean' sum over pixels of the published code); `valid`

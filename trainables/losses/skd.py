@@ -1,6 +1,7 @@
 """SKD's pair-wise term `skd_pa` [SKD] on the decoder output (formula of
 irfanICMLL/structure_knowledge_distillation). SKD's pixel-wise term is the `pi` term (weight
 distill.alpha), its holistic term `skd_ho` (trainables.losses.holistic)."""
+
 from __future__ import annotations
 
 import torch.nn.functional as F
