@@ -19,6 +19,8 @@ from orchestrator.spec.train import TrainSpec
 from orchestrator.tracking import reader
 from orchestrator.tracking import tags as T
 
+ROOT = Path(__file__).resolve().parents[1]
+
 ESCAPES = [
     "..",
     "../x",
@@ -124,3 +126,37 @@ def test_report_for_a_sweep_named_with_dotdots_writes_under_its_root(tmp_path):
     assert rep.dir.is_relative_to(out_root.resolve()) and rep.files
     assert all(Path(f).resolve().is_relative_to(out_root.resolve()) for f in rep.files)
     assert not (tmp_path / "escaped").exists() and not (tmp_path.parent / "escaped").exists()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when this returns: nothing listens there
+
+
+@pytest.mark.parametrize("command", [["report"], ["export"], ["ui", "--port", "0"], ["sweep"]])
+def test_unreachable_tracking_server_is_refused_quickly_in_one_line(command, tmp_path, capsys, no_ray):
+    import time
+
+    from orchestrator.cli import main
+
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    if command == ["sweep"]:
+        argv = [
+            "sweep",
+            str(ROOT / "search_spaces" / "quickstart.yaml"),
+            "--set",
+            f"results={tmp_path}",
+            "--set",
+            f"mlflow.tracking_uri={uri}",
+        ]
+    else:
+        argv = [*command[:1], "--tracking-uri", uri, *command[1:]]
+    t0 = time.monotonic()
+    rc = main(argv)
+    took = time.monotonic() - t0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and uri in err[0] and "cannot be reached" in err[0], err
+    assert took < 10, took

@@ -34,7 +34,7 @@ from orchestrator.spec.load import canonical
 from orchestrator.spec.paths import is_uri, join
 from orchestrator.spec.sweep import SweepSpec, sampler
 from orchestrator.spec.train import TrainSpec
-from orchestrator.tracking.store import sqlite_path
+from orchestrator.tracking.store import check_reachable, sqlite_path
 
 # kind -> (what, where to get it, how it must sit under data.root)
 DATASETS = {
@@ -77,7 +77,8 @@ MIN_FREE_MB = 200  # below this a sweep would die mid-checkpoint: refuse it up f
 
 def check_storage(spec: SweepSpec) -> None:
     """The results folder, the sweep storage and a SQLite MLflow store must be writable and not
-    full before any trial starts (else the first checkpoint or MLflow write fails hours in)."""
+    full, and a tracking server must answer, before any trial starts (else the first checkpoint or
+    MLflow write fails hours in)."""
     places = [("results", spec.results)]
     if spec.storage_path and not is_uri(spec.storage_path):
         places.append(("storage_path", spec.storage_path))
@@ -104,6 +105,7 @@ def check_storage(spec: SweepSpec) -> None:
                 f"{key} {where!r} has only {free_mb:.0f} MB free (a sweep needs at least {MIN_FREE_MB} MB "
                 f"for checkpoints and MLflow): free some space or point it elsewhere with --set {key}=..."
             )
+    check_reachable(spec.mlflow.tracking_uri or "")
 
 
 def _recipe_data(spec: SweepSpec):

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from orchestrator.errors import UserError
 from orchestrator.tracking import tags as T
-from orchestrator.tracking.store import default_tracking_uri, sqlite_path
+from orchestrator.tracking.store import check_reachable, default_tracking_uri, sqlite_path
 
 PARAM = "params."
 # Trial statuses whose metrics count in tables, plots and export (a trial stopped early by a
@@ -45,6 +45,7 @@ def open_store(uri: str | None = None):
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         raise UserError(f"no MLflow store at {str(db)!r}; run a sweep first or pass --tracking-uri")
+    check_reachable(uri)
     return MlflowClient(tracking_uri=uri)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from orchestrator.errors import UserError
 from orchestrator.tracking import tags as T
-from orchestrator.tracking.store import sqlite_path
+from orchestrator.tracking.store import check_reachable, sqlite_path
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -130,6 +130,7 @@ def serve(
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         raise UserError(f"no MLflow store at {str(db)!r}; run a sweep first or pass --tracking-uri")
+    check_reachable(uri)
     root = Path(artifacts_root) if artifacts_root else (db.parent if db else Path("results")) / "mlartifacts"
     if not port_free(host, port):
         raise UserError(f"port {port} on {host} is in use; pass another --port")

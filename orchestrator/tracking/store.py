@@ -6,7 +6,11 @@ file that does not exist rather than create an empty store."""
 from __future__ import annotations
 
 import os
+import urllib.error
+import urllib.request
 from pathlib import Path
+
+from orchestrator.errors import UserError
 
 SQLITE = "sqlite:///"
 STORE_FILE = "mlflow.db"
@@ -40,3 +44,28 @@ def artifact_root(uri: str) -> str | None:
     """Artifacts next to a SQLite store (never the cwd-relative ./mlruns); servers choose their own."""
     db = sqlite_path(uri)
     return None if db is None else db.parent.joinpath("mlartifacts").as_uri()
+
+
+REACH_TIMEOUT_S = 5.0  # MLflow's own client retries an unreachable server for minutes before failing
+
+
+def check_reachable(uri: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """Refuse, in one line naming the URI, a tracking server that does not answer its /health page.
+
+    Checked before a command talks to the store, because MLflow's client retries a dead server
+    with backoff for minutes. SQLite stores are files: their checks are the callers'."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as r:
+            if r.status == 200:
+                return
+            reason = f"HTTP {r.status}"
+    except urllib.error.HTTPError as e:
+        reason = f"HTTP {e.code}"
+    except (urllib.error.URLError, OSError) as e:  # refused, unknown host, timed out
+        reason = str(getattr(e, "reason", e))
+    raise UserError(
+        f"the MLflow tracking server {uri} cannot be reached ({reason}); start it "
+        "(mlflow server ...) or point --tracking-uri / mlflow.tracking_uri elsewhere"
+    )
