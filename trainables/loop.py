@@ -3,9 +3,11 @@
 Per batch: `trainables.step.train_step` (student forward with taps, frozen teacher forward with a
 graph only from its CAM layer when the saliency term is on, the registered loss terms, one
 backward; the benchmark times this same step). Per epoch:
-averaged terms, val mIoU from one confusion matrix, a report with a checkpoint that holds all
-an exact resume needs. The last report adds costs, explanation metrics and, once, the held-out
-test split scored with the best-on-val weights. Teacher training is this loop without a teacher.
+averaged terms, val mIoU from one confusion matrix, the student's static costs (params, GFLOPs,
+latency: measured once before the first epoch, so a trial stopped early still reports them to a
+Pareto search), a report with a checkpoint that holds all an exact resume needs. The last report
+adds explanation metrics and, once, the held-out test split scored with the best-on-val weights.
+Teacher training is this loop without a teacher.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def train_loop(config: dict) -> dict:
     steps = min(len(train_dl), run["max_steps_per_epoch"] or len(train_dl))  # train_dl is this rank's shard
     sample = next(iter(val_dl))[0][:2].to(device)
     tr = build_trainer(config, student, teacher, sample, device, steps * optim["epochs"])
+    static = costs(student, config["data"]) if reporter.rank == 0 else {}  # eval mode, no RNG drawn
     test_dl = make_test_loader(config, device)
     if test_dl is None and reporter.rank == 0:
         print(f"[{config['name']}] {_no_test_split(config['data'])}: no test_* metrics", flush=True)
@@ -83,6 +86,7 @@ def train_loop(config: dict) -> dict:
             "step_time_s": epoch_time / taken,
             "saliency_time_s": sal_time / taken,
             "epoch_time_s": epoch_time,
+            **static,
         }
         last = epoch == optim["epochs"] - 1
         if (epoch + 1) % run["eval_every"] == 0 or last:
@@ -156,6 +160,8 @@ def _no_test_split(data: dict) -> str:
 
 
 def costs(model, data: dict) -> dict:
+    """Params, GFLOPs and latency (ms) of one forward at the crop size; they do not depend on the
+    weights, so the loop measures them once and reports them with every epoch."""
     size = data["crop"]
     return {
         "params": count_params(model),

@@ -33,10 +33,30 @@ def add_parser(sub) -> None:
     p.add_argument("--allowed-hosts", default=None, help="passed to mlflow server (Host headers it accepts)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--startup-timeout", type=float, default=120.0, help="seconds to wait for the server")
+    p.add_argument(
+        "--optuna",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="SWEEP",
+        help="serve optuna-dashboard on the sweep's Optuna study (<results>/optuna/SWEEP.log) instead; "
+        "SWEEP may be left out when there is one study",
+    )
+    p.add_argument("--results", default="results", help="results folder of the sweeps (with --optuna)")
     p.set_defaults(run=run)
 
 
+def optuna_ui(args) -> int:
+    from orchestrator.run import study
+    from orchestrator.tracking.server import serve_dashboard
+
+    sweep = args.optuna or study.only_study(args.results)
+    return serve_dashboard(study.study_path(args.results, sweep), sweep, args.host, args.port, args.startup_timeout)
+
+
 def run(args) -> int:
+    if args.optuna is not None:
+        return optuna_ui(args)
     from orchestrator.tracking.server import serve
     from orchestrator.tracking.store import default_tracking_uri
 

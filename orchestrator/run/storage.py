@@ -39,12 +39,41 @@ def save_spec(spec: SweepSpec) -> None:
     write_text(join(spec.experiment_dir, SPEC_FILE), canonical(spec.model_dump()))
 
 
+KEPT = ("space", "objective", "search", "students", "cells")  # what the searcher was built on
+
+
 def saved_spec(spec: SweepSpec, console) -> SweepSpec:
-    """Resume with the spec the sweep started with (a changed space would confuse the searcher)."""
+    """Resume with the spec the sweep started with, except a larger search.num_samples, which grows
+    the sweep (orchestrator.run.study). A changed space, objective, search or students would mislead
+    the searcher: refused in one line. Other changes are noted and the saved values kept."""
     try:
         saved = SweepSpec.model_validate(json.loads(read_text(join(spec.experiment_dir, SPEC_FILE))))
     except (OSError, ValueError):
         return spec
-    if canonical(saved.model_dump()) != canonical(spec.model_dump()):
-        console.print("[yellow]the spec changed since the sweep started; resuming with the saved one[/]")
+    from orchestrator.errors import UserError
+    from orchestrator.spec.space import flatten
+
+    old, new = flatten(json.loads(canonical(saved.model_dump()))), flatten(json.loads(canonical(spec.model_dump())))
+    changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k) and k != "search.num_samples"]
+    for key in changed:
+        if key.split(".")[0] in KEPT:
+            raise UserError(
+                f"--resume: {key} is {new.get(key)!r} here but {old.get(key)!r} in sweep {spec.name!r}; a resumed "
+                f"sweep keeps its space, objective, search and students (only search.num_samples may grow): "
+                f"start another with --set name={spec.name}-2"
+            )
+    if spec.num_samples > saved.num_samples:
+        console.print(
+            f"growing sweep {spec.name!r} from {saved.num_samples} to {spec.num_samples} trials; "
+            "the sampler starts from the finished ones",
+            highlight=False,
+        )
+        saved = saved.model_copy(update={"search": saved.search.model_copy(update={"num_samples": spec.num_samples})})
+    elif spec.num_samples < saved.num_samples:
+        changed.append("search.num_samples")
+    if changed:
+        console.print(
+            f"[yellow]the spec changed since the sweep started ({', '.join(changed[:5])}"
+            f"{', ...' if len(changed) > 5 else ''}); resuming with the saved one[/]"
+        )
     return saved

@@ -10,13 +10,11 @@ nothing); the teacher is resolved before any trial; the placement-group reaper
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,15 +22,17 @@ import yaml
 from rich.console import Console
 
 from orchestrator.errors import UserError
+from orchestrator.run import study
 from orchestrator.run.callback import SESSIONS, DriverCallback, Session
 from orchestrator.run.live import SweepView
 from orchestrator.run.outcome import SweepOutcome, finish, parent_params, parent_tags, print_best
 from orchestrator.run.storage import save_spec, saved_spec
-from orchestrator.run.trial import EPOCHS_DONE, TrialPlan, make_trainable, trial_dirname
+from orchestrator.run.trial import TrialPlan, make_trainable
+from orchestrator.run.tuner import new_tuner, quiet
 from orchestrator.spec import space as S
 from orchestrator.spec.load import canonical
 from orchestrator.spec.paths import is_uri, join
-from orchestrator.spec.sweep import SweepSpec, sampler
+from orchestrator.spec.sweep import SweepSpec
 from orchestrator.spec.train import TrainSpec
 from orchestrator.tracking.store import check_reachable, sqlite_path
 
@@ -206,7 +206,7 @@ def _run(spec, resume, worker, verbose, console, t0) -> SweepOutcome:
         )
 
     if not verbose:
-        _quiet()
+        quiet()
     tracker = _tracker(spec)
     teacher = _teacher(spec, tracker, console)
     if teacher is not None and spec.teacher.recipe:
@@ -244,25 +244,34 @@ def _run(spec, resume, worker, verbose, console, t0) -> SweepOutcome:
             parent_params(spec),
             {**spec.tags, **parent_tags(spec, teacher)},
         )
-    key = f"{spec.name}@{spec.experiment_dir}"
-    SESSIONS[key] = Session(spec, plan, view, tracker, resumed=resume)
     trainable = make_trainable(plan)
-    status = "completed"
+    totals = study.grown(spec) if resume else [spec.num_samples]  # one Tune experiment per total
+    runs = [(s, resume and tune.Tuner.can_restore(s.experiment_dir)) for s in study.stages(spec, totals)]
+    last_restored = max((i for i, (_, r) in enumerate(runs) if r), default=-1)
+    if not resume:
+        study.set_aside_stale(spec, lambda line: console.print(line, highlight=False))
+    status, keys = "completed", []
     try:
         with view:
-            if resume:
-                tuner = tune.Tuner.restore(
-                    spec.experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=True
-                )
-            else:
-                tuner = _new_tuner(spec, trainable, concurrent, DriverCallback(key), verbose)
-                save_spec(spec)
-            tuner.fit()
+            for i, (stage, restored) in enumerate(runs):
+                keys.append(f"{spec.name}@{stage.experiment_dir}")
+                # orphaned MLflow runs are looked for once, against the stage the killed driver ran last
+                SESSIONS[keys[-1]] = Session(spec, plan, view, tracker, resumed=i == last_restored)
+                if restored:
+                    tuner = tune.Tuner.restore(
+                        stage.experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=True
+                    )
+                else:
+                    tuner = new_tuner(spec, stage, trainable, concurrent, DriverCallback(keys[-1]), verbose)
+                    save_spec(spec)
+                    study.record_totals(spec, totals)
+                tuner.fit()
     except KeyboardInterrupt:
         status = "interrupted"
         raise
     finally:
-        SESSIONS.pop(key, None)
+        for key in keys:
+            SESSIONS.pop(key, None)
         fixed = _release(reaper)
         outcome = finish(spec, view, tracker, parent, status, fixed, t0)
         console.print(view.summary(tuple(outcome.pareto)))
@@ -291,84 +300,6 @@ def _head_driver(spec, resume, worker, verbose) -> SweepOutcome:
     return run_sweep(
         spec, resume=resume, worker=worker, verbose=verbose, console=Console(force_terminal=False, width=120)
     )
-
-
-def _new_tuner(spec: SweepSpec, trainable, concurrent: int, callback, verbose: bool):
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
-
-    obj = spec.objectives
-    optuna_sampler, define = sampler(spec)
-    multi = len(obj) > 1
-    searcher = OptunaSearch(
-        space=define,
-        sampler=optuna_sampler,
-        metric=[o.metric for o in obj] if multi else obj[0].metric,
-        mode=[o.mode for o in obj] if multi else obj[0].mode,
-    )
-    es = spec.early_stopping
-    scheduler = None
-    if es.kind == "asha":
-        scheduler = ASHAScheduler(
-            time_attr=EPOCHS_DONE,
-            metric=obj[0].metric,
-            mode=obj[0].mode,
-            max_t=es.max_t or spec.max_epochs,
-            grace_period=es.grace_period,
-            reduction_factor=es.reduction_factor,
-        )
-    return tune.Tuner(
-        trainable,
-        # reuse_actors: a one-process trial hands its warm process (torch imported) to the next
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=scheduler,
-            num_samples=spec.num_samples,
-            max_concurrent_trials=concurrent,
-            reuse_actors=not spec.resources.use_train,
-            trial_dirname_creator=trial_dirname,
-        ),
-        run_config=tune.RunConfig(
-            name=spec.name,
-            storage_path=spec.storage_path,
-            callbacks=[callback],
-            verbose=2 if verbose else 0,
-            # one checkpoint per one-process trial (it holds best.pt too); Tune
-            # then snapshots the experiment at each, so --resume starts a trial
-            # from the checkpoint it reported last, not from a 10 s old snapshot
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
-        ),
-    )
-
-
-def _quiet() -> None:
-    """The live view owns the terminal: MLflow, Optuna and Tune keep their INFO lines to themselves.
-    Called after they are imported (they set their own levels on import)."""
-    import mlflow  # noqa: F401
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # a retried Train trial counts its iterations from 1 again; Optuna keeps the first report of each
-    warnings.filterwarnings("ignore", message="The reported value is ignored because this `step=", category=UserWarning)
-    for name in ("mlflow", "alembic", "ray.tune"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # with the auto loggers off, Tune's ResultGrid warns it has no result files: results are tracked here
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    # num_to_keep=1 snapshots at every checkpoint: short trials make Tune warn that it snapshots often
-    logging.getLogger("ray.tune.execution.experiment_state").setLevel(logging.ERROR)
-    searcher_log = logging.getLogger("ray.tune.search.optuna.optuna_search")
-    if not any(isinstance(f, _GridDone) for f in searcher_log.filters):
-        searcher_log.addFilter(_GridDone())
-
-
-class _GridDone(logging.Filter):
-    """Optuna's GridSampler stops its study after the last grid point; outside Optuna's own loop
-    that raises, and Tune's searcher logs it as a warning. The trial is recorded either way."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Study.stop" not in record.getMessage()
 
 
 def _default_worker() -> Callable:

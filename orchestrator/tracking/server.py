@@ -1,6 +1,7 @@
 """The MLflow UI on a store: `mlflow server` in its own process group, bound to 127.0.0.1 unless
 told otherwise, with a link per sweep; it runs until Ctrl-C or SIGTERM and takes its workers
-down with it. The UI has no login (see the `ui` command's help)."""
+down with it. The UI has no login (see the `ui` command's help). optuna-dashboard on a sweep's
+persisted Optuna study (`ui --optuna`) runs the same way."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import UserError
@@ -42,11 +45,11 @@ def server_command(
     return cmd + (["--allowed-hosts", allowed_hosts] if allowed_hosts else [])
 
 
-def exposure_warning(host: str, port: int) -> str | None:
+def exposure_warning(host: str, port: int, what: str = "the MLflow UI") -> str | None:
     if host in LOOPBACK:
         return None
     return (
-        f"WARNING: the MLflow UI has no login and will be reachable by anyone who can reach {host}:{port}; "
+        f"WARNING: {what} has no login and will be reachable by anyone who can reach {host}:{port}; "
         "they can read and delete runs. Use --host 127.0.0.1 (the default) with an SSH tunnel unless "
         "this network is trusted."
     )
@@ -71,19 +74,21 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
+def wait_ready(
+    url: str, proc: subprocess.Popen, timeout: float, what: str = "mlflow server", page: str = "/health"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise UserError(f"mlflow server exited with code {proc.returncode} before serving {url}")
+            raise UserError(f"{what} exited with code {proc.returncode} before serving {url}")
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+            with urllib.request.urlopen(f"{url}{page}", timeout=2) as r:
                 if r.status == 200:
                     return
         except OSError:
             pass
         time.sleep(0.5)
-    raise UserError(f"mlflow server did not answer at {url}/health within {timeout:.0f} s")
+    raise UserError(f"{what} did not answer at {url}{page} within {timeout:.0f} s")
 
 
 def stop(proc: subprocess.Popen, grace: float = 15.0) -> None:
@@ -131,6 +136,12 @@ def serve(
     if db is not None and not db.is_file():
         raise UserError(f"no MLflow store at {str(db)!r}; run a sweep first or pass --tracking-uri")
     check_reachable(uri)
+    if uri.startswith(("http://", "https://")):  # a tracking server serves its own UI; MLflow cannot serve one
+        base = uri.rstrip("/")
+        print(f"MLflow UI: {base} (served by the tracking server)", flush=True)
+        for line in sweep_links(uri, base):
+            print(f"  sweep {line}", flush=True)
+        return 0
     root = Path(artifacts_root) if artifacts_root else (db.parent if db else Path("results")) / "mlartifacts"
     if not port_free(host, port):
         raise UserError(f"port {port} on {host} is in use; pass another --port")
@@ -138,19 +149,78 @@ def serve(
     if warning:
         print(warning, file=sys.stderr, flush=True)
     log = (db.parent if db else Path("results")) / "mlflow-ui.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
     cmd = server_command(uri, host, port, str(root.resolve()), workers, allowed_hosts)
+    base = _base_url(host, port)
+    return _run_until_stopped(
+        cmd,
+        log,
+        Ready(base, "/health", "mlflow server", startup_timeout),
+        lambda: [f"MLflow UI: {base}", *(f"  sweep {line}" for line in sweep_links(uri, base))],
+        on=f" on {uri}",
+    )
+
+
+DASHBOARD_EXTRA = "pip install -e .[dashboard]"
+# optuna-dashboard's documented entry point, run in a child process like `mlflow server`
+DASHBOARD_CODE = "import sys, optuna_dashboard as d; d.run_server(sys.argv[1], host=sys.argv[2], port=int(sys.argv[3]))"
+
+
+def dashboard_command(storage: Path, host: str, port: int) -> list[str]:
+    return [sys.executable, "-c", DASHBOARD_CODE, str(storage), host, str(port)]
+
+
+def serve_dashboard(storage: Path, study: str, host: str, port: int, startup_timeout: float = 120.0) -> int:
+    """optuna-dashboard on a sweep's journal file until interrupted (0 after Ctrl-C/SIGTERM)."""
+    import importlib.util
+
+    if importlib.util.find_spec("optuna_dashboard") is None:
+        raise UserError(f"ui --optuna needs optuna-dashboard, an optional extra: {DASHBOARD_EXTRA}")
+    if not storage.is_file():
+        raise UserError(
+            f"no Optuna study of sweep {study!r} at {str(storage)!r}; run the sweep first or pass --results"
+        )
+    if not port_free(host, port):
+        raise UserError(f"port {port} on {host} is in use; pass another --port")
+    warning = exposure_warning(host, port, "optuna-dashboard")
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    base = _base_url(host, port)
+    return _run_until_stopped(
+        dashboard_command(storage, host, port),
+        storage.with_name("dashboard.log"),
+        Ready(base, "/api/studies", "optuna-dashboard", startup_timeout),
+        lambda: [f"Optuna dashboard of sweep {study}: {base}/dashboard"],
+        on=f" on {storage}",
+    )
+
+
+def _base_url(host: str, port: int) -> str:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    base = f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+    return f"http://[{shown}]:{port}" if ":" in shown else f"http://{shown}:{port}"
+
+
+@dataclass(frozen=True)
+class Ready:
+    """Where a server answers once it serves: base URL, page, its name in messages, seconds to wait."""
+
+    base: str
+    page: str
+    what: str
+    timeout: float
+
+
+def _run_until_stopped(cmd: list[str], log: Path, ready: Ready, lines: Callable[[], list[str]], on: str = "") -> int:
+    """Run a server in its own process group until Ctrl-C/SIGTERM (then 0, else its exit code);
+    print `lines()` once it answers."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=server_env())
         try:
-            print(f"starting mlflow server (pid {proc.pid}) on {uri}; log: {log}", flush=True)
-            wait_ready(base, proc, startup_timeout)
-            print(f"MLflow UI: {base}", flush=True)
-            for line in sweep_links(uri, base):
-                print(f"  sweep {line}", flush=True)
+            print(f"starting {ready.what} (pid {proc.pid}){on}; log: {log}", flush=True)
+            wait_ready(ready.base, proc, ready.timeout, ready.what, ready.page)
+            for line in lines():
+                print(line, flush=True)
             print("Ctrl-C stops it.", flush=True)
             proc.wait()
             return proc.returncode or 0

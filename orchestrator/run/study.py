@@ -1,0 +1,118 @@
+"""The sweep's Optuna study, persisted, and the stages of a sweep that grows.
+
+The study: one Optuna JournalStorage file per sweep, `<results>/optuna/<sweep>.log`, holding the
+study named after the sweep. Ray Tune's OptunaSearch asks and tells through it in the driver, so
+the study outlives the driver: optuna-dashboard browses it (`ui --optuna`), a resumed sweep's
+restored searcher keeps writing to the same file, and a sweep that grows starts its sampler from
+every trial told so far.
+
+The stages: Tune cannot raise a restored experiment's num_samples, so `--resume --set
+search.num_samples=N` on a sweep planned for fewer trials adds a Tune experiment `<sweep>~N` beside
+the first (in the same storage path) that runs the missing trials with a searcher on the same
+study. The planned totals, one per stage, are kept in the first experiment's folder
+(`xgd_stages.json`), so a later `--resume` restores every stage in order (finished ones only
+re-show their trials). Each stage's trials are children of the sweep's one MLflow parent run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.run.storage import SPEC_FILE, read_text, write_text
+from orchestrator.spec.paths import join
+from orchestrator.spec.sweep import SweepSpec
+
+STUDY_DIR = "optuna"  # under the results folder
+STAGES_FILE = "xgd_stages.json"
+STAGE_MARK = "~"  # not allowed in sweep names, so a stage's experiment never collides with a sweep
+
+
+def study_path(results: str, sweep: str) -> Path:
+    return Path(results) / STUDY_DIR / f"{sweep}.log"
+
+
+def only_study(results: str) -> str:
+    """The sweep of the one study under `results`, or a one-line error listing them."""
+    from orchestrator.errors import UserError
+
+    names = sorted(p.stem for p in (Path(results) / STUDY_DIR).glob("*.log"))
+    if len(names) == 1:
+        return names[0]
+    found = f"studies: {', '.join(names)}" if names else f"no study under {Path(results) / STUDY_DIR}"
+    raise UserError(f"ui --optuna: name the sweep ({found})")
+
+
+def open_storage(path: Path):
+    """The sweep's journal file (created on first write). Opened with the same file lock that
+    optuna-dashboard uses for a journal file, so the two can share it."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+
+
+def set_aside_stale(spec: SweepSpec, say) -> None:
+    """A new sweep whose name has a study file left from a deleted sweep of that name: the file is
+    renamed (kept, not deleted), so the new sweep's sampler does not start from someone else's trials."""
+    path = study_path(spec.results, spec.name)
+    if path.exists():
+        kept = path.with_name(f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+        path.rename(kept)
+        say(f"an Optuna study of an earlier sweep named {spec.name!r} was kept as {kept}")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # the Tune experiment's name (a folder of the storage path)
+    experiment_dir: str
+    num_samples: int  # trials this stage runs
+    total: int  # trials planned for the sweep once this stage is done
+
+
+def planned_totals(spec: SweepSpec) -> list[int]:
+    """The sweep's planned totals, one per stage; a sweep that never grew has one: its saved num_samples."""
+    try:
+        return [int(n) for n in json.loads(read_text(join(spec.experiment_dir, STAGES_FILE)))]
+    except (OSError, ValueError, TypeError):
+        pass
+    try:
+        return [SweepSpec.model_validate(json.loads(read_text(join(spec.experiment_dir, SPEC_FILE)))).num_samples]
+    except (OSError, ValueError):
+        return [spec.num_samples]
+
+
+def record_totals(spec: SweepSpec, totals: list[int]) -> None:
+    write_text(join(spec.experiment_dir, STAGES_FILE), json.dumps(totals))
+
+
+def stages(spec: SweepSpec, totals: list[int]) -> list[Stage]:
+    out, before = [], 0
+    for i, total in enumerate(totals):
+        name = spec.name if i == 0 else f"{spec.name}{STAGE_MARK}{total}"
+        exp = spec.experiment_dir if i == 0 else join(spec.storage_path or "", name)
+        out.append(Stage(name, exp, total - before, total))
+        before = total
+    return out
+
+
+def grown(spec: SweepSpec) -> list[int]:
+    """The planned totals after this run: the recorded ones, plus spec.num_samples when it is larger."""
+    totals = planned_totals(spec)
+    return totals + [spec.num_samples] if spec.num_samples > totals[-1] else totals
+
+
+def finished_trials(storage_file: Path, sweep: str) -> int:
+    """How many trials of the sweep's study are COMPLETE (0 when there is no study yet)."""
+    import optuna
+
+    if not storage_file.exists():
+        return 0
+    try:
+        study = optuna.load_study(study_name=sweep, storage=open_storage(storage_file))
+    except KeyError:
+        return 0
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
