@@ -29,6 +29,7 @@ from torch import nn
 
 from orchestrator.errors import UserError
 from orchestrator.results.pareto import pareto_front
+from orchestrator.spec.paths import fetch, is_uri, join
 from orchestrator.tracking import reader
 from orchestrator.tracking import tags as T
 from trainables.constants import IMAGENET_MEAN, IMAGENET_STD
@@ -86,9 +87,20 @@ def choose(
 
 def checkpoint_file(row: dict, client=None, scratch: Path | None = None) -> Path:
     """The trial's best checkpoint: tag xgd.checkpoint (a file, or a Ray checkpoint dir holding
-    best.pt / checkpoint.pt), else a best.pt / checkpoint.pt among the run's MLflow artifacts."""
+    best.pt / checkpoint.pt; on an object store it is downloaded into `scratch`), else a best.pt /
+    checkpoint.pt among the run's MLflow artifacts."""
     tag = row.get("checkpoint")
-    if tag:
+    if tag and is_uri(tag):
+        try:
+            for cand in (tag, join(tag, "best.pt"), join(tag, "checkpoint.pt")):
+                got = fetch(cand, scratch or _downloads())
+                if got is not None:
+                    return got
+        except (OSError, ValueError) as e:
+            raise UserError(
+                f"trial {row['run_name']}: checkpoint {tag!r} cannot be read: {str(e).splitlines()[0]}"
+            ) from None
+    elif tag:
         p = Path(tag)
         for cand in (p / "best.pt", p / "checkpoint.pt") if p.is_dir() else (p,):
             if cand.is_file():
@@ -101,6 +113,15 @@ def checkpoint_file(row: dict, client=None, scratch: Path | None = None) -> Path
         f"trial {row['run_name']} (run {row['run_id']}): checkpoint {tag!r} does not exist and the run "
         "has no best.pt/checkpoint.pt artifact"
     )
+
+
+_DOWNLOADS: list[tempfile.TemporaryDirectory] = []  # object-store checkpoints read without a scratch folder
+
+
+def _downloads() -> Path:
+    if not _DOWNLOADS:
+        _DOWNLOADS.append(tempfile.TemporaryDirectory(prefix="xgd-checkpoints-"))  # removed at exit
+    return Path(_DOWNLOADS[0].name)
 
 
 def _artifact_checkpoint(client, run_id: str, path: str = "", depth: int = 2) -> str | None:

@@ -15,6 +15,7 @@ from orchestrator.run.failures import fatal_cause, summarize_error
 from orchestrator.run.live import SweepView
 from orchestrator.run.trial import EPOCHS_DONE, TrialPlan, trial_config
 from orchestrator.spec import space as S
+from orchestrator.spec.paths import as_uri
 from orchestrator.spec.sweep import SweepSpec
 from orchestrator.tracking import tags as T
 
@@ -158,14 +159,17 @@ class Session:
             self.tracker and self.tracker.trial_started,
             trial.trial_id,
             self._params(trial),
-            {T.TRIAL_DIR: getattr(trial, "path", None) or trial.local_path},
+            {T.TRIAL_DIR: as_uri(getattr(trial, "path", None) or trial.local_path, self.spec.storage_path)},
         )
 
     def result(self, trial, result: dict) -> None:
+        if result.get("checkpoint_path"):  # a Train run's checkpoint: a bare bucket path on an object store
+            result = {**result, "checkpoint_path": as_uri(result["checkpoint_path"], self.spec.storage_path)}
         self.view.trial_result(trial.trial_id, result)
         self._safe("metrics", self.tracker and self.tracker.trial_result, trial.trial_id, result)
 
     def checkpointed(self, trial, path: str) -> None:
+        path = as_uri(path, self.spec.storage_path)  # Tune's checkpoint path drops the URI's scheme
         self.view.row(trial.trial_id).checkpoint = path
         self._safe("checkpoint tag", self.tracker and self.tracker.trial_checkpoint, trial.trial_id, path)
 

@@ -1,16 +1,21 @@
 """The small text files a sweep keeps in its storage, a local folder or an object-store URI
-(s3://, gs://, ...; orchestrator.spec.paths): its spec, and a trial's fatal marker."""
+(s3://, gs://, ...; orchestrator.spec.paths): its spec, and a trial's fatal marker; and the check
+that an object-store storage path takes writes before Ray starts."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+from orchestrator.errors import UserError
 from orchestrator.spec.load import canonical
 from orchestrator.spec.paths import is_uri, join
 from orchestrator.spec.sweep import SweepSpec
 
 SPEC_FILE = "xgd_sweep.json"
+PROBE_FILE = ".xgd-write-check"  # written and deleted by check_object_store
+ENDPOINT_VARS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")  # what pyarrow's S3 filesystem reads, first wins
 
 
 def write_text(path: str, text: str) -> None:
@@ -77,3 +82,30 @@ def saved_spec(spec: SweepSpec, console) -> SweepSpec:
             f"{', ...' if len(changed) > 5 else ''}); resuming with the saved one[/]"
         )
     return saved
+
+
+def check_object_store(key: str, uri: str) -> None:
+    """The bucket must exist and take a write (a probe object, deleted again), or one line naming
+    the URI and the endpoint. pyarrow gives up on a closed port after its retries (about 6 s)."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+    endpoint = next((os.environ[v] for v in ENDPOINT_VARS if os.environ.get(v)), None)
+    where = f" at {endpoint}" if endpoint and uri.startswith("s3://") else ""
+    if "?" in uri:
+        raise UserError(
+            f"{key} {uri!r}: options in the URI are not supported (folders are appended to it); "
+            "give the endpoint with AWS_ENDPOINT_URL"
+        )
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+        bucket = path.split("/", 1)[0]
+        if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            raise UserError(f"{key} {uri!r}: bucket {bucket!r} does not exist{where}; create it or use another")
+        probe = f"{path.rstrip('/')}/{PROBE_FILE}"
+        with fs.open_output_stream(probe) as f:
+            f.write(b"")
+        fs.delete_file(probe)
+    except (OSError, ValueError, pa.ArrowException) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{key} {uri!r} cannot be written{where}: {first}") from None

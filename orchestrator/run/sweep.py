@@ -26,7 +26,7 @@ from orchestrator.run import study
 from orchestrator.run.callback import SESSIONS, DriverCallback, Session
 from orchestrator.run.live import SweepView
 from orchestrator.run.outcome import SweepOutcome, finish, parent_params, parent_tags, print_best
-from orchestrator.run.storage import save_spec, saved_spec
+from orchestrator.run.storage import check_object_store, save_spec, saved_spec
 from orchestrator.run.trial import TrialPlan, make_trainable
 from orchestrator.run.tuner import new_tuner, quiet
 from orchestrator.spec import space as S
@@ -105,6 +105,8 @@ def check_storage(spec: SweepSpec) -> None:
                 f"{key} {where!r} has only {free_mb:.0f} MB free (a sweep needs at least {MIN_FREE_MB} MB "
                 f"for checkpoints and MLflow): free some space or point it elsewhere with --set {key}=..."
             )
+    if spec.storage_path and is_uri(spec.storage_path):
+        check_object_store("storage_path", spec.storage_path)
     check_reachable(spec.mlflow.tracking_uri or "")
 
 
