@@ -247,10 +247,11 @@ def test_report_command_writes_tables_plots_and_logs_them(store, tmp_path, capsy
     for layout in ("summary", "per_class", "per_class_test"):
         assert (d / f"{layout}.md").read_text().count("**") >= 2
         assert "\\textbf" in (d / f"{layout}.tex").read_text()
-    for png in ("hyperparams", "pareto", "importances", "gallery_1"):
+    for png in ("hyperparams", "pareto", "importances", "history", "parallel", "curves", "gallery_1"):
         assert (d / "plots" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     imp = (d / "importances.csv").read_text().splitlines()
-    assert imp[0] == "param,importance" and [r.split(",")[0] for r in imp[1:]] == ["distill.method", "distill.alpha"]
+    assert imp[0] == "trials,param,importance"
+    assert [r.split(",")[1] for r in imp[1:]] == ["distill.method", "distill.alpha"]
     assert "val mIoU (%)" in printed and "test mIoU (%)" in printed and "xgd" in printed  # the rich tables
     assert "test_miou" in trials.column_names and "test_iou_cable" in trials.column_names
     logged = {f.path for f in store["client"].list_artifacts(store["parent"], "report")}
@@ -373,3 +374,169 @@ def test_cell_labels_name_rows_in_spec_order_and_stand_for_what_they_fix():
     assert g.rows[-1][2].rank == 1 and g.rows[0][2].mean == pytest.approx(100 * (0.1 + 0.005 + 0.0005))
     unordered = tables.build_grid(t, "summary")  # no spec order known: by label text
     assert [r[0].text for r in unordered.rows[::2]] == sorted(labels)
+
+
+# ------------------------------------------------------------------ stopped trials, inactive params, one student
+
+SPACE_YAML = """
+name: asha
+space:
+  student: {type: choice, values: [dlv3p_mbv2, pspnet_r18]}
+  distill.method: {type: choice, values: [xgd, pi]}
+  distill.alpha: {type: loguniform, low: 0.05, high: 2.0}
+  distill.beta: {type: loguniform, low: 0.05, high: 2.0, when: {distill.method: xgd}}
+"""
+STUDENTS = {"dlv3p_mbv2": ("deeplabv3plus", "mobilenet_v2", 10.0), "pspnet_r18": ("pspnet", "resnet18", 20.0)}
+
+
+def asha_rows() -> list[dict]:
+    """8 trials that ran every epoch (val mIoU set by the method, the student and a little by
+    alpha) and 4 that ASHA stopped: cheapest, highest partial mIoU and the largest alpha, so
+    counting them would put them on the latency front and make alpha the important param."""
+    rows = []
+    for i in range(12):
+        stopped = i >= 8
+        student = ("dlv3p_mbv2", "pspnet_r18")[i % 2]
+        method = ("xgd", "pi")[(i // 2) % 2]
+        arch, encoder, latency = STUDENTS[student]
+        alpha = 2.0 if stopped else 0.1 + 0.1 * i
+        miou = 0.95 if stopped else 0.5 + 0.1 * (method == "xgd") + 0.03 * (student == "pspnet_r18") + 0.001 * i
+        rows.append(
+            {
+                "run_id": f"r{i:02d}",
+                "run_name": f"asha/t{i:02d}",
+                "trial_id": f"t{i:02d}",
+                "status": "KILLED" if stopped else "FINISHED",
+                "state": "stopped" if stopped else "completed",
+                "epochs_done": 1 + i % 2 if stopped else 4,
+                "start_time_ms": 1000 + i,
+                "params.seed": 0,
+                "params.student": student,
+                "params.model.arch": arch,
+                "params.model.encoder": encoder,
+                "params.distill.method": method,
+                "params.distill.alpha": alpha,
+                "params.distill.beta": 0.05 * (i + 1) if method == "xgd" else 1.0,  # PI: the trainer's default
+                "params.distill.cam": "gradcam",
+                "val_miou": miou,
+                "latency_ms": 5.0 if stopped else latency + 0.1 * i,
+            }
+        )
+    return rows
+
+
+def test_stopped_trials_stay_out_of_importances_and_fronts_and_inactive_params_are_empty():
+    import optuna
+    import pyarrow as pa
+
+    from orchestrator.results import plots, study, tables
+    from orchestrator.tracking import reader
+
+    space = study.space_from_text(SPACE_YAML)
+    t = study.mask_inactive(pa.Table.from_pylist(asha_rows()), space)
+    beta = dict(zip(t.column("params.distill.method").to_pylist(), t.column("params.distill.beta").to_pylist()))
+    assert beta["pi"] is None and beta["xgd"] is not None  # PI has no beta, whatever its config held
+    assert t.column("params.distill.cam").to_pylist() == ["gradcam"] * 12  # no `when:` in the space: kept
+
+    counted, stopped = reader.completed(t, "val_miou"), reader.stopped(t)
+    assert counted.column("trial_id").to_pylist() == [f"t{i:02d}" for i in range(8)]
+    assert stopped.column("trial_id").to_pylist() == [f"t{i:02d}" for i in range(8, 12)]
+    # one student column: arch and encoder are what the student's name says
+    assert tables.factors(counted) == [
+        "params.student",
+        "params.distill.method",
+        "params.distill.alpha",
+        "params.distill.beta",
+    ]
+
+    keys = tables.factors(counted)
+    st = study.study_from_table(counted, "val_miou", keys, True, space, 100.0, stopped)
+    states = [tr.state for tr in st.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 8 and states.count(optuna.trial.TrialState.PRUNED) == 4
+    assert all("distill.beta" not in tr.params for tr in st.trials if tr.params["distill.method"] == "pi")
+    assert st.best_value == pytest.approx(100 * max(counted.column("val_miou").to_pylist()))
+    imp = study.importances(st)
+    assert set(imp) == {"student", "distill.method", "distill.alpha"}  # beta: only where it is active
+    assert max(imp, key=imp.get) == "distill.method"
+    with_stopped = study.importances(study.study_from_table(reader.done(t, "val_miou"), "val_miou", keys))
+    assert max(with_stopped, key=with_stopped.get) == "distill.alpha"  # what counting them would say
+
+    xgd = study.holds(counted, study.conditions(space)["distill.method=xgd"], space)
+    assert set(xgd.column("params.distill.method").to_pylist()) == {"xgd"} and len(xgd) == 4
+    assert "distill.beta" in study.importances(study.study_from_table(xgd, "val_miou", tables.factors(xgd)))
+
+    front = [r["trial_id"] for r in plots.fronts(counted, "val_miou")["latency_ms"][1]]
+    assert front and not set(front) & set(stopped.column("trial_id").to_pylist())
+    assert "t08" in [r["trial_id"] for r in plots.fronts(reader.done(t), "val_miou")["latency_ms"][1]]
+
+    g = tables.stopped_grid(stopped, tables.factors(reader.done(t)), "val_miou")
+    assert g.headers[0] == "trial" and g.headers[-1] == "epochs" and "student" in g.headers
+    assert [(r[0].text, r[-1].text) for r in g.rows] == [("t09", "2"), ("t11", "2"), ("t08", "1"), ("t10", "1")]
+    beta_col = g.headers.index("beta")
+    assert {r[0].text: r[beta_col].text for r in g.rows}["t10"] == "-"  # a stopped PI trial: no beta
+
+
+def build_asha_store(root: Path) -> dict:
+    """A store as an ASHA sweep writes it: the spec on the parent (sweep.yaml), trials tagged with
+    how they ended and how many epochs they ran, val mIoU per epoch (`asha_rows`)."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("xgd", artifact_location=str((root / "artifacts").resolve()))
+    pid = client.create_run(exp, run_name="sweep:asha", tags={T.KIND: "sweep", T.SWEEP: "asha"}).info.run_id
+    client.log_text(pid, SPACE_YAML, "sweep.yaml")
+    ids = {}
+    for r in asha_rows():
+        tags = {T.PARENT: pid, T.KIND: "trial", T.SWEEP: "asha", T.TRIAL_ID: r["trial_id"], T.STATUS: r["state"]}
+        run = client.create_run(exp, run_name=r["run_name"], tags={**tags, T.EPOCHS_DONE: str(r["epochs_done"])})
+        ts = int(time.time() * 1000)
+        curve = [r["val_miou"] - 0.02 * (r["epochs_done"] - 1 - e) for e in range(r["epochs_done"])]
+        metrics = [Metric("val_miou", v, ts + e, e) for e, v in enumerate(curve)]
+        metrics.append(Metric("latency_ms", r["latency_ms"], ts, r["epochs_done"] - 1))
+        params = [Param(k.removeprefix("params."), str(v)) for k, v in r.items() if k.startswith("params.")]
+        client.log_batch(run.info.run_id, metrics=metrics, params=params)
+        client.set_terminated(run.info.run_id, r["status"])
+        ids[r["trial_id"]] = run.info.run_id
+    client.set_terminated(pid, "FINISHED")
+    return {"uri": uri, "client": client, "parent": pid, "ids": ids}
+
+
+@pytest.mark.slow
+def test_report_shows_stopped_trials_apart_with_optuna_plots_and_curves(tmp_path, capsys):
+    import pyarrow.csv as pcsv
+
+    s = build_asha_store(tmp_path)
+    out = tmp_path / "r"
+    rc = main(["report", "asha", "--tracking-uri", s["uri"], "--out", str(out), "--no-log", "--gallery", "0"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    d = out / "asha"
+    assert "4 trials stopped early" in printed
+    summary = pcsv.read_csv(d / "summary.csv")
+    assert summary.column_names[:4] == ["student", "method", "alpha", "beta"]  # one student column
+    assert sum(int(n) for n in summary.column("n").to_pylist()) == 8  # the completed trials only
+    stopped = (d / "stopped.md").read_text()
+    assert all(f"| t{i:02d} |" in stopped for i in range(8, 12)) and "| epochs |" in stopped
+    trials = pq.read_table(d / "trials.parquet")
+    beta = dict(zip(trials.column("trial_id").to_pylist(), trials.column("params.distill.beta").to_pylist()))
+    assert beta["t02"] is None and beta["t00"] == pytest.approx(0.05)  # t02 is PI
+    imp = pcsv.read_csv(d / "importances.csv").to_pylist()
+    overall = {r["param"]: r["importance"] for r in imp if r["trials"] == "all"}
+    assert max(overall, key=overall.get) == "distill.method" and "distill.beta" not in overall
+    assert {r["param"] for r in imp if r["trials"] == "distill.method=xgd"} >= {"distill.beta", "distill.alpha"}
+    pareto = pcsv.read_csv(d / "pareto.csv")
+    assert pareto.num_rows and not set(pareto.column("trial_id").to_pylist()) & {"t08", "t09", "t10", "t11"}
+    for png in (
+        "history",
+        "parallel",
+        "curves",
+        "hyperparams",
+        "importances",
+        "importances_distill.method=xgd",
+        "pareto",
+    ):
+        assert (d / "plots" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    report_md = (d / "report.md").read_text()
+    assert "8 of 12 trials counted" in report_md and "![curves](plots/curves.png)" in report_md

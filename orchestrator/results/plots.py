@@ -1,20 +1,26 @@
-"""PNG plots where a picture beats a table: metric against alpha/beta/tau (the paper's Figure 3),
-metric against cost with the Pareto front, and Optuna parameter importances. Each returns the
-written path, or None when the sweep has nothing to show (e.g. alpha never varied)."""
+"""PNG plots where a picture beats a table. Hand-drawn: metric against alpha/beta/tau (the paper's
+Figure 3), metric against cost with the Pareto front, per-trial learning curves. Optuna's own
+(`optuna.visualization.matplotlib`, on the study of orchestrator.results.study): optimisation
+history, parallel coordinates, parameter importances. Each returns the written path, or None when
+the sweep has nothing to show (e.g. alpha never varied). Legends sit outside the axes."""
 
 from __future__ import annotations
 
 import math
 import statistics
+import warnings
 from pathlib import Path
 
 import pyarrow as pa
 
 from orchestrator.results.pareto import pareto_front
-from orchestrator.results.tables import col, factors, short_names
+from orchestrator.results.tables import _label, col, factors, short_names
 
 HYPERS = ("params.distill.alpha", "params.distill.beta", "params.distill.tau")
 COSTS = ("latency_ms", "gflops", "params")
+MAX_GROUPS = 6  # colours in one panel; more groups than this are not told apart
+COLOURS = [f"C{i}" for i in range(10) if i != 7]  # tab10 without its grey (the stopped trials' colour)
+MAX_TICKS = 6  # x values labelled one by one (a grid); more (sampled values) get a plain axis
 
 
 def _plt():
@@ -30,186 +36,276 @@ def _numbers(values: list) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values if v is not None)
 
 
-def _points(t: pa.Table, x: str, y: str) -> list[tuple[float, float]]:
-    xs, ys = t.column(x).to_pylist(), t.column(y).to_pylist()
-    return [
-        (float(a), float(b))
-        for a, b in zip(xs, ys)
-        if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)
-    ]
+def _finite(v) -> bool:
+    return v is not None and math.isfinite(v)
 
 
-def hyper_plot(t: pa.Table, metric: str, path: Path, max_lines: int = 8) -> Path | None:
-    """Metric (mean +- std over the trials at each value, points behind) against each of alpha,
-    beta, tau that varies: one line per cell of the other factors (e.g. method), marginal over the
-    other two weights (exact for the paper's one-at-a-time design); log x when all positive."""
+def _few_values(values: list) -> bool:
+    """A factor with a few repeated values (a choice, a grid), not sampled numbers."""
+    present = [v for v in values if v is not None]
+    return not _numbers(present) or len(set(present)) <= min(MAX_TICKS, len(present) - 1)
+
+
+def _groups(t: pa.Table, others: list[str]) -> tuple[list[str], str]:
+    """(a colour label per trial, the legend's title): the other factors' values when they make
+    few groups, else the first other factor that does (e.g. the method), else one group."""
+    for keys in ([others] if others else []) + [[o] for o in others]:
+        labels = [", ".join(_label(v) for v in vals) for vals in zip(*(t.column(k).to_pylist() for k in keys))]
+        if len(set(labels)) <= MAX_GROUPS:
+            return labels, ", ".join(short_names(keys))
+    return [""] * len(t), ""
+
+
+def _grid(n: int, width: float, height: float, plt, ncols: int = 3):
+    cols = min(n, ncols)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _legend_below(fig, axes, title: str = "") -> None:
+    """One legend for the figure, under the panels, in as many columns as fit its width."""
+    handles, labels = {}, []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in handles:
+                handles[lab] = h
+                labels.append(lab)
+    if labels:
+        fits = int(fig.get_figwidth() * 72 / (6.5 * max(len(lab) for lab in labels) + 40))
+        ncol = max(1, min(len(labels), fits))
+        fig.legend([handles[lab] for lab in labels], labels, loc="outside lower center", ncol=ncol, title=title or None)
+
+
+def hyper_plot(t: pa.Table, metric: str, path: Path) -> Path | None:
+    """Metric against each of alpha, beta, tau that varies, coloured by the other factors (e.g. the
+    method); a trial where the weight is inactive is left out of its panel. A grid's few values:
+    mean +- std at each value, points behind; sampled values: the points. Log x when all positive."""
     all_factors = factors(t)
     keys = [k for k in HYPERS if k in all_factors and _numbers(t.column(k).to_pylist())]
     if not keys or metric not in t.column_names:
         return None
-    others = [k for k in all_factors if k not in HYPERS]
-    labels = (
-        [
-            " ".join(f"{n}={v}" for n, v in zip(short_names(others), vals))
-            for vals in zip(*(t.column(o).to_pylist() for o in others))
-        ]
-        if others
-        else [""] * len(t)
-    )
-    lines = sorted(set(labels))
-    if len(lines) > max_lines:
-        labels, lines = [""] * len(t), [""]
+    labels, legend = _groups(t, [k for k in all_factors if k not in HYPERS and _few_values(t.column(k).to_pylist())])
+    names = sorted(set(labels))
     c, plt = col(metric), _plt()
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    from matplotlib import ticker
+
+    fig, axes = _grid(len(keys), 4.2, 3.4, plt)
+    fig.set_layout_engine("constrained")
     ys = t.column(metric).to_pylist()
-    for ax, key, name in zip(axes[0], keys, short_names(keys)):
+    for ax, key, name in zip(axes, keys, short_names(keys)):
         xs_all = t.column(key).to_pylist()
-        for line in lines:
+        values = sorted({float(x) for x in xs_all if x is not None})
+        # a grid (few values, repeated): mean +- std per value, values as ticks; sampled values: points
+        grid = _few_values(xs_all)
+        for i, group in enumerate(names):
+            color = f"C{i}"
             pts = [
-                (float(x), float(y) * c.scale)
-                for x, y, lab in zip(xs_all, ys, labels)
-                if lab == line and x is not None and y is not None and math.isfinite(y)
+                (float(x), y * c.scale)
+                for x, y, g in zip(xs_all, ys, labels)
+                if g == group and x is not None and _finite(y)
             ]
-            xs = sorted({x for x, _ in pts})
-            groups = [[y for x2, y in pts if x2 == x] for x in xs]
-            means = [statistics.fmean(g) for g in groups]
-            stds = [statistics.stdev(g) if len(g) > 1 else 0.0 for g in groups]
-            bar = ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=line or None)
-            ax.scatter([x for x, _ in pts], [y for _, y in pts], s=10, alpha=0.3, color=bar[0].get_color())
-        xs = sorted({float(x) for x in xs_all if x is not None})
-        if xs and min(xs) > 0:
+            if not pts:
+                continue
+            ax.scatter([x for x, _ in pts], [y for _, y in pts], s=16, alpha=0.45, color=color, label=group or None)
+            if grid:
+                xs = sorted({x for x, _ in pts})
+                by_x = [[y for x2, y in pts if x2 == x] for x in xs]
+                ax.errorbar(
+                    xs,
+                    [statistics.fmean(g) for g in by_x],
+                    yerr=[statistics.stdev(g) if len(g) > 1 else 0.0 for g in by_x],
+                    marker="o",
+                    capsize=3,
+                    color=color,
+                )
+        if values and min(values) > 0 and max(values) / min(values) >= 10:
             ax.set_xscale("log")
-        ax.set_xticks(xs, [f"{x:g}" for x in xs])
-        ax.minorticks_off()
+            ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        if grid:
+            ax.set_xticks(values, [f"{x:.3g}" for x in values])
+            ax.minorticks_off()
         ax.set_xlabel(name)
         ax.set_ylabel(c.header)
         ax.grid(alpha=0.3)
-        if any(lines):
-            ax.legend(fontsize=7)
-    fig.tight_layout()
+    _legend_below(fig, axes, legend)
     return _save(fig, path, plt)
 
 
+def fronts(t: pa.Table, metric: str, maximize: bool = True) -> dict[str, tuple[list[dict], list[dict]]]:
+    """Per logged cost that varies (latency, FLOPs, params): (the trials holding it and the metric,
+    the Pareto front of metric against that cost, cheapest first)."""
+    if metric not in t.column_names:
+        return {}
+    rows = [r for r in t.to_pylist() if _finite(r.get(metric))]
+    out = {}
+    for cost in (k for k in COSTS if k in t.column_names):
+        have = [r for r in rows if _finite(r.get(cost))]
+        if len({r[cost] for r in have}) > 1:
+            front = pareto_front([(r[metric], r[cost]) for r in have], ("max" if maximize else "min", "min"))
+            out[cost] = (have, sorted((have[i] for i in front), key=lambda r: r[cost]))
+    return out
+
+
 def pareto_plot(t: pa.Table, metric: str, path: Path, maximize: bool = True) -> Path | None:
-    """Metric against each logged cost (latency, FLOPs, params), Pareto front drawn and labelled."""
-    costs = [k for k in COSTS if k in t.column_names and len({c for c, _ in _points(t, k, metric)}) > 1]
-    if not costs or metric not in t.column_names:
+    """Metric against each logged cost (`fronts`), the Pareto front drawn and its trials labelled by trial id."""
+    by_cost = fronts(t, metric, maximize)
+    if not by_cost:
         return None
     mc, plt = col(metric), _plt()
-    fig, axes = plt.subplots(1, len(costs), figsize=(4.6 * len(costs), 3.6), squeeze=False)
-    names = t.column("run_name").to_pylist()
-    for ax, cost in zip(axes[0], costs):
+    fig, axes = _grid(len(by_cost), 4.4, 3.6, plt)
+    fig.set_layout_engine("constrained")
+    for ax, (cost, (have, front)) in zip(axes, by_cost.items()):
         cc = col(cost)
-        rows = [
-            i
-            for i, (a, b) in enumerate(zip(t.column(cost).to_pylist(), t.column(metric).to_pylist()))
-            if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)
-        ]
-        pts = [(t.column(metric)[i].as_py(), t.column(cost)[i].as_py()) for i in rows]
-        front = sorted(pareto_front(pts, ("max" if maximize else "min", "min")), key=lambda i: pts[i][1])
         ax.scatter(
-            [p[1] * cc.scale for p in pts],
-            [p[0] * mc.scale for p in pts],
+            [r[cost] * cc.scale for r in have],
+            [r[metric] * mc.scale for r in have],
             s=14,
             alpha=0.5,
             color="tab:gray",
             label="trials",
         )
-        fx, fy = [pts[i][1] * cc.scale for i in front], [pts[i][0] * mc.scale for i in front]
+        fx, fy = [r[cost] * cc.scale for r in front], [r[metric] * mc.scale for r in front]
         ax.plot(fx, fy, "-o", color="tab:red", drawstyle="steps-post", label="Pareto front")
-        for i, x, y in zip(front, fx, fy):
-            ax.annotate(str(names[rows[i]]), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        for r, x, y in zip(front, fx, fy):
+            name = r.get("trial_id") or r["run_name"]
+            ax.annotate(str(name), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel(cc.header)
         ax.set_ylabel(mc.header)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    _legend_below(fig, axes)
     return _save(fig, path, plt)
 
 
-def study_from_table(t: pa.Table, metric: str, maximize: bool = True):
-    """An Optuna study whose trials are the sweep's (params that vary -> distributions), or None."""
-    import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    keys = factors(t)
-    rows = (
-        [i for i, v in enumerate(t.column(metric).to_pylist()) if v is not None and math.isfinite(v)]
-        if metric in t.column_names
-        else []
-    )
-    if not keys or len(rows) < 2:
+def curves_plot(
+    histories: dict[str, list[tuple[int, float]]], counted: pa.Table, stopped: pa.Table, metric: str, path: Path
+) -> Path | None:
+    """Per-trial learning curves (`histories`: run id -> (step, value), step = epoch - 1): trials
+    that ran every epoch in colour, the best one thicker; trials stopped early grey and dashed,
+    with an x where they stopped."""
+    done_ids = counted.column("run_id").to_pylist()
+    stop_ids = stopped.column("run_id").to_pylist()
+    if not any(histories.get(r) for r in done_ids + stop_ids):
         return None
-    dists, values = {}, {}
-    for k in keys:
-        vals = [t.column(k)[i].as_py() for i in rows]
-        present = [v for v in vals if v is not None]
-        if _numbers(vals) and None not in vals and len(set(present)) > 1:
-            lo, hi = min(present), max(present)
-            if all(isinstance(v, int) for v in present):
-                dists[k] = IntDistribution(int(lo), int(hi))
-            else:
-                dists[k] = FloatDistribution(float(lo), float(hi), log=lo > 0 and hi / lo >= 10)
-                vals = [float(v) for v in vals]
-        else:
-            vals = [str(v) for v in vals]
-            dists[k] = CategoricalDistribution(sorted(set(vals)))
-        values[k] = vals
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize" if maximize else "minimize")
-    for j, i in enumerate(rows):
-        study.add_trial(
-            optuna.trial.create_trial(
-                params={k: values[k][j] for k in keys}, distributions=dists, value=float(t.column(metric)[i].as_py())
+    c, plt = col(metric), _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), layout="constrained")
+    names = dict(zip(counted.column("run_id").to_pylist(), counted.column("trial_id").to_pylist()))
+    finals = {r: (histories.get(r) or [(0, -math.inf)])[-1][1] for r in done_ids}
+    best = max(finals, key=finals.get) if finals else None
+    labelled = False
+    for rid in stop_ids:
+        pts = histories.get(rid) or []
+        if pts:
+            xs, ys = [s + 1 for s, _ in pts], [v * c.scale for _, v in pts]
+            label = None if labelled else f"stopped early ({len(stop_ids)})"
+            ax.plot(xs, ys, "--", color="0.6", lw=1, label=label)
+            ax.plot(xs[-1:], ys[-1:], "x", color="0.45")
+            labelled = True
+    ranked = sorted(done_ids, key=lambda r: -finals[r])
+    for i, rid in enumerate(ranked):
+        pts = histories.get(rid) or []
+        if pts:
+            label = (names.get(rid) or rid[:8]) + (" (best)" if rid == best else "") if i < 12 else None
+            ax.plot(
+                [s + 1 for s, _ in pts],
+                [v * c.scale for _, v in pts],
+                "-o",
+                ms=3,
+                lw=2.4 if rid == best else 1.2,
+                zorder=3 if rid == best else 2,
+                color=COLOURS[i % len(COLOURS)],
+                label=label,
             )
-        )
-    return study
-
-
-def param_importances(t: pa.Table, metric: str, maximize: bool = True, evaluator=None) -> dict[str, float]:
-    """optuna.importance on a study rebuilt from the trials' params and metric ({} if too few)."""
-    import optuna
-
-    study = study_from_table(t, metric, maximize)
-    if study is None:
-        return {}
-    try:
-        imp = optuna.importance.get_param_importances(study, evaluator=evaluator or _evaluator(len(study.trials)))
-    except (ValueError, RuntimeError, ZeroDivisionError):
-        return {}
-    return {k.removeprefix("params."): float(v) for k, v in imp.items()}
-
-
-def _evaluator(n_trials: int):
-    """fANOVA (needs scikit-learn) when available: on the few dozen trials of an ablation it ranks
-    factors by the variance they explain, where Optuna 5's default PED-ANOVA compares the top 10 %
-    with the rest and, on 8 trials, ranked a factor worth 1 point above one worth 6 (the test
-    store). Without scikit-learn, PED-ANOVA with the top half on small studies."""
-    import optuna
-
-    try:
-        import sklearn  # noqa: F401
-
-        return optuna.importance.FanovaImportanceEvaluator(seed=0)
-    except ImportError:
-        return optuna.importance.PedAnovaImportanceEvaluator(target_quantile=0.5 if n_trials < 40 else 0.1)
-
-
-def importance_plot(importances: dict[str, float], metric: str, path: Path) -> Path | None:
-    if not importances or not any(v > 0 for v in importances.values()):
-        return None
-    plt = _plt()
-    items = sorted(importances.items(), key=lambda kv: kv[1])
-    fig, ax = plt.subplots(figsize=(5.5, 0.45 * len(items) + 1.4))
-    ax.barh([k for k, _ in items], [v for _, v in items], color="tab:blue")
-    ax.set_xlabel(f"importance for {metric} (optuna)")
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(c.header)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{c.header} per epoch: {len(done_ids)} completed, {len(stop_ids)} stopped early", fontsize=10)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="trial", title_fontsize=8)
     return _save(fig, path, plt)
 
 
-def _save(fig, path: Path, plt) -> Path:
+# ------------------------------------------------------------------ Optuna's plots
+
+
+def _optuna_plot(draw, path: Path, size: tuple[float, float]) -> Path | None:
+    """Run one optuna.visualization.matplotlib function (it sets its own style: kept local here)
+    and save its figure at `size`, legends included."""
+    import matplotlib
+    import optuna
+
+    plt = _plt()
+    with matplotlib.rc_context(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = draw()
+        fig = ax.figure
+        fig.set_size_inches(*size)
+        return _save(fig, path, plt, tight=True)
+
+
+def history_plot(study, metric: str, path: Path) -> Path | None:
+    """Optuna's optimisation history: each completed trial's value by trial number, and the best so far."""
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    if study is None:
+        return None
+
+    def draw():
+        from matplotlib.ticker import MaxNLocator
+
+        ax = plot_optimization_history(study, target_name=col(metric).header)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("trial (in the order they started; trials stopped early have no point)")
+        return ax
+
+    return _optuna_plot(draw, path, (7.5, 4.2))
+
+
+def parallel_plot(study, metric: str, path: Path) -> Path | None:
+    """Optuna's parallel coordinates over the study's params (an inactive param is its own 'missing' value)."""
+    from optuna.visualization.matplotlib import plot_parallel_coordinate
+
+    if study is None:
+        return None
+    params = sorted({p for t in study.trials for p in t.params})
+    if not params:
+        return None
+
+    def draw():
+        ax = plot_parallel_coordinate(study, target_name=col(metric).header)
+        for lines in ax.collections:  # Optuna's Blues draws the worst trials near-white
+            lines.set_cmap("viridis")
+        for cax in [a for a in ax.figure.axes if a.get_label() == "<colorbar>"]:  # clear of the last axis' labels
+            box = cax.get_position()
+            cax.set_position([box.x0 + 0.05, box.y0, box.width, box.height])
+        return ax
+
+    return _optuna_plot(draw, path, (max(7.5, 1.5 * (len(params) + 1) + 1.5), 4.6))
+
+
+def importance_plot(study, evaluator, metric: str, path: Path, title: str = "") -> Path | None:
+    """Optuna's parameter importances of `study` (the same evaluator as importances.csv)."""
+    from optuna.visualization.matplotlib import plot_param_importances
+
+    if study is None:
+        return None
+
+    def draw():
+        ax = plot_param_importances(study, evaluator=evaluator, target_name=col(metric).header)
+        if title:
+            ax.set_title(f"Hyperparameter Importances: {title}", loc="left")
+        return ax
+
+    n = len({p for t in study.trials for p in t.params})
+    return _optuna_plot(draw, path, (7.0, 0.45 * n + 1.8))
+
+
+def _save(fig, path: Path, plt, tight: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=130, bbox_inches="tight" if tight else None)
     plt.close(fig)
     return path

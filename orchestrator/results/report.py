@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
+
 from orchestrator.errors import SpecError, UserError
 from orchestrator.tracking import tags as T
 
@@ -37,11 +39,13 @@ def make_report(
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
-    from orchestrator.results import plots, tables
+    from orchestrator.results import study, tables
     from orchestrator.tracking import reader
 
     sweep = reader.find_sweep(client, name)
-    table = reader.trials_table(client, sweep)
+    raw = reader.trials_table(client, sweep)  # what each trial's trainer got (galleries rebuild it)
+    space = study.space_from_text(reader.sweep_spec_text(client, sweep))
+    table = study.mask_inactive(raw, space)  # a param whose `when:` does not hold is null
     out = reader.safe_join(out_root, sweep.name)
     out.mkdir(parents=True, exist_ok=True)
     rep = Report(sweep.name, out, len(table), 0)
@@ -49,20 +53,21 @@ def make_report(
     pcsv.write_csv(table, out / "trials.csv")
     rep.files += [out / "trials.parquet", out / "trials.csv"]
 
-    counted = reader.done(table, metric)
+    counted, stopped = reader.completed(table, metric), reader.stopped(table)
     rep.counted = len(counted)
     if not len(counted):
         states = sorted(set(table.column("status").to_pylist()))
         raise UserError(
-            f"sweep {name!r} has {len(table)} trial runs but none finished with metric {metric!r} "
+            f"sweep {name!r} has {len(table)} trial runs but none ran every epoch with metric {metric!r} "
             f"(statuses: {', '.join(states)}); wrote {out / 'trials.csv'}"
         )
 
     md = [
         f"# Sweep {sweep.name}",
         "",
-        f"Parent run `{sweep.parent.info.run_id}`; {len(counted)} of {len(table)} trials counted "
-        f"(status {' or '.join(reader.DONE)}); mean ± std over seeds; best **bold**, second <u>underlined</u>.",
+        f"Parent run `{sweep.parent.info.run_id}`; {len(counted)} of {len(table)} trials counted (every "
+        f"epoch ran), {len(stopped)} stopped early (shown apart, left out of the tables, importances, plots "
+        "and Pareto fronts); mean ± std over seeds; best **bold**, second <u>underlined</u>.",
         "",
     ]
     for layout in _layouts(sweep, counted, console):
@@ -78,19 +83,12 @@ def make_report(
         rep.files += [out / f"{layout}.{ext}" for ext in ("md", "tex", "csv")]
         md.append(tables.to_markdown(grid))
 
-    pdir = out / "plots"
-    rep.importances = plots.param_importances(counted, metric, maximize)
-    made = [
-        plots.hyper_plot(counted, metric, pdir / "hyperparams.png"),
-        plots.pareto_plot(counted, metric, pdir / "pareto.png", maximize),
-        plots.importance_plot(rep.importances, metric, pdir / "importances.png"),
-    ]
-    if rep.importances:
-        (out / "importances.csv").write_text(
-            "param,importance\n" + "".join(f"{k},{v:.6f}\n" for k, v in rep.importances.items())
-        )
-        rep.files.append(out / "importances.csv")
-    made += _galleries(counted, metric, maximize, galleries, pdir, rep)
+    md += _stopped_table(stopped, tables.factors(reader.done(table)), metric, sweep.name, out, console, rep)
+
+    made = _plots(client, counted, stopped, space, metric, maximize, out, rep)
+    ids = set(counted.column("run_id").to_pylist())
+    raw_counted = raw.filter(pa.array([r in ids for r in raw.column("run_id").to_pylist()], pa.bool_()))
+    made += _galleries(raw_counted, metric, maximize, galleries, out / "plots", rep)
     for p in filter(None, made):
         rep.files.append(p)
         md += [f"![{p.stem}](plots/{p.name})", ""]
@@ -102,6 +100,80 @@ def make_report(
         except Exception as e:  # the files are written; an unreachable artifact store only costs the copy
             rep.log_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return rep
+
+
+def _stopped_table(stopped, by: list[str], metric: str, sweep: str, out: Path, console, rep: Report) -> list[str]:
+    """stopped.md/.tex/.csv: the trials that ended early, with their epochs; Markdown for report.md."""
+    import pyarrow.csv as pcsv
+
+    from orchestrator.results import tables
+    from orchestrator.tracking import reader
+
+    grid = tables.stopped_grid(stopped, [b for b in by if b in stopped.column_names], metric)
+    if grid is None:
+        return []
+    grid.title = f"{sweep}: {grid.title}"
+    if console is not None:
+        console.print(tables.to_rich(grid))
+    (out / "stopped.md").write_text(tables.to_markdown(grid))
+    (out / "stopped.tex").write_text(tables.to_latex(grid, label=f"tab:{reader.safe_name(sweep)}-stopped"))
+    pcsv.write_csv(tables.to_arrow(grid), out / "stopped.csv")
+    rep.files += [out / f"stopped.{ext}" for ext in ("md", "tex", "csv")]
+    rep.notes.append(
+        f"{len(stopped)} trials stopped early (shown apart in stopped.md; not counted in tables, importances, "
+        "plots or Pareto fronts)"
+    )
+    return [tables.to_markdown(grid)]
+
+
+def _plots(client, counted, stopped, space, metric: str, maximize: bool, out: Path, rep: Report) -> list:
+    """The plots of the trials that ran every epoch (curves: the stopped ones too) and importances.csv."""
+    from orchestrator.results import plots, study, tables
+    from orchestrator.tracking import reader
+
+    pdir = out / "plots"
+    scale = tables.col(metric).scale
+    st = study.study_from_table(counted, metric, tables.factors(counted), maximize, space, scale, stopped)
+    evaluator = study.evaluator_for(len(counted))
+    rep.importances = study.importances(st, evaluator)
+    made = [plots.importance_plot(st, evaluator, metric, pdir / "importances.png") if rep.importances else None]
+    rows = [("all", k, v) for k, v in rep.importances.items()]
+    for cond, when in study.conditions(space).items():  # a conditional param, where it is active
+        sub = study.holds(counted, when, space)
+        if len(sub) == len(counted):  # every counted trial: the importances above already say it
+            continue
+        sub_st = study.study_from_table(sub, metric, tables.factors(sub), maximize, space, scale)
+        imp = study.importances(sub_st, evaluator)
+        rows += [(cond, k, v) for k, v in imp.items()]
+        name = f"importances_{reader.safe_name(cond)}.png"
+        title = f"trials with {cond} ({len(sub)})"
+        made.append(plots.importance_plot(sub_st, evaluator, metric, pdir / name, title) if imp else None)
+    if rows:
+        (out / "importances.csv").write_text(
+            "trials,param,importance\n" + "".join(f"{c},{k},{v:.6f}\n" for c, k, v in rows)
+        )
+        rep.files.append(out / "importances.csv")
+    _pareto_csv(plots.fronts(counted, metric, maximize), metric, out, rep)
+    run_ids = counted.column("run_id").to_pylist() + stopped.column("run_id").to_pylist()
+    made += [
+        plots.history_plot(st, metric, pdir / "history.png"),
+        plots.parallel_plot(st, metric, pdir / "parallel.png"),
+        plots.curves_plot(reader.histories(client, run_ids, metric), counted, stopped, metric, pdir / "curves.png"),
+        plots.hyper_plot(counted, metric, pdir / "hyperparams.png"),
+        plots.pareto_plot(counted, metric, pdir / "pareto.png", maximize),
+    ]
+    return made
+
+
+def _pareto_csv(by_cost: dict, metric: str, out: Path, rep: Report) -> None:
+    """pareto.csv: per cost, the trials on the front of `metric` against it (cheapest first)."""
+    import pyarrow.csv as pcsv
+
+    rows = [(cost, r.get("trial_id"), r["run_name"], r[cost], r[metric]) for cost, (_, f) in by_cost.items() for r in f]
+    if rows:
+        names = ("cost", "trial_id", "run_name", "cost_value", metric)
+        pcsv.write_csv(pa.table({n: [r[i] for r in rows] for i, n in enumerate(names)}), out / "pareto.csv")
+        rep.files.append(out / "pareto.csv")
 
 
 def _galleries(counted, metric: str, maximize: bool, k: int, pdir: Path, rep: Report) -> list[Path]:

@@ -13,12 +13,15 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from orchestrator.spec.space import LABEL as CELL_LABEL
+from orchestrator.spec.space import STUDENT as STUDENT_KEY
 from orchestrator.tracking.reader import PARAM, metric_columns
 
 LABEL = PARAM + CELL_LABEL  # an ablation cell's name, as a trials-table column
+STUDENT = PARAM + STUDENT_KEY  # the named student a sweep's `student` entry chose
 # Row factors come in this order (the paper's: student, method, CAM, weights), then the rest by name.
 FACTOR_ORDER = (
     LABEL,
+    STUDENT,
     "params.model.arch",
     "params.model.encoder",
     "params.distill.method",
@@ -113,15 +116,27 @@ def default_layouts(t: pa.Table) -> list[str]:
 
 
 def factors(t: pa.Table) -> list[str]:
-    """Param columns that vary across trials (seed, name and run.* excepted)."""
+    """Param columns that vary across trials (seed, name and run.* excepted). A named student is
+    one factor: the model.* params it fixes (arch, encoder) are not factors of their own."""
     out = []
     for name in t.column_names:
         if not name.startswith(PARAM) or name in NOT_FACTORS or name.startswith(NOT_FACTOR_PREFIXES):
             continue
         if len({_key(v) for v in t.column(name).to_pylist()}) > 1:
             out.append(name)
+    if STUDENT in out:
+        out = [f for f in out if not (f.startswith(PARAM + "model.") and fixed_by(t, f, STUDENT))]
     rank = {k: i for i, k in enumerate(FACTOR_ORDER)}
     return sorted(out, key=lambda k: (rank.get(k, len(rank)), k))
+
+
+def fixed_by(t: pa.Table, name: str, by: str) -> bool:
+    """Whether column `name` has one value per value of column `by`."""
+    seen: dict = {}
+    return all(
+        seen.setdefault(_key(b), _key(v)) == _key(v)
+        for b, v in zip(t.column(by).to_pylist(), t.column(name).to_pylist())
+    )
 
 
 def row_factors(t: pa.Table) -> list[str]:
@@ -130,13 +145,7 @@ def row_factors(t: pa.Table) -> list[str]:
     by = factors(t)
     if LABEL not in by:
         return by
-    labels = t.column(LABEL).to_pylist()
-
-    def fixed_by_label(name: str) -> bool:
-        seen: dict = {}
-        return all(seen.setdefault(lab, _key(v)) == _key(v) for lab, v in zip(labels, t.column(name).to_pylist()))
-
-    return [LABEL, *(f for f in by if f != LABEL and not fixed_by_label(f))]
+    return [LABEL, *(f for f in by if f != LABEL and not fixed_by(t, f, LABEL))]
 
 
 def _key(v):
@@ -236,6 +245,27 @@ def build_grid(t: pa.Table, layout: str, labels: Sequence[str] = ()) -> Grid | N
         _rank([r[n_label + j] for r in rows], c.better)
     headers = (short_names(by) or ["cell"]) + [c.header for c in cols] + ["n"]
     return Grid(title, headers, rows, n_label)
+
+
+def stopped_grid(t: pa.Table, by: list[str], metric: str) -> Grid | None:
+    """Trials that ended before their last epoch, one row each (most epochs first): their params
+    (`by`), how they ended, the metric at their last and best epoch, and the epochs they ran."""
+    if not len(t):
+        return None
+    c = col(metric)
+    best = "best_" + metric if "best_" + metric in t.column_names else None
+    rows = []
+    for r in sorted(t.to_pylist(), key=lambda r: (-(r.get("epochs_done") or 0), -(r.get(metric) or 0))):
+        row = [Entry(str(r.get("trial_id") or r["run_name"])), *(Entry(_label(r.get(b))) for b in by)]
+        row.append(Entry(r.get("state") or "killed"))
+        for key in filter(None, (metric, best)):
+            v = r.get(key)
+            v = None if v is None or not math.isfinite(v) else v * c.scale
+            row.append(Entry(_fmt(v, None, c.digits), v))
+        row.append(Entry(_label(r.get("epochs_done"))))
+        rows.append(row)
+    headers = ["trial", *short_names(by), "ended", c.header, *(["best " + c.header] if best else []), "epochs"]
+    return Grid(f"stopped early ({len(rows)} trials, not counted above)", headers, rows, len(by) + 2)
 
 
 def _fmt(mean: float | None, std: float | None, digits: int) -> str:

@@ -21,15 +21,20 @@ from orchestrator.tracking import tags as T
 from orchestrator.tracking.store import check_reachable, default_tracking_uri, sqlite_path
 
 PARAM = "params."
-# Trial statuses whose metrics count in tables, plots and export (a trial stopped early by a
-# scheduler ends KILLED or FINISHED; a FAILED or RUNNING one does not count).
+# Trial statuses `done` keeps (export): every epoch ran (FINISHED) or a scheduler stopped it early
+# (KILLED); a FAILED or RUNNING one does not count.
 DONE = ("FINISHED", "KILLED")
+# The report counts only trials that ran every epoch; a KILLED one (stopped early by ASHA,
+# interrupted, orphaned: its `state`) is shown apart with its `epochs_done`.
+COMPLETED, STOPPED = "FINISHED", "KILLED"
 META = (
     "run_id",
     "run_name",
     "sweep",
     "trial_id",
     "status",
+    "state",  # the sweep's word for how the trial ended (tag xgd.status): completed, stopped, ...
+    "epochs_done",
     "checkpoint",
     "experiment_id",
     "start_time_ms",
@@ -148,6 +153,8 @@ def trials_table(client, sweep: Sweep) -> pa.Table:
             "sweep": sweep.name,
             "trial_id": data.tags.get(T.TRIAL_ID),
             "status": info.status,
+            "state": data.tags.get(T.STATUS),
+            "epochs_done": parse_value(data.tags.get(T.EPOCHS_DONE)),
             "checkpoint": data.tags.get(T.CHECKPOINT),
             "experiment_id": info.experiment_id,
             "start_time_ms": info.start_time,
@@ -172,6 +179,49 @@ def done(table: pa.Table, metric: str | None = None) -> pa.Table:
         vals = table.column(metric).to_pylist() if metric in table.column_names else [None] * len(table)
         keep = [k and v is not None and math.isfinite(v) for k, v in zip(keep, vals)]
     return table.filter(pa.array(keep, pa.bool_()))
+
+
+def completed(table: pa.Table, metric: str) -> pa.Table:
+    """Trials that ran every epoch (FINISHED) and hold a finite `metric`: what tables, importances,
+    plots and Pareto fronts count."""
+    return _status_is(done(table, metric), COMPLETED)
+
+
+def stopped(table: pa.Table) -> pa.Table:
+    """Trials that ended before their last epoch (KILLED: stopped by the scheduler, interrupted, orphaned)."""
+    return _status_is(table, STOPPED)
+
+
+def _status_is(table: pa.Table, status: str) -> pa.Table:
+    return table.filter(pa.array([s == status for s in table.column("status").to_pylist()], pa.bool_()))
+
+
+def histories(client, run_ids: list[str], key: str) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) of `key` per run, in step order: one get_metric_history call per run."""
+    out = {}
+    for rid in run_ids:
+        points = {m.step: m.value for m in client.get_metric_history(rid, key) if math.isfinite(m.value)}
+        out[rid] = sorted(points.items())
+    return out
+
+
+def sweep_spec_text(client, sweep: Sweep) -> str | None:
+    """The sweep's spec as the driver saved it on the parent run (artifact sweep.yaml), if readable."""
+    import os
+    import tempfile
+
+    bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one small file: no progress bar
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return Path(client.download_artifacts(sweep.parent.info.run_id, "sweep.yaml", tmp)).read_text()
+    except Exception:  # no artifact (a store built by hand, an older sweep) or an unreachable artifact store
+        return None
+    finally:
+        if bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
 
 
 def metric_columns(table: pa.Table) -> list[str]:
