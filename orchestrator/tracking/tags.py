@@ -3,7 +3,8 @@
 The tags are the store's layout. Runs are found again by them, so a resumed sweep never creates
 a second run or logs an epoch twice, and `report`/`export` need nothing but the store:
   parent run   KIND=sweep, SWEEP; the dataset, teacher and git commit; the best trial at the end;
-               an ablation's LAYOUTS, ABLATION, SEEDS and LABELS (which tables `report` prints)
+               an ablation's LAYOUTS, ABLATION, SEEDS and LABELS (which tables `report` prints);
+               a confirmation's CONFIRM_SOURCE, CONFIRM_SOURCE_RUN, CONFIRM_CELLS, CONFIRM_SEEDS
   child run    PARENT, KIND=trial, SWEEP, TRIAL_ID, STATUS, CHECKPOINT, ERROR, EPOCHS_DONE
   teacher run  KIND=teacher, TEACHER_HASH (a recipe the sweep trained), CHECKPOINT
   model version (export) SWEEP, RANK, SELECTION
@@ -38,6 +39,11 @@ LAYOUTS = "xgd.layouts"  # report tables, comma-separated (orchestrator.results.
 ABLATION = "xgd.ablation"  # factorial | cells
 SEEDS = "xgd.seeds"
 LABELS = "xgd.labels"  # listed cells' labels in spec order, a JSON list
+# a confirmation (`confirm SWEEP`, orchestrator.run.confirm): an ablation that reruns a sweep's best
+CONFIRM_SOURCE = "xgd.confirm.source"  # the source sweep's name
+CONFIRM_SOURCE_RUN = "xgd.confirm.source_run"  # the source sweep's parent run id
+CONFIRM_CELLS = "xgd.confirm.cells"  # JSON list of {label, role: config|baseline, trial, value, point}
+CONFIRM_SEEDS = "xgd.confirm.seeds"  # the trainer seeds every cell ran, comma-separated
 
 RANK, SELECTION = "xgd.rank", "xgd.selection"  # on an exported model version
 
