@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ray import tune
+from rich.markup import escape
 
 from orchestrator.run.failures import fatal_cause, summarize_error
 from orchestrator.run.live import SweepView
@@ -20,6 +21,7 @@ from orchestrator.spec.sweep import SweepSpec
 from orchestrator.tracking import tags as T
 
 SESSIONS: dict[str, Session] = {}
+PENDING_DIR = "mlflow-pending"  # under the sweep's results folder
 # Tune internals DriverCallback relies on: it sets trial.max_failures = 0, which Trial.should_recover
 # reads at the next failure, and reads trial.error_file; tests/test_ray_internals.py checks them.
 RAY_INTERNALS = (
@@ -40,6 +42,7 @@ class DriverCallback(tune.Callback):
     def on_step_begin(self, iteration, trials, **info):
         if self._s():
             self._s().adopt(trials)
+            self._s().flush()
 
     def on_experiment_end(self, trials, **info):
         if self._s():  # a resumed sweep with nothing left to run has no steps at all
@@ -77,6 +80,11 @@ class DriverCallback(tune.Callback):
             self._s().ended(trial, error_line(trial))
 
 
+def pending_file(spec: SweepSpec) -> Path:
+    """Where the sweep's MLflow writes wait while the store cannot be reached (see tracking.pending)."""
+    return Path(spec.results, PENDING_DIR, f"{spec.name}.jsonl")
+
+
 def error_line(trial) -> str:
     try:
         return summarize_error(Path(trial.error_file).read_text())
@@ -91,6 +99,12 @@ class Session:
         self.spec, self.plan, self.view, self.tracker = spec, plan, view, tracker
         self.seen: set[str] = set()
         self.orphans_checked = not resumed
+        if tracker is not None:  # writes a dead store refused wait on disk; an earlier driver's are delivered
+            tracker.keep_pending(pending_file(spec), say=lambda msg: view.note(f"[yellow]{escape(msg)}[/]"))
+
+    def flush(self) -> None:
+        """Retry the MLflow writes waiting for the store (at most one short attempt per retry interval)."""
+        self._safe("retry", self.tracker and self.tracker.outbox.flush)
 
     def _safe(self, what: str, fn, *args) -> None:
         if self.tracker is None:

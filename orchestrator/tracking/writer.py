@@ -8,6 +8,14 @@ Layout (read back by orchestrator.tracking.reader; tag names in orchestrator.tra
   teacher run a recipe the sweep trained.
 Runs are found again by their tags, so re-running or resuming never creates a second copy and
 never logs an epoch twice.
+
+A store that goes away mid-sweep (a tracking server stopped or restarted) does not stop or stall
+the sweep: every write during the sweep goes through a queue (orchestrator.tracking.pending) that
+is delivered in order with short HTTP retries (HTTP_RETRIES), retried at later callbacks at
+growing intervals (RETRY_S up to RETRY_MAX_S) and at the sweep's end (END_WAIT_S). A write is
+replayed whole and is idempotent: runs are found by tags before one is created, metrics carry the
+time they were reported, and an epoch already logged is skipped. What is still pending at the end
+is printed, one line per kind, and kept in a JSONL file that `--resume` replays.
 """
 
 from __future__ import annotations
@@ -16,9 +24,12 @@ import math
 import os
 import subprocess
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from orchestrator.tracking import tags as T
+from orchestrator.tracking.pending import TRIAL_KINDS, Outbox, Write
 from orchestrator.tracking.store import artifact_root
 
 SKIP_KEYS = {
@@ -97,6 +108,7 @@ class Tracker:
         self.runs: dict[str, str] = {}  # trial id -> run id
         self.last_step: dict[str, int] = {}  # run id -> last epoch logged
         self.errors: list[str] = []
+        self.outbox = Outbox(self._deliver, uri)  # the sweep's writes, delivered in order (see the module doc)
 
     # -------------------------------------------------------------- finding runs
 
@@ -128,24 +140,34 @@ class Tracker:
             self.client.update_run(run.info.run_id, status="RUNNING")
         self.parent_id = run.info.run_id
         self._log_params(run, params)
-        self.set_tags(self.parent_id, tags)
+        self._tags(self.parent_id, tags)
         return self.parent_id
 
-    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+    def _tags(self, run_id: str, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
         items = [RunTag(k, str(v)) for k, v in tags.items() if v is not None]
         if items:
             self.client.log_batch(run_id, tags=items)
 
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        self.outbox.put("tags", run_id, strings(tags))
+
     def finish_sweep(self, status: str, tags: dict[str, Any], metrics: dict[str, float]) -> None:
+        """Queue the parent run's end, deliver everything still pending (retrying up to END_WAIT_S)
+        and say what happened to the writes that had to wait, and what is still not logged."""
+        self.outbox.put("finish_sweep", STATUS.get(status, status), strings(tags), metrics, now_ms())
+        self.outbox.drain()
+        for line in self.outbox.report():
+            self.outbox.say(line)
+
+    def _finish_sweep(self, status: str, tags: dict[str, str], metrics: dict[str, float], at: int) -> None:
         from mlflow.entities import Metric
 
-        self.set_tags(self.parent_id, tags)
-        now = int(time.time() * 1000)
+        self._tags(self.parent_id, tags)
         if metrics:
-            self.client.log_batch(self.parent_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
-        self.client.set_terminated(self.parent_id, status=STATUS.get(status, status))
+            self.client.log_batch(self.parent_id, metrics=[Metric(k, v, at, 0) for k, v in metrics.items()])
+        self.client.set_terminated(self.parent_id, status=status)
 
     def teacher_run(self, recipe_hash: str, params: dict[str, Any], metrics: dict[str, Any], checkpoint: str) -> str:
         from mlflow.entities import Metric
@@ -189,7 +211,7 @@ class Tracker:
         for run in self.client.search_runs([self.experiment_id], filter_string=flt, max_results=5000):
             tid = run.data.tags.get(T.TRIAL_ID)
             if tid and tid not in known:
-                self.set_tags(
+                self._tags(
                     run.info.run_id,
                     {
                         T.STATUS: "orphaned",
@@ -202,7 +224,19 @@ class Tracker:
                 closed.append(tid)
         return closed
 
-    def trial_started(self, trial_id: str, params: dict[str, Any], tags: dict[str, Any]) -> str:
+    # the writes of a running sweep go through the outbox; _<kind> delivers a write of that kind
+
+    def _deliver(self, w: Write) -> None:
+        if w.kind in TRIAL_KINDS and w.kind != "trial_started" and w.args[0] not in self.runs:
+            self.known_run(w.args[0])  # queued by an earlier driver of this sweep: find the trial's run
+        getattr(self, f"_{w.kind}")(*w.args)
+
+    def trial_started(self, trial_id: str, params: dict[str, Any], tags: dict[str, Any]) -> str | None:
+        """The trial's run id (None while the store cannot be reached: the start is queued)."""
+        self.outbox.put("trial_started", trial_id, params, strings(tags))
+        return self.runs.get(trial_id)
+
+    def _trial_started(self, trial_id: str, params: dict[str, Any], tags: dict[str, str]) -> None:
         run = self._find({T.SWEEP: self.sweep, T.TRIAL_ID: trial_id})
         if run is None:
             run = self._create(
@@ -218,37 +252,65 @@ class Tracker:
             self.last_step[run.info.run_id] = -1
         else:  # resumed: continue the same run after its last logged epoch
             self.client.update_run(run.info.run_id, status="RUNNING")
-            self.set_tags(run.info.run_id, {T.STATUS: "running"})
+            self._tags(run.info.run_id, {T.STATUS: "running"})
             hist = self.client.get_metric_history(run.info.run_id, "epoch")
             self.last_step[run.info.run_id] = max((m.step for m in hist), default=-1)
         self.runs[trial_id] = run.info.run_id
         self._log_params(run, params)
-        self.set_tags(run.info.run_id, tags)
-        return run.info.run_id
+        self._tags(run.info.run_id, tags)
 
     def trial_result(self, trial_id: str, result: dict) -> None:
+        if not isinstance(result.get("epoch"), (int, float)):
+            return
+        self.outbox.put("metrics", trial_id, int(result["epoch"]), now_ms(), metrics_of(result))
+        self.trial_checkpoint(trial_id, result.get("checkpoint_path"))
+
+    def _metrics(self, trial_id: str, step: int, at: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric
 
         run_id = self.runs.get(trial_id)
-        if run_id is None or not isinstance(result.get("epoch"), (int, float)):
-            return
-        step = int(result["epoch"])
-        if step <= self.last_step.get(run_id, -1):
-            return  # already logged (a resumed trial repeats nothing, but be sure)
-        now = int(time.time() * 1000)
-        ms = [Metric(k, v, now, step) for k, v in metrics_of(result).items()]
-        self.client.log_batch(run_id, metrics=ms)
+        if run_id is None or step <= self.last_step.get(run_id, -1):
+            return  # no run, or already logged (a resumed trial repeats nothing, but be sure)
+        self.client.log_batch(run_id, metrics=[Metric(k, v, at, step) for k, v in metrics.items()])
         self.last_step[run_id] = step
-        self.trial_checkpoint(trial_id, result.get("checkpoint_path"))
 
     def trial_checkpoint(self, trial_id: str, checkpoint_path: str | None) -> None:
-        ckpt, run_id = best_checkpoint(checkpoint_path), self.runs.get(trial_id)
-        if ckpt and run_id is not None:
-            self.set_tags(run_id, {T.CHECKPOINT: ckpt})
+        ckpt = best_checkpoint(checkpoint_path)
+        if ckpt:
+            self.outbox.put("checkpoint", trial_id, ckpt)
+
+    def _checkpoint(self, trial_id: str, ckpt: str) -> None:
+        self._trial_tags(trial_id, {T.CHECKPOINT: ckpt})
+
+    def _trial_tags(self, trial_id: str, tags: dict[str, str]) -> None:
+        if trial_id in self.runs:
+            self._tags(self.runs[trial_id], tags)
 
     def trial_ended(self, trial_id: str, status: str, tags: dict[str, Any]) -> None:
+        self.outbox.put("trial_ended", trial_id, status, strings(tags))
+
+    def _trial_ended(self, trial_id: str, status: str, tags: dict[str, str]) -> None:
         run_id = self.runs.get(trial_id)
         if run_id is None:
             return
-        self.set_tags(run_id, {**tags, T.STATUS: status})
+        self._tags(run_id, {**tags, T.STATUS: status})
         self.client.set_terminated(run_id, status=STATUS[status])
+
+    def keep_pending(self, path: str | Path, say: Callable[[str], None] | None = None) -> None:
+        """Keep undelivered writes in `path` (JSONL) and deliver the writes an earlier driver of this
+        sweep left there (its store went away before they landed); `say` prints the outbox's notes."""
+        self.outbox.say = say or self.outbox.say
+        self.outbox.queue.path = Path(path)
+        n = self.outbox.queue.load()
+        if n:
+            self.outbox.say(f"MLflow: delivering {n} write(s) an earlier driver of this sweep kept in {path}")
+            self.outbox.flush(force=True)
+
+
+def strings(tags: dict[str, Any]) -> dict[str, str]:
+    """Tag values as MLflow stores them (None: no tag)."""
+    return {k: str(v) for k, v in tags.items() if v is not None}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
