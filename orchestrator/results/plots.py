@@ -275,16 +275,24 @@ def parallel_plot(study, metric: str, path: Path) -> Path | None:
     if not params:
         return None
 
+    size = (max(7.5, 1.5 * (len(params) + 1) + 1.5), 4.6)
+
     def draw():
         ax = plot_parallel_coordinate(study, target_name=col(metric).header)
         for lines in ax.collections:  # Optuna's Blues draws the worst trials near-white
             lines.set_cmap("viridis")
-        for cax in [a for a in ax.figure.axes if a.get_label() == "<colorbar>"]:  # clear of the last axis' labels
+        fig = ax.figure
+        fig.set_size_inches(*size)
+        fig.canvas.draw()  # the colour bar goes right of the value labels of the last axis, however long
+        axes = [a for a in fig.axes if a.get_label() != "<colorbar>"]
+        right = max(t.get_window_extent().x1 for a in axes for t in a.get_yticklabels() if t.get_text())
+        x = fig.transFigure.inverted().transform((right, 0))[0]
+        for cax in [a for a in fig.axes if a.get_label() == "<colorbar>"]:
             box = cax.get_position()
-            cax.set_position([box.x0 + 0.05, box.y0, box.width, box.height])
+            cax.set_position([max(box.x0, x + 0.02), box.y0, box.width, box.height])
         return ax
 
-    return _optuna_plot(draw, path, (max(7.5, 1.5 * (len(params) + 1) + 1.5), 4.6))
+    return _optuna_plot(draw, path, size)
 
 
 def importance_plot(study, evaluator, metric: str, path: Path, title: str = "") -> Path | None:
