@@ -26,10 +26,14 @@ test: $(VENV)/.installed chromium
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow"
 
+# On a CUDA machine: bench, shared-GPU sweep, NCCL DDP, OOM trial; one JSON under results/gpu-check/
+gpu-check: $(VENV)/.installed
+	$(PY) scripts/gpu_check.py
+
 # Format, lint and the import contracts (pyproject.toml: [tool.ruff], [tool.importlinter])
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-.PHONY: install quickstart test test-fast lint chromium
+.PHONY: install quickstart test test-fast lint chromium gpu-check

@@ -21,6 +21,7 @@ towards the same end (and the driver then allows no further retry: callback.Driv
 
 from __future__ import annotations
 
+import gc
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -132,6 +133,30 @@ def _run_marking_fatal(fn: Callable[[], object], marker: str) -> None:
         raise
 
 
+def free_cuda_cache() -> None:
+    """Hand the CUDA blocks torch's allocator keeps cached back to the device, so the next trial in
+    this reused process, or another process sharing the GPU, can have them. No-op until CUDA is used."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        gc.collect()  # modules with hooks hold reference cycles: free them before emptying the cache
+        torch.cuda.empty_cache()
+
+
+def run_and_release(fn: Callable[[], object], marker: str) -> None:
+    """A one-process trial: `_run_marking_fatal`, then let go of what it held. A failed loop's
+    frames (its models, optimizer, batches) stay reachable from the exception's traceback: they are
+    cleared before the exception leaves, and the cached CUDA memory is freed either way."""
+    try:
+        _run_marking_fatal(fn, marker)
+    except BaseException as e:
+        traceback.clear_frames(e.__traceback__)
+        raise
+    finally:
+        free_cuda_cache()
+
+
 def make_trainable(plan: TrialPlan):
     """The Tune trainable, with its resources, for this plan's executor."""
     from ray import tune
@@ -141,7 +166,7 @@ def make_trainable(plan: TrialPlan):
         def xgd_trial_in_process(config: dict) -> None:
             trial_id = tune.get_context().get_trial_id()
             cfg = trial_config(plan, config, trial_id)
-            _run_marking_fatal(lambda: plan.worker(cfg), fatal_marker(plan, trial_id))
+            run_and_release(lambda: plan.worker(cfg), fatal_marker(plan, trial_id))
 
         need = {"CPU": plan.cpus_per_worker, **({"GPU": plan.gpus_per_worker} if plan.gpus_per_worker > 0 else {})}
         return tune.with_resources(xgd_trial_in_process, need)
