@@ -171,9 +171,15 @@ def pareto_plot(t: pa.Table, metric: str, path: Path, maximize: bool = True) -> 
         )
         fx, fy = [r[cost] * cc.scale for r in front], [r[metric] * mc.scale for r in front]
         ax.plot(fx, fy, "-o", color="tab:red", drawstyle="steps-post", label="Pareto front")
-        for r, x, y in zip(front, fx, fy):
-            name = r.get("trial_id") or r["run_name"]
-            ax.annotate(str(name), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        for i, (r, x, y) in enumerate(zip(front, fx, fy)):  # labels alternate below/above: neighbours stay apart
+            ax.annotate(
+                str(r.get("trial_id") or r["run_name"]),
+                (x, y),
+                fontsize=7,
+                xytext=(5, -11 if i % 2 else 6),
+                textcoords="offset points",
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
+            )
         ax.set_xlabel(cc.header)
         ax.set_ylabel(mc.header)
         ax.grid(alpha=0.3)
