@@ -194,3 +194,16 @@ def test_cuda_cache_freed_after_each_trial_once_cuda_is_used(monkeypatch, tmp_pa
     with pytest.raises(RuntimeError):
         trial.run_and_release(lambda: (_ for _ in ()).throw(RuntimeError("x")), str(tmp_path / "c.txt"))
     assert calls == ["empty", "empty"]
+
+
+@pytest.mark.slow  # a few seconds of CPU: two tiny bench variants
+def test_bench_figures_read_the_bench_commands_own_json(tmp_path):
+    """The bench-compile step's command, on the CPU and tiny (no --compile: slow on a CPU), then its
+    figures read back from the JSON the bench wrote."""
+    (s,) = [s for s in gc_mod.plan(1, tmp_path, crop=32, batch=2) if s.name == "bench-compile"]
+    argv = [a for a in s.argv if a != "--compile"]
+    argv[argv.index("cuda")] = "cpu"
+    assert main([*argv, "--iters", "1", "--warmup", "1", "--teacher", "r18", "--threads", "1"]) == 0
+    f = s.figures(s)
+    assert set(f["variants"]) == {"pi", "xgd_gradcam"} and gc_mod.check_bench(f) == ""
+    assert f["variants"]["pi"]["s_per_step"] > 0 and set(f["targets"]) == {"xgd_gradcam_vs_pi"}
