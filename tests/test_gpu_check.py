@@ -1,6 +1,7 @@
 """`make gpu-check` (scripts/gpu_check.py) without a GPU: it refuses in one line, the sweeps it would
-run are valid specs (the orchestrator's own --dry-run), its figures, checks, JSON and table work on
-made-up results, and a one-process trial lets go of its models and CUDA cache when it ends."""
+run are valid specs (the orchestrator's own --dry-run), its checks, JSON and table work on made-up
+results, its bench reader reads a real (CPU) bench JSON, and a one-process trial lets go of its
+models and CUDA cache when it ends."""
 
 from __future__ import annotations
 
