@@ -338,6 +338,7 @@ def test_dry_run_prints_the_cells_and_starts_nothing(store, capsys, no_ray):
     rc = main(["confirm", "src", "--tracking-uri", uri, "--top", "2", "--seeds", "3", "--baseline", "pi", "--dry-run"])
     out = capsys.readouterr().out
     assert rc == 0, out
+    assert out.splitlines()[0].startswith(f"store: {uri} (--tracking-uri)")  # the first line names the store
     assert "3 cells x 3 seeds" in out and "= 9 trials" in out and "pi baseline" in out and "dry run" in out
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from orchestrator.commands.sweep import add_run_args, execute
 
@@ -75,7 +76,10 @@ def run(args) -> int:
     from orchestrator.tracking.store import default_tracking_uri
 
     console = Console()
-    uri = getattr(args, "tracking_uri", None) or default_tracking_uri()
+    flag, env = getattr(args, "tracking_uri", None), os.environ.get("MLFLOW_TRACKING_URI")
+    uri = flag or default_tracking_uri()
+    source = "--tracking-uri" if flag else ("MLFLOW_TRACKING_URI" if env else "default")
+    console.print(f"store: {uri} ({source}); the confirmation is logged there too", highlight=False, soft_wrap=True)
     client = reader.open_store(uri)
     top = args.top if args.top is not None else (None if args.pareto else 1)
     plan = plan_confirmation(
