@@ -1,6 +1,7 @@
 """`export`: choosing trials from MLflow, rebuilding students from weights-only checkpoints, writing
 safetensors / TorchScript / ONNX that reproduce the model (ONNX checked with onnxruntime), a model
-card with true sha256s, registration in the MLflow registry, and one-line errors."""
+card with true sha256s, MLflow models (PyTorch and ONNX flavours) registered with the alias
+`champion` that load with the same logits, and one-line errors."""
 
 from __future__ import annotations
 
@@ -92,18 +93,27 @@ def test_export_writes_loadable_checked_students_and_registers_them(store, tmp_p
     got = torch.from_numpy(sess.run(None, {"image": x.numpy()})[0])
     assert (got - want).abs().max() < 1e-3
 
-    # registered: a version of xgd-demo whose source holds the card
+    # the files are logged to the trial's run; the student is an MLflow model (PyTorch flavour as
+    # xgd-demo, ONNX as xgd-demo-onnx), registered from that run, rank 1 aliased champion
     import mlflow
 
-    versions = store["client"].search_model_versions("name='xgd-demo'")
-    assert len(versions) == 1 and versions[0].run_id == card["source"]["run_id"]
+    client, run_id = store["client"], card["source"]["run_id"]
     mlflow.set_tracking_uri(store["uri"])
-    got_dir = Path(
-        mlflow.artifacts.download_artifacts(f"models:/xgd-demo/{versions[0].version}", dst_path=str(tmp_path / "dl"))
-    )
-    assert json.loads((got_dir / "model_card.json").read_text())["files"] == card["files"]
+    got = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/export/demo-rank1", dst_path=str(tmp_path / "dl"))
+    assert json.loads((Path(got) / "model_card.json").read_text())["files"] == card["files"]
+    for name in ("xgd-demo", "xgd-demo-onnx"):
+        (version,) = client.search_model_versions(f"name='{name}'")
+        assert version.run_id == run_id and str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    champion = mlflow.pytorch.load_model("models:/xgd-demo@champion").eval()
+    with torch.no_grad():
+        assert torch.equal(champion(x), want)  # the same logits as the exported student
+    info = mlflow.models.get_model_info("models:/xgd-demo@champion")
+    assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 3, -1, -1]
+    assert info.metadata["files_sha256"]["model.safetensors"] == card["files"]["model.safetensors"]["sha256"]
+    onnx_champion = mlflow.pyfunc.load_model("models:/xgd-demo-onnx@champion")
+    assert (torch.from_numpy(onnx_champion.predict(x.numpy())["logits"]) - want).abs().max() < 1e-3
     index = json.loads((out / "demo" / "index.json").read_text())
-    assert index["exports"][0]["version"] == str(versions[0].version)
+    assert index["exports"][0]["registered"] == {"xgd-demo": "1", "xgd-demo-onnx": "1"}
 
 
 def test_writers_check_their_output_and_fail_loudly(tmp_path, monkeypatch):

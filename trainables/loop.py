@@ -25,7 +25,7 @@ from trainables.constants import IMAGENET_MEAN, IMAGENET_STD
 from trainables.explain import explanation_metrics
 from trainables.models import count_flops, count_params, measure_latency, model_from_config
 from trainables.reporting import in_ray_train, make_reporter
-from trainables.setup import load_teacher, make_loaders, make_test_loader, pick_device, seed_everything
+from trainables.setup import load_teacher, make_loaders, make_test_loader, pick_device, placement, seed_everything
 from trainables.step import build_trainer, train_step
 from trainables.timing import SpanTimer
 
@@ -34,6 +34,7 @@ def train_loop(config: dict) -> dict:
     seed_everything(config["seed"])
     reporter = make_reporter(config)
     device = pick_device(config["run"]["device"])
+    where = placement(device)  # host, Ray node, device: tags on the trial's run
     rank, world = _world()
     train_dl, val_dl, classes = make_loaders(config, device, config["seed"], rank, world)
     student = model_from_config(config["model"], len(classes)).to(device)
@@ -86,6 +87,7 @@ def train_loop(config: dict) -> dict:
             "step_time_s": epoch_time / taken,
             "saliency_time_s": sal_time / taken,
             "epoch_time_s": epoch_time,
+            **where,
             **static,
         }
         last = epoch == optim["epochs"] - 1

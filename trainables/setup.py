@@ -31,6 +31,27 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def placement(device: torch.device) -> dict[str, str]:
+    """Where this process trains, reported with every epoch as strings (the sweep's driver tags the
+    trial's MLflow run with them; metrics skip strings): the host, the Ray node id inside Ray, and
+    the device: "cpu", or "cuda:N <GPU name>" plus the CUDA_VISIBLE_DEVICES that Ray set."""
+    import os
+    import socket
+    import sys
+
+    out = {"host": socket.gethostname(), "device": "cpu"}
+    ray = sys.modules.get("ray")  # only a process that runs in Ray has imported it
+    if ray is not None and ray.is_initialized():
+        out["ray_node"] = ray.get_runtime_context().get_node_id()
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        out["device"] = f"cuda:{index} {torch.cuda.get_device_name(index)}" + (
+            f" (CUDA_VISIBLE_DEVICES={visible})" if visible else ""
+        )
+    return out
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -1,8 +1,9 @@
-"""`python -m orchestrator ablate SPEC.yaml [--set k=v] [--dry-run] [--resume] [--address A] [--verbose]`."""
+"""`python -m orchestrator ablate SPEC.yaml [--set k=v] [--dry-run] [--resume] [--address A] [--tracking-uri URI]
+[--verbose]`."""
 
 from __future__ import annotations
 
-from orchestrator.commands.sweep import add_run_args, execute
+from orchestrator.commands.sweep import add_run_args, execute, with_store
 
 
 def add_parser(sub) -> None:
@@ -28,6 +29,7 @@ def run(args) -> int:
 
     console = Console()
     ab = load_ablation(args.spec, args.overrides)
+    ab.sweep = with_store(ab.sweep, args, console)
     if args.dry_run:
         from orchestrator.run.ablate import render
 
@@ -35,10 +37,10 @@ def run(args) -> int:
         return 0
     if execute(ab.sweep, args, console):
         return 1
-    from orchestrator.tracking.store import default_tracking_uri
+    from orchestrator.tracking.store import resolve_store
 
     uri = ab.sweep.mlflow.tracking_uri
-    store = "" if uri == default_tracking_uri() else f" --tracking-uri {uri}"
+    store = "" if uri == resolve_store().uri else f" --tracking-uri {uri}"
     console.print(
         f"tables (mean ± std over {ab.seeds} seed(s)): python -m orchestrator report {ab.sweep.name}{store}",
         highlight=False,

@@ -1,6 +1,9 @@
 """`export [SWEEP]`: write a sweep's best students (top K by a metric, or the Pareto front of the
 metric against a cost) to results/exports/<sweep>/<rank>/ as safetensors, TorchScript and
-ONNX (checked with onnxruntime), each with a model card, and register them in MLflow."""
+ONNX (checked with onnxruntime), each with a model card; log them to the trial's MLflow run and as
+MLflow models (PyTorch flavour as xgd-<sweep>, ONNX flavour as xgd-<sweep>-onnx), registered, with
+the alias `champion` on the best (rank 1): mlflow.pytorch.load_model("models:/xgd-<sweep>@champion").
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import argparse
 from pathlib import Path
 
 from orchestrator.errors import UserError
+from orchestrator.tracking.store import add_tracking_uri
 
 DEFAULT_OUT = "results/exports"
 
@@ -20,11 +24,7 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("sweep", nargs="?", metavar="SWEEP", help="sweep name (default: the newest sweep in the store)")
-    p.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///<abs>/results/mlflow.db)",
-    )
+    add_tracking_uri(p)
     p.add_argument("--metric", default="val_miou", help="metric that ranks trials (default val_miou)")
     p.add_argument("--mode", choices=("max", "min"), default="max")
     pick = p.add_mutually_exclusive_group()
@@ -47,7 +47,7 @@ def add_parser(sub) -> None:
         help="input size for tracing and checks (default: the checkpoint's eval size or crop)",
     )
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output root (default {DEFAULT_OUT})")
-    p.add_argument("--model-name", default=None, help="registered model name (default xgd-<sweep>)")
+    p.add_argument("--model-name", default=None, help="registered model name (default xgd-<sweep>; ONNX: NAME-onnx)")
     p.add_argument("--no-register", action="store_true", help="skip the MLflow model registry")
     p.set_defaults(run=run)
 
@@ -58,9 +58,10 @@ def run(args) -> int:
     from rich.console import Console
 
     from orchestrator.results import export as ex
+    from orchestrator.results import registry
     from orchestrator.spec.sweep import HELD_OUT_PREFIX
     from orchestrator.tracking import reader
-    from orchestrator.tracking.store import default_tracking_uri
+    from orchestrator.tracking.store import resolve_store
 
     if args.top < 1:
         raise UserError(f"--top must be >= 1, got {args.top}")
@@ -74,7 +75,9 @@ def run(args) -> int:
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)
-    uri = args.tracking_uri or default_tracking_uri()
+    store = resolve_store(args.tracking_uri)
+    console.print(store.line(), highlight=False, soft_wrap=True)
+    uri = store.uri
     client = reader.open_store(uri)
     name = args.sweep
     if name is None:
@@ -89,13 +92,14 @@ def run(args) -> int:
     choices = ex.choose(table, args.metric, maximize, args.top, cost)
     selection = ex.selection(args.metric, maximize, args.top, cost)
     model_name = args.model_name or f"xgd-{reader.safe_name(sweep.name)}"
-    index = []
+    index, champions = [], {}
     for choice in choices:
         exp = ex.export_choice(sweep.name, choice, Path(args.out), formats, selection, uri, client, args.size)
         if not args.no_register:
-            exp.version = ex.register(client, exp, model_name)
+            exp.versions = registry.register(client, uri, exp, exp.model, model_name)
+            champions = champions or exp.versions  # rank 1: the best by the metric
         value = choice.row[args.metric]
-        reg = f"; registered {model_name} v{exp.version}" if exp.version else ""
+        reg = "; registered " + ", ".join(f"{n} v{v}" for n, v in exp.versions.items()) if exp.versions else ""
         console.print(
             f"rank {exp.rank}: {choice.row['run_name']} {args.metric}={value:.4f} -> {exp.dir} "
             f"({', '.join(exp.files)}){reg}"
@@ -107,9 +111,18 @@ def run(args) -> int:
                 "run_id": choice.row["run_id"],
                 "run_name": choice.row["run_name"],
                 args.metric: value,
-                "registered_model": model_name if exp.version else None,
-                "version": exp.version,
+                "registered_model": model_name if exp.versions else None,
+                "version": exp.versions.get(model_name),
+                "registered": exp.versions,
             }
+        )
+    if champions:
+        registry.crown(client, champions)
+        console.print(
+            f"alias {registry.CHAMPION}: " + ", ".join(f"{n} v{v}" for n, v in champions.items()) + "; load it with "
+            f"mlflow.pytorch.load_model({registry.model_uri(model_name)!r})",
+            highlight=False,
+            soft_wrap=True,
         )
     root = reader.safe_join(args.out, sweep.name)
     (root / "index.json").write_text(

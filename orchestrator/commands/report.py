@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from orchestrator.errors import UserError
+from orchestrator.tracking.store import add_tracking_uri
 
 DEFAULT_OUT = "results/reports"
 
@@ -21,11 +22,7 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("sweeps", nargs="*", metavar="SWEEP", help="sweep names (default: every sweep in the store)")
-    p.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///<abs>/results/mlflow.db)",
-    )
+    add_tracking_uri(p)
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output root (default {DEFAULT_OUT})")
     p.add_argument("--metric", default="val_miou", help="metric for plots and importances (default val_miou)")
     p.add_argument("--mode", choices=("max", "min"), default="max")
@@ -46,12 +43,14 @@ def run(args) -> int:
 
     from orchestrator.results.report import make_report
     from orchestrator.tracking import reader
-    from orchestrator.tracking.store import default_tracking_uri
+    from orchestrator.tracking.store import resolve_store
 
     console = Console()
     if not console.is_terminal:  # piped or logged: do not squeeze the tables into 80 columns
         console = Console(width=200)
-    uri = args.tracking_uri or default_tracking_uri()
+    store = resolve_store(args.tracking_uri)
+    console.print(store.line(), highlight=False, soft_wrap=True)
+    uri = store.uri
     client = reader.open_store(uri)
     names = args.sweeps or reader.list_sweeps(client)
     if not names:

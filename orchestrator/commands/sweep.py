@@ -1,6 +1,12 @@
-"""`python -m orchestrator sweep SPEC.yaml [--set k=v] [--dry-run] [--resume] [--address A] [--verbose]`."""
+"""`python -m orchestrator sweep SPEC.yaml [--set k=v] [--dry-run] [--resume] [--address A] [--tracking-uri URI]
+[--verbose]`."""
 
 from __future__ import annotations
+
+import os
+
+from orchestrator.errors import UserError
+from orchestrator.tracking.store import add_tracking_uri
 
 
 def add_parser(sub) -> None:
@@ -38,6 +44,7 @@ def add_run_args(p, what: str, examples: str, dry: str) -> None:
         help="Ray cluster to run on ('auto', 'ray://head:10001'); default $RAY_ADDRESS, else a local Ray",
     )
     p.add_argument("--verbose", action="store_true", help="show Ray's own trial tables and worker logs")
+    add_tracking_uri(p)
 
 
 def run(args) -> int:
@@ -46,7 +53,7 @@ def run(args) -> int:
     from orchestrator.spec.sweep import load_sweep_spec
 
     console = Console()
-    spec = load_sweep_spec(args.spec, args.overrides)
+    spec = with_store(load_sweep_spec(args.spec, args.overrides), args, console)
     if args.dry_run:
         from orchestrator.run.dry_run import render
 
@@ -55,10 +62,43 @@ def run(args) -> int:
     return execute(spec, args, console)
 
 
+def with_store(spec, args, console):
+    """The spec on the store every command resolves the same way (orchestrator.tracking.store:
+    --tracking-uri > $MLFLOW_TRACKING_URI > the spec > results/mlflow.db), printed first, with the
+    Ray cluster it will run on."""
+    from orchestrator.tracking.store import resolve_store
+
+    store = resolve_store(args.tracking_uri, spec.mlflow.tracking_uri, spec.results)
+    console.print(store.line(), highlight=False, soft_wrap=True)
+    address, source = (args.address, "--address") if args.address else (os.environ.get("RAY_ADDRESS"), "RAY_ADDRESS")
+    console.print(f"ray: {address} ({source})" if address else "ray: a local Ray on this machine", highlight=False)
+    return spec.model_copy(update={"mlflow": spec.mlflow.model_copy(update={"tracking_uri": store.uri})})
+
+
+def check_resume_store(spec, resume: bool) -> None:
+    """A resumed sweep stays on the store it started on: runs are found again by their tags there."""
+    import json
+
+    from orchestrator.run.storage import SPEC_FILE, read_text
+    from orchestrator.spec.paths import join
+    from orchestrator.tracking.store import FLAG
+
+    try:
+        started = json.loads(read_text(join(spec.experiment_dir, SPEC_FILE)))["mlflow"]["tracking_uri"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if resume and started and started != spec.mlflow.tracking_uri:
+        raise UserError(
+            f"sweep {spec.name!r} started on the MLflow store {started}, not {spec.mlflow.tracking_uri}: "
+            f"resume it there ({FLAG} {started})"
+        )
+
+
 def execute(spec, args, console) -> int:
     """Run (or resume) a sweep spec; exit code 1 when every trial failed."""
     from orchestrator.run.sweep import run_sweep
 
+    check_resume_store(spec, args.resume)
     outcome = run_sweep(spec, resume=args.resume, address=args.address, verbose=args.verbose, console=console)
     if outcome.status == "failed":
         first = next((r.error for r in outcome.rows if r.error), "no trial ran")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from orchestrator.tracking.store import add_tracking_uri
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -18,11 +20,7 @@ def add_parser(sub) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="backend store (default: $MLFLOW_TRACKING_URI or sqlite:///<abs>/results/mlflow.db)",
-    )
+    add_tracking_uri(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument(
@@ -58,10 +56,12 @@ def run(args) -> int:
     if args.optuna is not None:
         return optuna_ui(args)
     from orchestrator.tracking.server import serve
-    from orchestrator.tracking.store import default_tracking_uri
+    from orchestrator.tracking.store import resolve_store
 
+    store = resolve_store(args.tracking_uri)
+    print(store.line(), flush=True)
     return serve(
-        args.tracking_uri or default_tracking_uri(),
+        store.uri,
         args.host,
         args.port,
         args.artifacts_root,

@@ -1,8 +1,8 @@
 """Ship the best students of a sweep: pick trials from MLflow (top K by a metric, or the Pareto
 front of metric against cost), rebuild each from its weights-only checkpoint and write
 results/exports/<sweep>/<rank>/: model.safetensors, model.torchscript.pt, model.onnx (checked
-against onnxruntime), model_card.json / .md with sha256 of each file; then register the folder in
-the MLflow model registry as a version of `xgd-<sweep>`.
+against onnxruntime), model_card.json / .md with sha256 of each file. Logging them to MLflow as
+models, registering them and the `champion` alias: orchestrator.results.registry.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from orchestrator.errors import UserError
 from orchestrator.results.pareto import pareto_front
 from orchestrator.spec.paths import fetch, is_uri, join
 from orchestrator.tracking import reader
-from orchestrator.tracking import tags as T
 from trainables.constants import IMAGENET_MEAN, IMAGENET_STD
 
 ONNX_ATOL = 1e-3  # max abs logit difference onnxruntime vs torch that export accepts
@@ -50,7 +49,8 @@ class Exported:
     dir: Path
     card: dict[str, Any]
     files: dict[str, Path] = field(default_factory=dict)
-    version: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)  # registered model name -> version
+    model: nn.Module | None = field(default=None, repr=False)  # the student the files were written from
 
 
 # ------------------------------------------------------------------ choosing trials
@@ -470,32 +470,4 @@ def export_choice(
     card = model_card(sweep, choice, state, model, hw, files, checks, selection, tracking_uri)
     (d / "model_card.json").write_text(json.dumps(card, indent=2, default=str))
     (d / "model_card.md").write_text(card_markdown(card))
-    return Exported(choice.rank, d, card, files)
-
-
-def register(client, exp: Exported, model_name: str) -> str:
-    """Log the export folder to its source run and register it as a model version (works on a
-    sqlite store: the version's source is the runs:/ URI of those artifacts)."""
-    run_id = exp.card["source"]["run_id"]
-    artifact_path = f"export/{reader.safe_name(exp.card['name'])}"
-    client.log_artifacts(run_id, str(exp.dir), artifact_path)
-    try:
-        client.create_registered_model(model_name, description="XGD-distilled segmentation students")
-    except Exception as e:  # already there
-        if "already exists" not in str(e).lower() and "RESOURCE_ALREADY_EXISTS" not in str(e):
-            raise
-    sel = exp.card["selection"]
-    tags = {
-        T.SWEEP: exp.card["sweep"],
-        T.RANK: str(exp.rank),
-        T.SELECTION: sel["text"],
-        "sha256.safetensors": exp.card["files"].get("model.safetensors", {}).get("sha256", ""),
-    }
-    mv = client.create_model_version(
-        model_name,
-        source=f"runs:/{run_id}/{artifact_path}",
-        run_id=run_id,
-        tags=tags,
-        description=f"{exp.card['name']}: {exp.card['model']['arch']}/{exp.card['model']['encoder']}",
-    )
-    return str(mv.version)
+    return Exported(choice.rank, d, card, files, model=model)

@@ -1,13 +1,17 @@
-"""Where the MLflow store is. A SQLite store is a file, and its URI is parsed here only: the
-sweep checks the file's folder is writable, keeps artifacts beside it and makes a relative URI
-absolute (Tune changes each trial's working directory); `report`, `export` and `ui` refuse a
-file that does not exist rather than create an empty store."""
+"""Where the MLflow store is. Every command picks it the same way (`resolve_store`): the
+`--tracking-uri` flag, else $MLFLOW_TRACKING_URI, else the spec's `mlflow.tracking_uri` (sweep and
+ablate), else sqlite:///<abs>/results/mlflow.db; the first line a command prints names the store
+and where it came from (`Store.line`).
+
+A SQLite store is a file, and its URI is parsed here only: the sweep checks the file's folder is
+writable, keeps artifacts beside it and makes a relative URI absolute (Tune changes each trial's
+working directory); `report`, `export` and `ui` refuse a file that does not exist rather than
+create an empty store. Nothing heavy is imported here: the CLI's parsers use `add_tracking_uri`."""
 
 from __future__ import annotations
 
 import os
-import urllib.error
-import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import UserError
@@ -24,7 +28,51 @@ def results_store(results: str | Path) -> str:
 
 def default_tracking_uri() -> str:
     """The commands' default store: $MLFLOW_TRACKING_URI, else the project's results/mlflow.db."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or results_store(DEFAULT_RESULTS)
+    return resolve_store().uri
+
+
+ENV_URI = "MLFLOW_TRACKING_URI"
+FLAG = "--tracking-uri"
+PRECEDENCE = f"{FLAG}, else ${ENV_URI}, else the spec's mlflow.tracking_uri, else sqlite:///<abs>/results/mlflow.db"
+
+
+@dataclass(frozen=True)
+class Store:
+    uri: str
+    source: str  # where the URI came from: the flag, the environment, the spec or the default
+
+    def line(self) -> str:
+        """What each command prints first."""
+        return f"store: {self.uri} ({self.source})"
+
+
+def resolve_store(flag: str | None = None, spec_uri: str | None = None, results: str | Path = DEFAULT_RESULTS) -> Store:
+    """The store a command uses: `flag` > $MLFLOW_TRACKING_URI > `spec_uri` > the results folder's
+    SQLite file. A spec_uri equal to that default counts as the default (a resolved spec always
+    holds one). A relative SQLite path is made absolute here, once, for every process after."""
+    default = results_store(results)
+    env = os.environ.get(ENV_URI)
+    spec_uri = None if spec_uri in (None, "", default) else spec_uri
+    overridden = f"; the spec's mlflow.tracking_uri {spec_uri} is overridden" if spec_uri else ""
+    for uri, source in (
+        (flag, FLAG + overridden),
+        (env, ENV_URI + overridden),
+        (spec_uri, "the spec's mlflow.tracking_uri"),
+    ):
+        if uri:
+            return Store(absolute_uri(uri), source)
+    return Store(default, "default")
+
+
+def add_tracking_uri(parser) -> None:
+    """The `--tracking-uri` option every command that touches the store takes."""
+    parser.add_argument(
+        FLAG,
+        dest="tracking_uri",
+        default=None,
+        metavar="URI",
+        help=f"MLflow store (sqlite:///path.db or http://host:5000); precedence: {PRECEDENCE}",
+    )
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -56,6 +104,9 @@ def check_reachable(uri: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
     with backoff for minutes. SQLite stores are files: their checks are the callers'."""
     if not uri.startswith(("http://", "https://")):
         return
+    import urllib.error
+    import urllib.request
+
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as r:
             if r.status == 200:

@@ -5,7 +5,8 @@ a second run or logs an epoch twice, and `report`/`export` need nothing but the 
   parent run   KIND=sweep, SWEEP; the dataset, teacher and git commit; the best trial at the end;
                an ablation's LAYOUTS, ABLATION, SEEDS and LABELS (which tables `report` prints);
                a confirmation's CONFIRM_SOURCE, CONFIRM_SOURCE_RUN, CONFIRM_CELLS, CONFIRM_SEEDS
-  child run    PARENT, KIND=trial, SWEEP, TRIAL_ID, STATUS, CHECKPOINT, ERROR, EPOCHS_DONE
+  child run    PARENT, KIND=trial, SWEEP, TRIAL_ID, STATUS, CHECKPOINT, ERROR, EPOCHS_DONE; HOST,
+               RAY_NODE and DEVICE (where it ran)
   teacher run  KIND=teacher, TEACHER_HASH (a recipe the sweep trained), CHECKPOINT
   model version (export) SWEEP, RANK, SELECTION
 """
@@ -34,6 +35,9 @@ BEST_CHECKPOINT, BEST_PARAMS = "xgd.best_checkpoint", "xgd.best_params"
 PARETO_TRIALS = "xgd.pareto_trials"  # on the parent: the front's trial ids, comma-separated
 PARETO = "xgd.pareto"  # on a trial of the front: "true"
 LEAKED_PGS_RELEASED = "xgd.leaked_pgs_released"  # placement groups the reaper had to remove
+# where a trial ran, as its trainer reports it (trainables.setup.placement): result key -> tag
+HOST, RAY_NODE, DEVICE = "xgd.host", "xgd.ray_node", "xgd.device"
+PLACEMENT = {"host": HOST, "ray_node": RAY_NODE, "device": DEVICE}
 
 LAYOUTS = "xgd.layouts"  # report tables, comma-separated (orchestrator.results.tables.LAYOUTS)
 ABLATION = "xgd.ablation"  # factorial | cells

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.tracking import tags as T
+from orchestrator.tracking.environment import log_environment
 from orchestrator.tracking.pending import TRIAL_KINDS, Outbox, Write
 from orchestrator.tracking.store import artifact_root
 
@@ -109,6 +110,7 @@ class Tracker:
         self.last_step: dict[str, int] = {}  # run id -> last epoch logged
         self.errors: list[str] = []
         self.outbox = Outbox(self._deliver, uri)  # the sweep's writes, delivered in order (see the module doc)
+        self.placed: dict[str, dict] = {}  # trial id -> placement tags set
 
     # -------------------------------------------------------------- finding runs
 
@@ -136,8 +138,10 @@ class Tracker:
         if run is None:
             run = self._create(f"sweep:{self.sweep}", {T.KIND: T.SWEEP_RUN, T.SWEEP: self.sweep})
             self.client.log_text(run.info.run_id, spec_text, "sweep.yaml")
+            log_environment(self.client, run.info.run_id)  # provenance (orchestrator.tracking.environment)
         else:
             self.client.update_run(run.info.run_id, status="RUNNING")
+            log_environment(self.client, run.info.run_id, f"environment/resumed-{time.strftime('%Y%m%dT%H%M%S')}")
         self.parent_id = run.info.run_id
         self._log_params(run, params)
         self._tags(self.parent_id, tags)
@@ -263,6 +267,10 @@ class Tracker:
         if not isinstance(result.get("epoch"), (int, float)):
             return
         self.outbox.put("metrics", trial_id, int(result["epoch"]), now_ms(), metrics_of(result))
+        where = {tag: result[key] for key, tag in T.PLACEMENT.items() if isinstance(result.get(key), str)}
+        if where and self.placed.get(trial_id) != where:  # the node and device the trial reported
+            self.outbox.put("trial_tags", trial_id, where)
+            self.placed[trial_id] = where
         self.trial_checkpoint(trial_id, result.get("checkpoint_path"))
 
     def _metrics(self, trial_id: str, step: int, at: int, metrics: dict[str, float]) -> None:
