@@ -31,7 +31,7 @@ KINDS = {
     "trial_tags": "trial tags (node, device)",
     "tags": "tag writes",
     "trial_ended": "trial ends (status)",
-    "finish_sweep": "the sweep run's end (status, best trial)",
+    "finish_sweep": "sweep run end (status, best trial)",
 }
 TRIAL_KINDS = ("trial_started", "metrics", "checkpoint", "trial_tags", "trial_ended")  # args[0] is the trial id
 
