@@ -1,6 +1,7 @@
 """A sweep that grows: `--resume` with a larger search.num_samples runs only the missing trials, in
 a second Tune experiment whose Optuna sampler starts from the persisted study of the first; every
-trial is a child of the one MLflow parent run. And what a resumed sweep may not change."""
+trial is a child of the one MLflow parent run; a study that lost its trials is told them again.
+And what a resumed sweep may not change, and the study's trials a killed driver left running."""
 
 from __future__ import annotations
 
@@ -81,10 +82,29 @@ def test_a_sweep_grows_from_4_to_8_trials_with_the_sampler_starting_from_the_fir
     table = reader.trials_table(client, reader.find_sweep(client, spec.name))
     assert table.num_rows == 8  # what `report` reads: one sweep with all 8 trials
 
-    # resuming again re-shows both stages and runs nothing more
+    # a study lost (or a sweep from before studies were persisted): growing tells it the 8 again first
+    storage.rename(storage.with_name("lost.log.bak"))
+    ASKED.clear()
+    spec = parse_sweep_spec(grow_raw(tmp_path, 9))
     again = run_sweep(spec, resume=True, worker=sweep_stubs.stub_worker)
-    assert len(again.rows) == 8 and again.status == "completed"
-    assert len(mlflow_runs(spec)[2]) == 8
+    assert len(again.rows) == 9 and again.status == "completed"
+    assert ASKED[-1] == (8, list(range(8))), ASKED
+    assert len(mlflow_runs(spec)[2]) == 9
+
+
+def test_trials_a_killed_driver_left_running_in_the_study_are_failed_at_the_end(tmp_path):
+    spec = parse_sweep_spec(grow_raw(tmp_path, 4))
+    s = optuna.create_study(study_name=spec.name, storage=study.open_storage(study.study_path(spec.results, "grow")))
+    s.tell(s.ask(), 0.5)
+    s.ask()  # asked, never told: its driver died before Tune's snapshot
+    assert study.fail_stale(spec) == [1]
+    states = [
+        t.state
+        for t in optuna.load_study(
+            study_name="grow", storage=study.open_storage(study.study_path(spec.results, "grow"))
+        ).trials
+    ]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
 
 
 def test_resume_refuses_a_changed_space_and_keeps_the_saved_spec_otherwise(tmp_path):

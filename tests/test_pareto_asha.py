@@ -80,4 +80,19 @@ def test_asha_stopped_trials_reach_optuna_with_every_objective(ray_cluster, tmp_
         assert t.values == pytest.approx([row.result["val_miou"], row.result["params"]])
     sizes = {t.params["student"]: t.values[1] for t in loaded.trials}
     assert len(set(sizes.values())) == len(sizes)  # the two students differ in size: a real trade-off
-    assert out.pareto and set(out.pareto) <= {r.trial_id for r in out.rows}
+    # the sweep's own front (parent tag) compares finished trials only
+    assert out.pareto and set(out.pareto) <= {r.trial_id for r in out.rows if r.state == "completed"}
+
+
+def test_the_sweeps_front_leaves_out_stopped_trials():
+    from orchestrator.run.live import Row
+    from orchestrator.run.outcome import pareto_trials
+    from orchestrator.spec.sweep import Objective
+
+    objs = [Objective(metric="val_miou", mode="max"), Objective(metric="params", mode="min")]
+    rows = [
+        Row("a", state="completed", result={"val_miou": 0.7, "params": 30}),
+        Row("b", state="completed", result={"val_miou": 0.6, "params": 10}),
+        Row("s", state="stopped", result={"val_miou": 0.9, "params": 5}),  # would beat both; 1 epoch only
+    ]
+    assert sorted(pareto_trials(rows, objs)) == ["a", "b"]

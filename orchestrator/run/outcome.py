@@ -64,12 +64,14 @@ def parent_tags(spec: SweepSpec, teacher) -> dict:
 
 
 def pareto_trials(rows: list[Row], objectives) -> list[str]:
-    """Trials no other trial beats on every objective (last reported values; failed trials and
-    trials missing an objective are left out)."""
+    """Trials no other trial beats on every objective (last reported values; failed trials, trials
+    missing an objective and trials stopped early are left out: a stopped trial reports its static
+    costs with every epoch, but its val metrics are of fewer epochs than the others')."""
     kept = [
         r
         for r in rows
-        if r.state != "failed" and all(isinstance(r.result.get(o.metric), (int, float)) for o in objectives)
+        if r.state not in ("failed", "stopped")
+        and all(isinstance(r.result.get(o.metric), (int, float)) for o in objectives)
     ]
     front = pareto_front([[r.result[o.metric] for o in objectives] for r in kept], [o.mode for o in objectives])
     return [kept[i].trial_id for i in front]

@@ -116,3 +116,51 @@ def finished_trials(storage_file: Path, sweep: str) -> int:
     except KeyError:
         return 0
     return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+
+def _load(storage_file: Path, spec: SweepSpec):
+    import optuna
+
+    directions = ["maximize" if o.mode == "max" else "minimize" for o in spec.objectives]
+    return optuna.create_study(
+        study_name=spec.name, storage=open_storage(storage_file), directions=directions, load_if_exists=True
+    )
+
+
+def seed_study(spec: SweepSpec, rows, define) -> int:
+    """A sweep grows but its study holds no trial (it started before studies were persisted here,
+    or the file was lost): tell the study each ended trial of the earlier stages again, from the
+    driver's view of them (sampled point, last report), so the new stage's sampler still starts
+    from them. Each is enqueued with its point, asked (define-by-run sets the distributions) and
+    told its objectives. Returns how many were told."""
+    study = _load(study_path(spec.results, spec.name), spec)
+    if study.trials:
+        return 0
+    told = 0
+    for row in rows:
+        values = [row.result.get(o.metric) for o in spec.objectives]
+        if row.state not in ("completed", "stopped") or not all(isinstance(v, (int, float)) for v in values):
+            continue
+        study.enqueue_trial({k: v for k, v in row.point.items() if k in spec.space})
+        trial = study.ask()
+        define(trial)
+        study.tell(trial, values if len(values) > 1 else values[0])
+        told += 1
+    return told
+
+
+def fail_stale(spec: SweepSpec) -> list[int]:
+    """After every stage ended: trials still RUNNING in the study were asked by a driver killed
+    before Tune's next snapshot, and no restored searcher will tell them; mark them FAIL (as
+    Optuna's own stale-trial check does), so the dashboard and the next stage's sampler see them
+    as ended. Returns their numbers."""
+    import optuna
+
+    path = study_path(spec.results, spec.name)
+    if not path.exists():
+        return []
+    study = _load(path, spec)
+    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for t in stale:
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    return [t.number for t in stale]

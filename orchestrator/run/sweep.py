@@ -264,10 +264,13 @@ def _run(spec, resume, worker, verbose, console, t0) -> SweepOutcome:
                         stage.experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=True
                     )
                 else:
+                    if i > 0:
+                        _seed_study(spec, view, console)
                     tuner = new_tuner(spec, stage, trainable, concurrent, DriverCallback(keys[-1]), verbose)
                     save_spec(spec)
                     study.record_totals(spec, totals)
                 tuner.fit()
+            study.fail_stale(spec)
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -279,6 +282,14 @@ def _run(spec, resume, worker, verbose, console, t0) -> SweepOutcome:
         console.print(view.summary(tuple(outcome.pareto)))
         print_best(console, outcome, obj[0].metric)
     return outcome
+
+
+def _seed_study(spec, view, console) -> None:
+    from orchestrator.spec.sweep import sampler
+
+    told = study.seed_study(spec, list(view.rows.values()), sampler(spec)[1])
+    if told:
+        console.print(f"the sweep's Optuna study was empty: told it the {told} earlier trials", highlight=False)
 
 
 def _run_on_head(spec, resume, address, worker, verbose, console) -> SweepOutcome:
