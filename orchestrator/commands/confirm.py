@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from orchestrator.commands.sweep import add_run_args, execute
 
@@ -58,13 +57,6 @@ def add_parser(sub) -> None:
         "name=quickstart-confirm-2, resources.max_concurrent=4, optim.epochs=20",
         "the cells, seeds",
     )
-    if "--tracking-uri" not in p._option_string_actions:
-        p.add_argument(
-            "--tracking-uri",
-            default=None,
-            help="MLflow store of the source sweep; the confirmation is logged there too "
-            "(default: $MLFLOW_TRACKING_URI or sqlite:///<abs>/results/mlflow.db)",
-        )
     p.set_defaults(run=run)
 
 
@@ -73,13 +65,12 @@ def run(args) -> int:
 
     from orchestrator.run.confirm import plan_confirmation, render
     from orchestrator.tracking import reader
-    from orchestrator.tracking.store import default_tracking_uri
+    from orchestrator.tracking.store import default_tracking_uri, resolve_store
 
     console = Console()
-    flag, env = getattr(args, "tracking_uri", None), os.environ.get("MLFLOW_TRACKING_URI")
-    uri = flag or default_tracking_uri()
-    source = "--tracking-uri" if flag else ("MLFLOW_TRACKING_URI" if env else "default")
-    console.print(f"store: {uri} ({source}); the confirmation is logged there too", highlight=False, soft_wrap=True)
+    store = resolve_store(args.tracking_uri)  # where the sweep is read and the confirmation logged
+    console.print(store.line(), highlight=False, soft_wrap=True)
+    uri = store.uri
     client = reader.open_store(uri)
     top = args.top if args.top is not None else (None if args.pareto else 1)
     plan = plan_confirmation(
@@ -104,9 +95,9 @@ def run(args) -> int:
     )
     if execute(plan.ablation.sweep, args, console):
         return 1
-    store = "" if uri == default_tracking_uri() else f" --tracking-uri {uri}"
+    hint = "" if uri == default_tracking_uri() else f" --tracking-uri {uri}"
     console.print(
-        f"confirmation table (mean ± std, 95% CI, paired tests): python -m orchestrator report {plan.name}{store}",
+        f"confirmation table (mean ± std, 95% CI, paired tests): python -m orchestrator report {plan.name}{hint}",
         highlight=False,
     )
     return 0
