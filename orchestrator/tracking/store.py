@@ -11,7 +11,6 @@ create an empty store. Nothing heavy is imported here: the CLI's parsers use `ad
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import UserError
@@ -36,10 +35,14 @@ FLAG = "--tracking-uri"
 PRECEDENCE = f"{FLAG}, else ${ENV_URI}, else the spec's mlflow.tracking_uri, else sqlite:///<abs>/results/mlflow.db"
 
 
-@dataclass(frozen=True)
 class Store:
-    uri: str
-    source: str  # where the URI came from: the flag, the environment, the spec or the default
+    """A store's URI and where it came from: the flag, the environment, the spec or the default.
+    (A plain class: dataclasses imports inspect, which `--help` of every command would pay for.)"""
+
+    __slots__ = ("uri", "source")
+
+    def __init__(self, uri: str, source: str):
+        self.uri, self.source = uri, source
 
     def line(self) -> str:
         """What each command prints first."""
