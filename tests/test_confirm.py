@@ -368,6 +368,22 @@ def test_an_unknown_sweep_and_an_ablation_are_refused(store, capsys, no_ray):
     assert "'abl' is an ablation" in capsys.readouterr().err
 
 
+def test_a_source_sweep_names_its_confirmations(store):
+    from mlflow import MlflowClient
+
+    from orchestrator.tracking import reader
+
+    _, uri = store
+    client = MlflowClient(uri)
+    src = reader.find_sweep(client, "multi")
+    assert C.confirmed_by(client, src) == []
+    tags = {T.KIND: T.SWEEP_RUN, T.SWEEP: "multi-confirm", T.CONFIRM_SOURCE_RUN: src.parent.info.run_id}
+    client.create_run(src.experiment_id, tags=tags)
+    assert C.confirmed_by(client, src) == [
+        "confirmed over fresh seeds by multi-confirm: python -m orchestrator report multi-confirm"
+    ]
+
+
 # ------------------------------------------------------------------ end to end on Ray
 
 

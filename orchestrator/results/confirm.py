@@ -308,6 +308,15 @@ def write_confirmation(sweep, table, out: Path, console=None) -> tuple[list[Path
     return files, md
 
 
+def confirmed_by(client, sweep) -> list[str]:
+    """For a source sweep: a note naming each confirmation of it (parent tag xgd.confirm.source_run)."""
+    from orchestrator.tracking.reader import search_all
+
+    runs = search_all(client, T.equals(T.CONFIRM_SOURCE_RUN, sweep.parent.info.run_id), [sweep.experiment_id])
+    names = dict.fromkeys(r.data.tags.get(T.SWEEP) for r in runs if r.data.tags.get(T.KIND) == T.SWEEP_RUN)
+    return [f"confirmed over fresh seeds by {n}: python -m orchestrator report {n}" for n in names if n]
+
+
 def _describe(cell: dict) -> str:
     point = cell.get("point") or {}
     settings = ", ".join(f"{k}={v}" for k, v in point.items())

@@ -82,10 +82,11 @@ def make_report(
         pcsv.write_csv(tables.to_arrow(grid), out / f"{layout}.csv")
         rep.files += [out / f"{layout}.{ext}" for ext in ("md", "tex", "csv")]
         md.append(tables.to_markdown(grid))
-    from orchestrator.results.confirm import write_confirmation  # a `confirm` run: CIs and paired tests
+    from orchestrator.results.confirm import confirmed_by, write_confirmation  # CIs and paired tests
 
     confirm_files, confirm_md = write_confirmation(sweep, table, out, console)
     rep.files, md = rep.files + confirm_files, md + confirm_md
+    rep.notes += confirmed_by(client, sweep)  # a source sweep: its confirmations
 
     md += _stopped_table(stopped, tables.factors(reader.done(table)), metric, sweep.name, out, console, rep)
 
