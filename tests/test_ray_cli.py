@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ TINY = [
     *("--set", "teacher.recipe.model.encoder=resnet18", "--set", "teacher.recipe.run.max_steps_per_epoch=1"),
 ]
 SWEEP = ["-m", "orchestrator", "sweep", "search_spaces/quickstart.yaml", *TINY]
+CLIENT_START_FAILED = "Starting Ray client server failed"  # ray.util.client.server.proxier's message
 
 
 def free_port() -> int:
@@ -68,6 +70,11 @@ class Head:
 
     def tail(self, n: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-n:]
+
+    def client_server_logs(self, n: int = 3000) -> str:
+        """The Ray Client servers' error logs (what a failed `ray://` connection points to)."""
+        logs = sorted(Path(self.temp_dir, "session_latest", "logs").glob("ray_client_server*.err"))
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-n:]}" for p in logs)
 
 
 def wait_ready(head: Head, timeout: float = 120) -> None:
@@ -186,8 +193,14 @@ def test_ray_job_submit_runs_a_sweep_on_a_ray_start_head(head, shared):
 @pytest.mark.timeout(600)
 def test_ray_client_address_runs_the_sweep_driver_on_the_head(head, shared):
     cmd = [sys.executable, *SWEEP, *places(shared, "client"), "--address", f"ray://127.0.0.1:{head.client}"]
-    r = subprocess.run(cmd, cwd=ROOT, env=user_env(), capture_output=True, text=True, timeout=540)
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out[-6000:]
+    for attempt in (1, 2):
+        r = subprocess.run(cmd, cwd=ROOT, env=user_env(), capture_output=True, text=True, timeout=540)
+        out = r.stdout + r.stderr
+        # Ray's client proxy starts a server process per connection; once (load average 25 on 2
+        # cores) that process exited at start, before the sweep began: then retry once, logs shown
+        if r.returncode == 0 or CLIENT_START_FAILED not in out or attempt == 2:
+            break
+        warnings.warn(f"{CLIENT_START_FAILED}; retrying once. Logs:\n{head.client_server_logs()}", stacklevel=1)
+    assert r.returncode == 0, out[-6000:] + head.client_server_logs()
     assert "the sweep's driver runs on the head node" in out and "_head_driver" in out
     check_mlflow(shared / "results", "client")
