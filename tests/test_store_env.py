@@ -147,6 +147,35 @@ def test_environment_files_hold_versions_requirements_and_a_diff_only_when_dirty
     assert json.loads(E.collect(tmp_path / "no-git")["environment.json"])["git"]["commit"] == "none"
 
 
+def test_nvidia_smi_gives_the_gpus_and_the_driver(tmp_path, monkeypatch):
+    from orchestrator.tracking import environment as E
+
+    smi = tmp_path / "nvidia-smi"  # what `nvidia-smi --query-gpu=... --format=csv,noheader,nounits` prints
+    smi.write_text("#!/bin/sh\necho '0, NVIDIA H200, 143771, 570.86.15'\necho '1, NVIDIA H200, 143771, 570.86.15'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    monkeypatch.setattr(E, "_gpus_nvml", lambda: None)  # no pynvml
+    got = E.gpus()
+    assert got["driver"] == "570.86.15" and got["gpu_source"] == "smi"
+    assert got["gpus"] == [{"index": i, "name": "NVIDIA H200", "memory_mib": 143771} for i in (0, 1)]
+
+
+def test_a_resumed_sweep_run_keeps_its_first_environment_and_adds_one(tmp_path):
+    from orchestrator.tracking.writer import Tracker
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    first = Tracker(uri, "xgd", "s").start_sweep("name: s\n", {}, {})
+    again = Tracker(uri, "xgd", "s").start_sweep("name: s\n", {}, {})  # the driver of --resume
+    assert again == first
+    client = Tracker(uri, "xgd", "s").client
+    top = {Path(a.path).name: a.is_dir for a in client.list_artifacts(first, "environment")}
+    resumed = [name for name, is_dir in top.items() if is_dir]
+    assert {"environment.json", "requirements.txt"} <= set(top) and len(resumed) == 1
+    assert resumed[0].startswith("resumed-") and resumed[0].endswith("Z")
+    inner = {Path(a.path).name for a in client.list_artifacts(first, f"environment/{resumed[0]}")}
+    assert {"environment.json", "requirements.txt"} <= inner
+
+
 def test_no_gpu_tools_reads_as_none(monkeypatch):
     import torch
 

@@ -141,7 +141,9 @@ class Tracker:
             log_environment(self.client, run.info.run_id)  # provenance (orchestrator.tracking.environment)
         else:
             self.client.update_run(run.info.run_id, status="RUNNING")
-            log_environment(self.client, run.info.run_id, f"environment/resumed-{time.strftime('%Y%m%dT%H%M%S')}")
+            log_environment(
+                self.client, run.info.run_id, f"environment/resumed-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+            )
         self.parent_id = run.info.run_id
         self._log_params(run, params)
         self._tags(self.parent_id, tags)
