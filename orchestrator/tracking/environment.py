@@ -5,7 +5,8 @@
                     memory) and the driver version, or "none"; the git commit of the code that ran
   requirements.txt  every installed distribution as `name==version` (what `pip freeze` lists,
                     read with importlib.metadata: no pip subprocess)
-  git_diff.patch    `git diff HEAD` of the code's work tree, only when it has uncommitted changes
+  git_diff.patch    `git diff HEAD` of the code's work tree, only when tracked files have uncommitted
+                    changes (untracked files are not in it; binary files are named, not inlined)
 
 The GPUs are read without touching CUDA in the driver (no context, no device memory): pynvml when
 it is installed, else `nvidia-smi`, else torch's device count. Each trial records where it ran
@@ -128,7 +129,7 @@ def git(where: Path = CODE_DIR) -> tuple[dict[str, Any], str | None]:
     if not commit:
         return {"commit": NONE, "dirty": None}, None
     status = _run(["git", "status", "--porcelain", "--untracked-files=no"], where) or ""
-    diff = _run(["git", "diff", "HEAD", "--binary"], where) if status.strip() else None
+    diff = _run(["git", "diff", "HEAD"], where) if status.strip() else None  # binary files: named, not inlined
     return {"commit": commit, "dirty": bool(status.strip()), "tree": str(where)}, diff or None
 
 
