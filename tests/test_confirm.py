@@ -469,3 +469,11 @@ def test_confirm_reruns_the_best_and_a_baseline_and_report_prints_the_table(ray_
         assert p["p_ttest"] == pytest.approx(stats.ttest_rel(top1, base).pvalue)
     for ext in ("md", "tex", "csv"):
         assert (reports / "tiny-confirm" / f"confirmation_paired.{ext}").is_file()
+
+    # --resume: the same name draws the same seeds; the finished design is kept, nothing runs twice
+    args = ["confirm", "tiny", "--tracking-uri", uri, "--top", "1", "--seeds", "2", "--baseline", "pi"]
+    assert main(args) == 2 and "--resume" in capsys.readouterr().err  # it exists: refused without --resume
+    assert main([*args, "--resume"]) == 0
+    (again,) = client.search_runs([exp], T.matching({T.KIND: T.SWEEP_RUN, T.SWEEP: "tiny-confirm"}))
+    assert again.data.tags[T.CONFIRM_SEEDS] == tags[T.CONFIRM_SEEDS]
+    assert len(client.search_runs([exp], T.equals(T.PARENT, parent.info.run_id))) == 4
