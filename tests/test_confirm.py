@@ -359,12 +359,21 @@ def test_bad_confirm_arguments_are_one_line_errors(store, capsys, no_ray, args, 
     assert stop.value.code == 2 and "give a whole number from 1 to 1000" in capsys.readouterr().err
 
 
-def test_an_unknown_sweep_and_an_ablation_are_refused(store, capsys, no_ray):
+def test_an_unknown_sweep_an_ablation_and_a_sweep_without_its_spec_are_refused(store, capsys, no_ray):
+    from mlflow import MlflowClient
+
     _, uri = store
     assert main(["confirm", "nope", "--tracking-uri", uri, "--dry-run"]) == 2
     assert "unknown sweep 'nope'" in capsys.readouterr().err
     assert main(["confirm", "abl", "--tracking-uri", uri, "--dry-run"]) == 2
     assert "'abl' is an ablation" in capsys.readouterr().err
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("xgd").experiment_id
+    bare = client.create_run(exp, tags={T.KIND: T.SWEEP_RUN, T.SWEEP: "bare"}).info.run_id  # no sweep.yaml
+    client.create_run(exp, tags={T.PARENT: bare, T.KIND: T.TRIAL_RUN, T.SWEEP: "bare", T.TRIAL_ID: "b0"})
+    assert main(["confirm", "bare", "--tracking-uri", uri, "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot read its sweep.yaml artifact" in err[0]
 
 
 def test_a_source_sweep_names_its_confirmations(store):

@@ -15,14 +15,11 @@ resources, teacher (its cache), results, storage and objective, and runs without
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
+import math
 import random
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -92,32 +89,16 @@ def source_spec(client, sweep: reader.Sweep) -> dict[str, Any]:
             f"{sweep.name!r} is an ablation (or a confirmation): its cells and seeds are already fixed; "
             "confirm reruns the best configurations of a search (a sweep)"
         )
-    with tempfile.TemporaryDirectory() as d, _no_progress_bar():
-        try:
-            path = client.download_artifacts(sweep.parent.info.run_id, SPEC_ARTIFACT, d)
-            raw = yaml.safe_load(Path(path).read_text())
-        except Exception as e:  # a missing artifact or an unreachable artifact store
-            raise UserError(
-                f"sweep {sweep.name!r} (run {sweep.parent.info.run_id}): cannot read its {SPEC_ARTIFACT} "
-                f"artifact ({type(e).__name__}); confirm needs the spec the sweep ran"
-            ) from None
+    text = reader.sweep_spec_text(client, sweep)
+    if text is None:
+        raise UserError(
+            f"sweep {sweep.name!r} (run {sweep.parent.info.run_id}): cannot read its {SPEC_ARTIFACT} artifact; "
+            "confirm needs the spec the sweep ran"
+        )
+    raw = yaml.safe_load(text)
     if not isinstance(raw, dict) or not isinstance(raw.get("space"), dict):
         raise UserError(f"sweep {sweep.name!r}: its {SPEC_ARTIFACT} artifact is not a sweep spec")
     return raw
-
-
-@contextlib.contextmanager
-def _no_progress_bar():
-    """MLflow draws a progress bar for every download; one small file needs none."""
-    key, before = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
 
 
 def _objectives(raw: dict) -> list[dict]:
@@ -139,7 +120,7 @@ def rank(rows: list[dict], objectives: list[dict], top: int | None, pareto: bool
 
 
 def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and v == v and abs(v) != float("inf")
+    return isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def point_of(row: dict, space: dict[str, S.Param]) -> dict[str, Any]:
@@ -193,7 +174,7 @@ def plan_confirmation(
     picks += _baselines(baselines or [], picks[0].point)
     raw = _ablation_raw(raw_spec, source, uri, picks, overrides or [])
     exclude = {int(raw_spec.get("train", {}).get("seed", 0))}
-    exclude |= {int(v) for v in (space[SEED].values or [])} if SEED in space else set()
+    exclude |= {int(v) for v in (space[SEED].discrete_values() or [])} if SEED in space else set()
     ab = parse_ablation(raw)
     chosen = fresh_seeds(ab.sweep.name, seeds, exclude)
     tags = {
