@@ -72,6 +72,7 @@ def test_ui_optuna_serves_the_sweeps_study_to_a_real_browser(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             raise
     assert not _serving(base), "optuna-dashboard outlived `ui`"
+    assert study.only_study(str(results)) == SWEEP  # its log is kept beside the studies, not among them
 
 
 def test_ui_optuna_errors_are_one_line(tmp_path, capsys, monkeypatch):

@@ -187,7 +187,7 @@ def serve_dashboard(storage: Path, study: str, host: str, port: int, startup_tim
     base = _base_url(host, port)
     return _run_until_stopped(
         dashboard_command(storage, host, port),
-        storage.with_name("dashboard.log"),
+        storage.parent.parent / "optuna-dashboard.log",  # beside the studies, not among them
         Ready(base, "/api/studies", "optuna-dashboard", startup_timeout),
         lambda: [f"Optuna dashboard of sweep {study}: {base}/dashboard"],
         on=f" on {storage}",
