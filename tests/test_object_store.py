@@ -27,6 +27,8 @@ from test_sweep import mlflow_runs, poll_trials
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "xgd-test"
 MARKS = "markers"  # under run.out_dir: <trial>-resumed-<epoch>, left by a trial that started from a checkpoint
+SECRET = "xgd-test-secret-never-logged"  # AWS_SECRET_ACCESS_KEY: must reach no MLflow param or tag
+DRIVER_TIMEOUT_S = 300  # for each of the two drivers (the killed one is caught midway well before)
 
 
 def free_port() -> int:
@@ -47,7 +49,7 @@ def s3():
     env = {
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
         "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SECRET_ACCESS_KEY": SECRET,
         "AWS_DEFAULT_REGION": "us-east-1",
     }
     saved = {k: os.environ.get(k) for k in env}
@@ -208,7 +210,7 @@ def kill_resume_report_export(s3, tmp_path: Path, **resources) -> None:
     proc = driver(raw, tmp_path, resume=False)
     killed_at: dict = {}
     try:
-        deadline = time.time() + 240
+        deadline = time.time() + DRIVER_TIMEOUT_S
         while time.time() < deadline and proc.poll() is None:
             trials = poll_trials(db)
             midway = [t for t in trials.values() if t["status"] == "RUNNING" and 1 <= t["epochs"] < 3]
@@ -222,7 +224,7 @@ def kill_resume_report_export(s3, tmp_path: Path, **resources) -> None:
     assert killed_at, f"no trial was caught midway with a checkpoint: {proc.stderr.read().decode()[-3000:]}"
 
     again = driver(raw, tmp_path, resume=True)
-    out, err = again.communicate(timeout=300)
+    out, err = again.communicate(timeout=DRIVER_TIMEOUT_S)
     assert again.returncode == 0, (out.decode()[-2000:], err.decode()[-3000:])
 
     client, parents, children = mlflow_runs(spec)
@@ -233,8 +235,11 @@ def kill_resume_report_export(s3, tmp_path: Path, **resources) -> None:
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_miou")]
         assert steps == [0, 1, 2, 3], steps  # every epoch once
         assert c.data.tags[T.CHECKPOINT].startswith(f"{spec.experiment_dir}/"), c.data.tags[T.CHECKPOINT]
+    for run in parents + children:
+        assert not [k for k, v in {**run.data.params, **run.data.tags}.items() if SECRET in v], run.info.run_id
     marks = sorted(p.name for p in (tmp_path / "runs" / MARKS).glob("*-resumed-*"))
-    assert marks, "no trial continued from its checkpoint: the sweep restarted from scratch"
+    running = {tid for tid, t in killed_at.items() if t["status"] == "RUNNING"}
+    assert {m.split("-resumed-")[0] for m in marks} & running, (marks, killed_at)  # not restarted from scratch
 
     # the checkpoints are in the bucket, and nothing of Tune's is on local disk
     stored = keys(s3, f"xgd/{spec.name}/")
