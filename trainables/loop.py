@@ -110,7 +110,6 @@ def train_loop(config: dict) -> dict:
                 "best_miou": best_miou,
             }
         if last:
-            out.update(costs(student, config["data"]))
             if teacher is not None and run["explain"]:
                 out.update(explanation_metrics(student, teacher, val_dl, config["distill"]))
             if test_dl is not None:  # once, with the best-on-val weights; nothing selects on it
