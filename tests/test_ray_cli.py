@@ -42,7 +42,7 @@ TINY = [
     *("--set", "teacher.recipe.model.encoder=resnet18", "--set", "teacher.recipe.run.max_steps_per_epoch=1"),
 ]
 SWEEP = ["-m", "orchestrator", "sweep", "search_spaces/quickstart.yaml", *TINY]
-CLIENT_START_FAILED = "Starting Ray client server failed"  # ray.util.client.server.proxier's message
+CLIENT_INIT_FAILED = "Initialization failure from server"  # Ray Client's connect (ray.util.client.worker)
 
 
 def free_port() -> int:
@@ -72,8 +72,8 @@ class Head:
         return self.log.read_text(errors="replace")[-n:]
 
     def client_server_logs(self, n: int = 3000) -> str:
-        """The Ray Client servers' error logs (what a failed `ray://` connection points to)."""
-        logs = sorted(Path(self.temp_dir, "session_latest", "logs").glob("ray_client_server*.err"))
+        """The Ray Client servers' logs (what a failed `ray://` connection points to)."""
+        logs = sorted(Path(self.temp_dir, "session_latest", "logs").glob("ray_client_server*"))
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-n:]}" for p in logs)
 
 
@@ -104,6 +104,8 @@ def stop_head(head: Head, timeout: float = 60) -> list[str]:
         procs = []
     head.proc.send_signal(signal.SIGTERM)
     _, alive = psutil.wait_procs(procs, timeout=timeout)
+    if head.proc.pid not in {p.pid for p in alive}:
+        head.proc.wait(timeout=5)  # reaped already: sets the Popen's returncode
     left = [f"{p.pid} {p.name()}" for p in alive]
     for p in alive:
         p.kill()
@@ -193,14 +195,15 @@ def test_ray_job_submit_runs_a_sweep_on_a_ray_start_head(head, shared):
 @pytest.mark.timeout(600)
 def test_ray_client_address_runs_the_sweep_driver_on_the_head(head, shared):
     cmd = [sys.executable, *SWEEP, *places(shared, "client"), "--address", f"ray://127.0.0.1:{head.client}"]
-    for attempt in (1, 2):
+    for attempt in range(1, 4):
         r = subprocess.run(cmd, cwd=ROOT, env=user_env(), capture_output=True, text=True, timeout=540)
         out = r.stdout + r.stderr
-        # Ray's client proxy starts a server process per connection; once (load average 25 on 2
-        # cores) that process exited at start, before the sweep began: then retry once, logs shown
-        if r.returncode == 0 or CLIENT_START_FAILED not in out or attempt == 2:
+        # Ray's client proxy starts a server process per connection. In 2 of 7 connections here
+        # (load average 10-25 on 2 cores) that process died at start with an empty log, and the proxy
+        # refused the connection before the sweep began: connect again (at most 3 times)
+        if r.returncode == 0 or CLIENT_INIT_FAILED not in out or attempt == 3:
             break
-        warnings.warn(f"{CLIENT_START_FAILED}; retrying once. Logs:\n{head.client_server_logs()}", stacklevel=1)
+        warnings.warn(f"attempt {attempt}: {CLIENT_INIT_FAILED}. Logs:\n{head.client_server_logs()}", stacklevel=1)
     assert r.returncode == 0, out[-6000:] + head.client_server_logs()
     assert "the sweep's driver runs on the head node" in out and "_head_driver" in out
     check_mlflow(shared / "results", "client")
