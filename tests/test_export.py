@@ -149,7 +149,7 @@ def _one_trial_store(root: Path, sweep: str, status: str = "FINISHED", checkpoin
         run_name="trial_0",
         tags={T.PARENT: parent.info.run_id, T.KIND: "trial", T.SWEEP: sweep, T.CHECKPOINT: checkpoint},
     )
-    if status == "FINISHED":
+    if status in ("FINISHED", "KILLED"):  # KILLED: stopped early by ASHA, with a metric
         c.log_batch(run.info.run_id, metrics=[Metric("val_miou", 0.5, 0, 0)])
     c.set_terminated(run.info.run_id, status)
     return uri
@@ -161,7 +161,14 @@ def test_no_finished_trial_bad_and_missing_checkpoints_fail_in_one_line(tmp_path
     capsys.readouterr()
     assert main(["export", "failing", "--tracking-uri", uri, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "no finished trial with metric 'val_miou'" in err and "FAILED" in err
+    assert err.count("\n") == 0 and "no trial that ran every epoch holds metric 'val_miou'" in err and "FAILED" in err
+
+    # a trial ASHA stopped holds the metric but is a partly trained model: not exported
+    uri = _one_trial_store(tmp_path / "k", "stopped", status="KILLED")
+    capsys.readouterr()
+    assert main(["export", "stopped", "--tracking-uri", uri, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "ran every epoch" in err and "KILLED" in err
 
     uri = _one_trial_store(tmp_path / "b", "gone", checkpoint=str(tmp_path / "nope"))
     capsys.readouterr()

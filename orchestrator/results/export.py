@@ -59,11 +59,13 @@ class Exported:
 def choose(
     table: pa.Table, metric: str, maximize: bool = True, top: int = 1, pareto_cost: str | None = None
 ) -> list[Choice]:
-    """Ranked trials: the top `top` by `metric`, or the Pareto front against `pareto_cost`."""
-    counted = reader.done(table, metric)
+    """Ranked trials: the top `top` by `metric`, or the Pareto front against `pareto_cost`, among the
+    trials that ran every epoch (a trial ASHA stopped is a partly trained model; the report keeps it
+    out of its fronts and tables too)."""
+    counted = reader.completed(table, metric)
     if not len(counted):
         raise UserError(
-            f"no finished trial with metric {metric!r} to export "
+            f"no trial that ran every epoch holds metric {metric!r} to export "
             f"({len(table)} trial runs; statuses: {', '.join(sorted(set(table.column('status').to_pylist())))})"
         )
     rows = counted.to_pylist()
