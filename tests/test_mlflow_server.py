@@ -415,7 +415,7 @@ def test_server_killed_and_restarted_mid_sweep_loses_nothing(ray_cluster, server
 @pytest.mark.slow
 @pytest.mark.timeout(480)
 def test_server_down_until_the_end_keeps_the_writes_and_resume_delivers_them(
-    ray_cluster, server, tmp_path, monkeypatch
+    ray_cluster, server, tmp_path, monkeypatch, capsys
 ):
     """The sweep still finishes, says per kind what was not logged and where it is kept; once the
     server is back, `--resume` delivers it and the runs are complete."""
@@ -423,6 +423,7 @@ def test_server_down_until_the_end_keeps_the_writes_and_resume_delivers_them(
     from rich.console import Console
 
     import sweep_stubs
+    from orchestrator.cli import main
     from orchestrator.run.sweep import run_sweep
 
     monkeypatch.setattr(P, "END_WAIT_S", 3.0)
@@ -445,6 +446,13 @@ def test_server_down_until_the_end_keeps_the_writes_and_resume_delivers_them(
     print("\n" + "\n".join(ln for ln in text.splitlines() if "MLflow" in ln))
 
     server.start()
+    # `report` says where the undelivered writes wait and how to deliver them (its own table may fail
+    # for want of them: the trials' ends are among them)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    capsys.readouterr()
+    main(["report", "down", "--gallery", "0", "--no-log", "--out", str(Path(spec.results, "reports"))])
+    said = capsys.readouterr().out
+    assert str(kept) in said.replace("\n", "") and "--resume" in said, said
     out = StringIO()
     run_sweep(spec, resume=True, worker=sweep_stubs.stub_worker, console=Console(file=out, width=250))
     assert "delivering" in out.getvalue() and not kept.exists(), out.getvalue()[-3000:]

@@ -7,6 +7,7 @@ Writes results/reports/<sweep>/: trials.parquet/.csv (one row per trial), <layou
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from orchestrator.errors import UserError
 from orchestrator.tracking.store import add_tracking_uri
@@ -43,6 +44,7 @@ def run(args) -> int:
 
     from orchestrator.results.report import make_report
     from orchestrator.tracking import reader
+    from orchestrator.tracking.pending import pending_path
     from orchestrator.tracking.store import resolve_store
 
     console = Console()
@@ -57,6 +59,12 @@ def run(args) -> int:
         raise UserError(f"the MLflow store {uri} holds no sweeps (no run tagged xgd.kind=sweep)")
     done = 0
     for name in names:
+        waiting = pending_path(Path(args.out).parent, name)  # <results>/reports -> <results>
+        if waiting.exists():  # said first: the report below may fail for want of those writes
+            console.print(
+                f"[yellow]note:[/] some of {escape(name)}'s MLflow writes never reached the store; they wait in "
+                f"{escape(str(waiting))}: run the sweep again with --resume to deliver them"
+            )
         try:
             rep = make_report(
                 client, name, args.out, args.metric, args.mode == "max", not args.no_log, console, args.gallery

@@ -19,9 +19,9 @@ from orchestrator.spec import space as S
 from orchestrator.spec.paths import as_uri
 from orchestrator.spec.sweep import SweepSpec
 from orchestrator.tracking import tags as T
+from orchestrator.tracking.pending import pending_path
 
 SESSIONS: dict[str, Session] = {}
-PENDING_DIR = "mlflow-pending"  # under the sweep's results folder
 # Tune internals DriverCallback relies on: it sets trial.max_failures = 0, which Trial.should_recover
 # reads at the next failure, and reads trial.error_file; tests/test_ray_internals.py checks them.
 RAY_INTERNALS = (
@@ -82,7 +82,7 @@ class DriverCallback(tune.Callback):
 
 def pending_file(spec: SweepSpec) -> Path:
     """Where the sweep's MLflow writes wait while the store cannot be reached (see tracking.pending)."""
-    return Path(spec.results, PENDING_DIR, f"{spec.name}.jsonl")
+    return pending_path(spec.results, spec.name)
 
 
 def error_line(trial) -> str:

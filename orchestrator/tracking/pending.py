@@ -33,6 +33,14 @@ KINDS = {
     "trial_ended": "trial ends (status)",
     "finish_sweep": "sweep run end (status, best trial)",
 }
+PENDING_DIR = "mlflow-pending"  # under the sweep's results folder: <results>/mlflow-pending/<sweep>.jsonl
+
+
+def pending_path(results: str | Path, sweep: str) -> Path:
+    """The file a sweep's undelivered writes wait in (the driver writes it; `report` points to it)."""
+    return Path(results, PENDING_DIR, f"{sweep}.jsonl")
+
+
 TRIAL_KINDS = ("trial_started", "metrics", "checkpoint", "trial_tags", "trial_ended")  # args[0] is the trial id
 
 
