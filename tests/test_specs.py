@@ -70,6 +70,17 @@ def test_overrides_and_defaults(tmp_path):
         apply_overrides({}, ["optim.epochs"])
 
 
+def test_bare_off_is_amp_off(tmp_path):
+    """YAML 1.1 reads a bare `off` as false; `optim.amp: off` means the option, not a type error."""
+    assert TrainSpec.model_validate(apply_overrides({}, ["optim.amp=off"])).optim.amp == "off"
+    path = tmp_path / "s.yaml"
+    path.write_text("optim: {amp: off}\n")
+    assert load_train_spec(path).optim.amp == "off"
+    path.write_text("optim: {amp: on}\n")  # true is not an option
+    with pytest.raises(SpecError, match="amp"):
+        load_train_spec(path)
+
+
 def test_cli_exit_code_2_without_traceback(tmp_path):
     path = tmp_path / "s.yaml"
     path.write_text("optim: {lr: 0}\n")

@@ -121,6 +121,11 @@ class OptimSpec(Strict):
     grad_clip: float | None = Field(5.0, gt=0.0)
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, off on CPU
 
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _bare_off(cls, v):
+        return "off" if v is False else v  # YAML 1.1 reads a bare `off` (amp: off, --set optim.amp=off) as false
+
 
 class RunSpec(Strict):
     eval_every: int = Field(1, ge=1)
