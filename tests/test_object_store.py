@@ -71,7 +71,9 @@ def keys(client, prefix: str) -> list[str]:
 
 
 def raw_spec(tmp_path: Path, name: str, storage: str, **resources) -> dict:
-    """Tiny real trainer: DeepLabV3+ MobileNetV2 on 64 px synthetic scenes, 2 steps an epoch."""
+    """Tiny real trainer: DeepLabV3+ MobileNetV2 on 64 px synthetic scenes, 2 steps an epoch, one
+    trial at a time (one process trains them all: each process costs a torch import). SGD without
+    momentum keeps no optimizer state: a checkpoint is half the size for moto's server to take in."""
     return {
         "name": name,
         "results": str(tmp_path / "results"),
@@ -79,13 +81,13 @@ def raw_spec(tmp_path: Path, name: str, storage: str, **resources) -> dict:
         "train": {
             "data": {"kind": "synthetic", "num_train": 8, "num_val": 4, "num_test": 4, "image_size": 64, "crop": 64},
             "model": {"encoder": "mobilenet_v2"},
-            "optim": {"epochs": 4},
+            "optim": {"epochs": 3, "momentum": 0.0},
             "run": {"out_dir": str(tmp_path / "runs"), "max_steps_per_epoch": 2, "explain": False},
         },
         "space": {"optim.lr": {"type": "choice", "values": [0.01, 0.02, 0.05]}},
         "search": {"algorithm": "grid"},
         "early_stopping": {"kind": "none"},
-        "resources": {"num_workers": 1, "cpus_per_worker": 1, "max_concurrent": 2, **resources},
+        "resources": {"num_workers": 1, "cpus_per_worker": 1, "max_concurrent": 1, **resources},
     }
 
 
@@ -233,7 +235,7 @@ def kill_resume_report_export(s3, tmp_path: Path, **resources) -> None:
     assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children), [c.data.tags for c in children]
     for c in children:
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_miou")]
-        assert steps == [0, 1, 2, 3], steps  # every epoch once
+        assert steps == [0, 1, 2], steps  # every epoch once
         assert c.data.tags[T.CHECKPOINT].startswith(f"{spec.experiment_dir}/"), c.data.tags[T.CHECKPOINT]
     for run in parents + children:
         assert not [k for k, v in {**run.data.params, **run.data.tags}.items() if SECRET in v], run.info.run_id
