@@ -171,8 +171,7 @@ def test_paper_and_quickstart_specs_load_with_their_designs():
 
     beta = load_ablation(ABLATIONS / "quickstart_beta.yaml")  # longer: students must learn (README table)
     assert beta.seeds >= 3 and sorted({c["distill"]["beta"] for c in configs(beta)}) == [0.0, 1.0]
-    quickstart = load_sweep_spec(ROOT / "search_spaces" / "quickstart.yaml")
-    assert teachers.recipe_hash(beta.sweep.teacher.recipe) == teachers.recipe_hash(quickstart.teacher.recipe)
+    assert beta.sweep.train.optim.epochs >= 12 and beta.sweep.teacher.recipe["optim"]["epochs"] >= 12
 
 
 # ------------------------------------------------------------------ errors

@@ -8,7 +8,6 @@ import importlib.util
 import os
 import signal
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.run import study
-from test_ui import _chromium, _free_port, _read_until, page_text
+from test_ui import _chromium, _free_port, _read_until, page_text, start_ui
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = "dash-sweep-7q"
@@ -48,15 +47,7 @@ def test_ui_optuna_serves_the_sweeps_study_to_a_real_browser(tmp_path):
     results = tmp_path / "results"
     write_study(results, SWEEP)
     port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "ui", "--optuna", SWEEP, "--results", str(results), "--port", str(port)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_ui(["--optuna", SWEEP, "--results", str(results), "--port", str(port)])
     base = f"http://127.0.0.1:{port}"
     try:
         lines = _read_until(proc, "Ctrl-C", timeout=240)

@@ -65,6 +65,19 @@ def page_text(url: str, profile: Path, expect: str, tries: int = 3) -> str:
     return text
 
 
+def start_ui(args: list[str], env: dict | None = None) -> subprocess.Popen:
+    """`python -m orchestrator ui ARGS` in its own session (stopped by SIGTERM), output as text lines."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "ui", *args],
+        cwd=ROOT,
+        env=env or {**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
 def _read_until(proc: subprocess.Popen, marker: str, timeout: float) -> list[str]:
     """stdout lines up to `marker` (a reader thread: select() misses lines already buffered)."""
     lines: list[str] = []
@@ -96,15 +109,7 @@ def test_ui_serves_the_sweeps_runs_to_a_real_browser(tmp_path):
     store = build_store(tmp_path / "store", checkpoints=False)
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "ui", "--tracking-uri", store["uri"], "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_ui(["--tracking-uri", store["uri"], "--port", str(port)], env)
     base = f"http://127.0.0.1:{port}"
     try:
         lines = _read_until(proc, "Ctrl-C", timeout=240)
