@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     args = build_parser().parse_args(argv)
+    if not getattr(args, "verbose", False):
+        # Tune warns of any driver callback over 0.5 s (read when ray.tune is first imported, which is
+        # after this line); on 2 busy cores the driver's result processing took 0.5-0.96 s (seen with a
+        # pip install running alongside) and the warnings broke the live view. --verbose keeps Ray's default.
+        os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")
     try:
         return int(args.run(args) or 0)
     except _user_errors() as e:

@@ -70,3 +70,16 @@ def test_version_without_an_installed_distribution_says_unknown(monkeypatch, cap
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.strip() == f"{DISTRIBUTION} unknown"
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_tune_slow_callback_warnings_are_raised_to_5s_unless_verbose(monkeypatch, capsys, verbose):
+    """Without --verbose the live view owns the terminal: Tune's 0.5 s slow-callback warning threshold
+    (read from the environment when ray.tune is imported) is raised; --verbose keeps Ray's default."""
+    import os
+
+    monkeypatch.setenv("TUNE_WARN_THRESHOLD_S", "0")  # recorded, so the value main sets is undone afterwards
+    monkeypatch.delenv("TUNE_WARN_THRESHOLD_S")
+    args = ["sweep", "search_spaces/quickstart.yaml", "--dry-run"] + (["--verbose"] if verbose else [])
+    assert main(args) == 0
+    assert os.environ.get("TUNE_WARN_THRESHOLD_S") == (None if verbose else "5")
