@@ -540,3 +540,27 @@ def test_report_shows_stopped_trials_apart_with_optuna_plots_and_curves(tmp_path
         assert (d / "plots" / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     report_md = (d / "report.md").read_text()
     assert "8 of 12 trials counted" in report_md and "![curves](plots/curves.png)" in report_md
+
+
+def test_settings_a_method_never_reads_are_empty_without_a_space():
+    """An ablation or confirmation has no `when:`: a PI cell holds train:'s beta and CAM, a `none` cell
+    its alpha and tau; none of them is a setting of that method, so the report shows them empty."""
+    import pyarrow as pa
+
+    from orchestrator.results import study
+
+    rows = [
+        {"params.distill.method": m, "params.distill.alpha": 0.5, "params.distill.tau": 2.0}
+        | {"params.distill.beta": 1.0, "params.distill.cam": "gradcam"}
+        for m in ("pi", "xgd", "none", "skd", "at", "my_own")
+    ]
+    t = study.mask_unused(pa.Table.from_pylist(rows))
+    got = {r["params.distill.method"]: r for r in t.to_pylist()}
+    assert got["pi"]["params.distill.beta"] is None and got["pi"]["params.distill.cam"] is None
+    assert got["pi"]["params.distill.alpha"] == 0.5 and got["pi"]["params.distill.tau"] == 2.0
+    assert got["xgd"] == rows[1]  # XGD reads all four
+    assert got["none"]["params.distill.alpha"] is None and got["none"]["params.distill.beta"] is None
+    assert got["skd"]["params.distill.alpha"] == 0.5 and got["skd"]["params.distill.cam"] is None  # SKD has PI
+    assert got["at"]["params.distill.tau"] is None
+    assert got["my_own"] == rows[5]  # a method the registry does not know: left as logged
+    assert study.mask_unused(pa.Table.from_pylist([{"params.student": "a"}])).num_rows == 1  # no method column

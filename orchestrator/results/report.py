@@ -46,6 +46,7 @@ def make_report(
     raw = reader.trials_table(client, sweep)  # what each trial's trainer got (galleries rebuild it)
     space = study.space_from_text(reader.sweep_spec_text(client, sweep))
     table = study.mask_inactive(raw, space)  # a param whose `when:` does not hold is null
+    table = study.mask_unused(table)  # and one the trial's method never reads (beta of a PI cell)
     out = reader.safe_join(out_root, sweep.name)
     out.mkdir(parents=True, exist_ok=True)
     rep = Report(sweep.name, out, len(table), 0)

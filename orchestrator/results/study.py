@@ -57,6 +57,24 @@ def mask_inactive(t: pa.Table, space: dict[str, S.Param]) -> pa.Table:
     return t
 
 
+def mask_unused(t: pa.Table) -> pa.Table:
+    """`t` with each distill key set to null in the trials whose method reads none of it (a PI cell
+    of an ablation or confirmation holds train:'s beta and CAM, which PI never uses)."""
+    from trainables.losses.methods import ignored_keys
+
+    method_col = PARAM + "distill.method"
+    if method_col not in t.column_names:
+        return t
+    methods = t.column(method_col).to_pylist()
+    for key in sorted({k for m in set(methods) for k in ignored_keys(str(m))}):
+        col = PARAM + "distill." + key
+        if col not in t.column_names:
+            continue
+        values = [None if key in ignored_keys(str(m)) else v for m, v in zip(methods, t.column(col).to_pylist())]
+        t = t.set_column(t.column_names.index(col), col, pa.array(values, t.schema.field(col).type))
+    return t
+
+
 def conditions(space: dict[str, S.Param]) -> dict[str, dict]:
     """Distinct `when:` conditions of the space, by a readable name ('distill.method=xgd')."""
     out: dict[str, dict] = {}

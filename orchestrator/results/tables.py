@@ -117,12 +117,14 @@ def default_layouts(t: pa.Table) -> list[str]:
 
 def factors(t: pa.Table) -> list[str]:
     """Param columns that vary across trials (seed, name and run.* excepted). A named student is
-    one factor: the model.* params it fixes (arch, encoder) are not factors of their own."""
+    one factor: the model.* params it fixes (arch, encoder) are not factors of their own. An empty
+    value (a setting the trial did not have) does not count as a value: a CAM that is gradcam++ in
+    every XGD cell and empty in the PI cell is no factor (the method says it)."""
     out = []
     for name in t.column_names:
         if not name.startswith(PARAM) or name in NOT_FACTORS or name.startswith(NOT_FACTOR_PREFIXES):
             continue
-        if len({_key(v) for v in t.column(name).to_pylist()}) > 1:
+        if len({_key(v) for v in t.column(name).to_pylist() if v is not None}) > 1:
             out.append(name)
     if STUDENT in out:
         out = [f for f in out if not (f.startswith(PARAM + "model.") and fixed_by(t, f, STUDENT))]

@@ -33,3 +33,20 @@ METHODS: dict[str, tuple[str, ...]] = {
     **BASELINES,
     **{f"xgd+{name}": union(XGD["xgd"], terms) for name, terms in BASELINES.items()},
 }
+
+
+# the distill keys each term reads (besides its own entries in distill.weights): a key no term of a
+# method reads is not a setting of that method (a PI run has no beta and no CAM), which the report
+# shows as empty
+READS: dict[str, tuple[str, ...]] = {
+    "pi": ("alpha", "tau"),
+    "sa": ("beta", "cam", "cam_target", "cam_classes", "cam_reduce", "teacher_layer", "student_layer"),
+}
+
+
+def ignored_keys(method: str) -> set[str]:
+    """The distill keys in READS that no term of `method` reads (empty for an unknown method)."""
+    if method not in METHODS:
+        return set()
+    used = {k for term in METHODS[method] for k in READS.get(term, ())}
+    return {k for keys in READS.values() for k in keys} - used
