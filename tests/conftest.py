@@ -13,6 +13,22 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 
+@pytest.fixture(autouse=True)
+def _tracking_uri_not_leaked():
+    """A test (or the code it runs) that leaves MLFLOW_TRACKING_URI changed points every later test,
+    and every process they start, at its store (mlflow.set_tracking_uri exports the variable): put
+    it back and fail that test, which is where the leak is."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    after = os.environ.get("MLFLOW_TRACKING_URI")
+    if after != before:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
+        pytest.fail(f"the test left MLFLOW_TRACKING_URI changed: {before!r} -> {after!r}")
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A 2-CPU local Ray shared by every test that asks for it; shut down after the session."""

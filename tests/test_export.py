@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,7 @@ def test_choose_top_k_and_pareto(store):
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:.*torch.jit:FutureWarning")
-def test_export_writes_loadable_checked_students_and_registers_them(store, tmp_path, capsys):
+def test_export_writes_loadable_checked_students_and_registers_them(store, tmp_path, capsys, monkeypatch):
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -59,8 +60,11 @@ def test_export_writes_loadable_checked_students_and_registers_them(store, tmp_p
     from trainables.models import model_from_config
 
     out = tmp_path / "exports"
+    env_before = os.environ.get("MLFLOW_TRACKING_URI")
     rc = main(["export", "demo", "--tracking-uri", store["uri"], "--out", str(out), "--top", "1"])
     assert rc == 0, capsys.readouterr()
+    # registering uses MLflow's fluent API, whose set_tracking_uri exports MLFLOW_TRACKING_URI: put back
+    assert os.environ.get("MLFLOW_TRACKING_URI") == env_before
     d = out / "demo" / "1"
     card = json.loads((d / "model_card.json").read_text())
     assert set(card["files"]) == {"model.safetensors", "model.torchscript.pt", "model.onnx"}
@@ -98,7 +102,7 @@ def test_export_writes_loadable_checked_students_and_registers_them(store, tmp_p
     import mlflow
 
     client, run_id = store["client"], card["source"]["run_id"]
-    mlflow.set_tracking_uri(store["uri"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])  # the fluent API's store, undone after the test
     got = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/export/demo-rank1", dst_path=str(tmp_path / "dl"))
     assert json.loads((Path(got) / "model_card.json").read_text())["files"] == card["files"]
     for name in ("xgd-demo", "xgd-demo-onnx"):

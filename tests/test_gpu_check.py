@@ -40,7 +40,10 @@ def test_refuses_without_cuda_in_one_line():
 
 
 def test_make_target_runs_the_script():
-    r = subprocess.run(["make", "-n", "gpu-check"], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    # --no-print-directory: under CI's `make test` (MAKELEVEL set) make would also print "Entering directory"
+    r = subprocess.run(
+        ["make", "-n", "--no-print-directory", "gpu-check"], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
     assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == ".venv/bin/python scripts/gpu_check.py"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -194,4 +195,6 @@ def test_a_trainer_on_the_cpu_says_where_it_runs():
 
     from trainables.setup import placement
 
-    assert placement(torch.device("cpu")) == {"host": socket.gethostname(), "device": "cpu"}  # not in Ray
+    ray = sys.modules.get("ray")  # the session's shared test Ray may run in this process
+    in_ray = {"ray_node": ray.get_runtime_context().get_node_id()} if ray and ray.is_initialized() else {}
+    assert placement(torch.device("cpu")) == {"host": socket.gethostname(), "device": "cpu", **in_ray}

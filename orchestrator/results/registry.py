@@ -16,6 +16,9 @@ Works on a SQLite store: the registry lives in the same database.
 from __future__ import annotations
 
 import importlib.metadata as md
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from torch import nn
@@ -23,6 +26,7 @@ from torch import nn
 from orchestrator.results.export import Exported, _example
 from orchestrator.tracking import reader
 from orchestrator.tracking import tags as T
+from orchestrator.tracking.store import ENV_URI
 
 CHAMPION = "champion"
 ONNX_SUFFIX = "-onnx"
@@ -114,6 +118,24 @@ def _metadata(exp: Exported) -> dict:
     }
 
 
+@contextmanager
+def fluent_store(uri: str) -> Iterator[None]:
+    """MLflow's fluent API on `uri` for a while. mlflow.set_tracking_uri also exports
+    MLFLOW_TRACKING_URI to this process's environment (for child processes); both are put back
+    after, or every later command of this process, and every process it starts, would use this
+    store (the test suite caught `sweep` writing to an earlier `export`'s store)."""
+    import mlflow
+
+    env = os.environ.get(ENV_URI)
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)  # unset: MLflow resolves the store from the environment again
+        if env is not None:
+            os.environ[ENV_URI] = env
+
+
 def ensure_registered_model(client, name: str) -> None:
     try:
         client.create_registered_model(name, description="XGD-distilled segmentation students")
@@ -125,7 +147,6 @@ def ensure_registered_model(client, name: str) -> None:
 def register(client, uri: str, exp: Exported, model: nn.Module, model_name: str) -> dict[str, str]:
     """Log the export folder to its source run, log and register the MLflow models; the versions
     by registered name."""
-    import mlflow
 
     run_id = exp.card["source"]["run_id"]
     client.log_artifacts(run_id, str(exp.dir), f"export/{reader.safe_name(exp.card['name'])}")
@@ -140,9 +161,7 @@ def register(client, uri: str, exp: Exported, model: nn.Module, model_name: str)
         "sha256.safetensors": exp.card["files"].get("model.safetensors", {}).get("sha256", ""),
     }
     arch = f"{exp.card['model']['arch']}/{exp.card['model']['encoder']}"
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)  # the flavours' log_model speaks to the fluent API's store
-    try:
+    with fluent_store(uri):  # the flavours' log_model speaks to the fluent API's store
         versions = {}
         for flavour, registered in flavours.items():
             model_id = _log_flavour(client, flavour, exp, model, experiment_id)
@@ -156,8 +175,6 @@ def register(client, uri: str, exp: Exported, model: nn.Module, model_name: str)
                 model_id=model_id,
             )
             versions[registered] = str(mv.version)
-    finally:
-        mlflow.set_tracking_uri(before)
     return versions
 
 
