@@ -112,33 +112,53 @@ def stop_head(head: Head, timeout: float = 60) -> list[str]:
     return left
 
 
+def start_head() -> Head:
+    """`ray start --head --block` on free ports. A port found free can be taken by another process
+    (Ray's own start picks ports too) before the head binds it; CI saw the client server's port
+    taken once: such a start is retried on fresh ports, up to 3 tries."""
+    for attempt in range(1, 4):
+        # short: Ray's unix sockets live under the temp dir (107 bytes at most)
+        temp_dir = tempfile.mkdtemp(prefix="xgdray", dir="/tmp")
+        gcs, dashboard, client, agent = (free_port() for _ in range(4))
+        log = Path(temp_dir, "head.log")
+        cmd = [
+            *(str(BIN / "ray"), "start", "--head", "--port", str(gcs), "--num-cpus", "2", "--temp-dir", temp_dir),
+            *("--dashboard-port", str(dashboard), "--ray-client-server-port", str(client)),
+            *("--dashboard-agent-listen-port", str(agent), "--disable-usage-stats", "--block"),
+        ]
+        with open(log, "w") as out:
+            proc = subprocess.Popen(
+                cmd, cwd=ROOT, env=user_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        h = Head(proc, temp_dir, gcs, dashboard, client, log)
+        try:
+            wait_ready(h)
+            return h
+        except AssertionError:
+            if attempt == 3 or "Address already in use" not in h.tail(20000):
+                stop_head(h)
+                raise
+            warnings.warn(
+                f"attempt {attempt}: a port of the head was taken meanwhile; again on fresh ports", stacklevel=1
+            )
+            stop_head(h)
+            shutil.rmtree(temp_dir, ignore_errors=True)
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="module")
 def head():
-    # short: Ray's unix sockets live under the temp dir (107 bytes at most)
-    temp_dir = tempfile.mkdtemp(prefix="xgdray", dir="/tmp")
-    gcs, dashboard, client, agent = (free_port() for _ in range(4))
-    log = Path(temp_dir, "head.log")
-    cmd = [
-        *(str(BIN / "ray"), "start", "--head", "--port", str(gcs), "--num-cpus", "2", "--temp-dir", temp_dir),
-        *("--dashboard-port", str(dashboard), "--ray-client-server-port", str(client)),
-        *("--dashboard-agent-listen-port", str(agent), "--disable-usage-stats", "--block"),
-    ]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=user_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    h = Head(proc, temp_dir, gcs, dashboard, client, log)
+    h = start_head()
     try:
-        wait_ready(h)
         yield h
     finally:
         left = stop_head(h)
         assert not left, f"still running {60} s after the head's SIGTERM: {left}"
         # `ray start` wrote its address next to its own sessions, not in the machine-wide /tmp/ray
-        assert Path(temp_dir, "ray_current_cluster").read_text().strip().endswith(f":{gcs}")
+        assert Path(h.temp_dir, "ray_current_cluster").read_text().strip().endswith(f":{h.gcs}")
         default = Path(tempfile.gettempdir(), "ray", "ray_current_cluster")
-        assert not (default.is_file() and default.read_text().strip().endswith(f":{gcs}"))
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        assert not (default.is_file() and default.read_text().strip().endswith(f":{h.gcs}"))
+        shutil.rmtree(h.temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,39 @@ from orchestrator.run import study
 from orchestrator.run.trial import EPOCHS_DONE, trial_dirname
 from orchestrator.spec.sweep import SweepSpec, sampler
 
+# OptunaSearch's record of the trials it has told (PersistedStudySearch adds to it); checked by
+# tests/test_ray_internals.py
+RAY_INTERNALS = (
+    ("ray.tune.search.optuna:OptunaSearch.on_trial_result", "reads", ("_completed_trials",)),
+    ("ray.tune.search.optuna:OptunaSearch.on_trial_complete", "reads", ("_completed_trials",)),
+)
+
+
+def _searcher_class():
+    from optuna.exceptions import UpdateFinishedTrialError
+    from ray.tune.search.optuna import OptunaSearch
+
+    class PersistedStudySearch(OptunaSearch):
+        """OptunaSearch on a study persisted outside Tune's snapshot. After the driver was killed,
+        the study can be ahead of the restored snapshot: a trial it already holds as finished runs
+        again from its checkpoint and reports an epoch once more (CI saw a resumed Train trial do
+        this, and Optuna's report then raised and stopped the sweep). That trial's end is in the
+        study already: its later results and its completion are not told again."""
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            try:
+                super().on_trial_result(trial_id, result)
+            except UpdateFinishedTrialError:
+                self._completed_trials.add(trial_id)
+
+    return PersistedStudySearch
+
 
 def new_tuner(spec: SweepSpec, stage: study.Stage, trainable, concurrent: int, callback, verbose: bool):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
+
+    OptunaSearch = _searcher_class()
 
     obj = spec.objectives
     optuna_sampler, define = sampler(spec)
@@ -87,7 +115,10 @@ def quiet() -> None:
 
 class _GridDone(logging.Filter):
     """Optuna's GridSampler stops its study after the last grid point; outside Optuna's own loop
-    that raises, and Tune's searcher logs it as a warning. The trial is recorded either way."""
+    that raises, and Tune's searcher logs it as a warning. The trial is recorded either way. Also
+    dropped: the searcher's notes that a trial the persisted study holds as finished (see
+    PersistedStudySearch) reported or completed again."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Study.stop" not in record.getMessage()
+        message = record.getMessage()
+        return not any(m in message for m in ("Study.stop", "Received additional", "can not be updated"))
