@@ -170,9 +170,10 @@ def test_topk_iou_of_disjoint_identical_and_all_zero_sparse_maps():
     assert torch.equal(E.topk_iou(a, a.clone(), 0.2), torch.ones(n, dtype=torch.float64))
     assert torch.equal(E.topk_mask(a, 0.2), a > 0)  # fewer positive pixels than k: the region is them
     zeros = torch.zeros(2, length)
-    assert torch.isnan(E.topk_iou(zeros, zeros.clone(), 0.2)).all()  # no positive pixel: undefined
-    assert torch.isnan(E.topk_iou(a[:2], zeros, 0.2)).all()
-    assert torch.isnan(E.topk_iou(-a[:2], a[:2], 0.2)).all()  # negative values never enter a region
+    assert torch.isnan(E.topk_iou(zeros, zeros.clone(), 0.2)).all()  # no positive pixel on either side: undefined
+    assert torch.equal(E.topk_iou(a[:2], zeros, 0.2), torch.zeros(2, dtype=torch.float64))  # one empty: no overlap
+    assert torch.equal(E.topk_iou(zeros, a[:2], 0.2), torch.zeros(2, dtype=torch.float64))
+    assert torch.equal(E.topk_iou(-a[:2], a[:2], 0.2), torch.zeros(2, dtype=torch.float64))  # negatives: no region
 
 
 def test_focus_is_undefined_for_an_all_zero_teacher_map():
@@ -203,11 +204,12 @@ def test_topk_iou_and_focus_match_a_brute_force_reference(frac):
     b = np.round(_sparse_maps(rng, n, length, rng.random((n, length)) < 0.3), 1)
     b[:8] = np.where(support[:8], a[:8], 0.0) + b[:8] * 0.5  # some overlap, so IoUs are not all ~0
     a[:3] -= 0.3  # negative values as well (not ReLU'd)
-    a[10], b[11] = 0.0, 0.0  # all-zero maps on either side
+    a[10], b[11] = 0.0, 0.0  # all-zero maps on either side (IoU 0: the other region is not empty)
+    a[12], b[12] = 0.0, 0.0  # and on both (no IoU)
     iou, foc = [], []
     for ra, rb in zip(a, b):
         ma, mb = _brute_region(ra, frac), _brute_region(rb, frac)
-        iou.append((ma & mb).sum() / (ma | mb).sum() if ma.any() and mb.any() else np.nan)
+        iou.append((ma & mb).sum() / (ma | mb).sum() if ma.any() or mb.any() else np.nan)
         mass = np.clip(ra, 0, None)
         foc.append(mass[mb].sum() / mass.sum() if mass.sum() > 0 and mb.any() else np.nan)
     ta, tb = torch.tensor(a), torch.tensor(b)
@@ -223,6 +225,7 @@ def test_means_leave_undefined_values_out():
     acc.add("k", torch.tensor([float("nan")]))
     acc.add("none", torch.tensor([float("nan")]))
     assert acc.mean("k") == pytest.approx(0.5) and np.isnan(acc.mean("none"))
+    assert (acc.dropped("k"), acc.dropped("none"), acc.dropped("absent")) == (2, 1, 0)
 
 
 def test_label_embedding_holds_class_shares_and_rs_sees_labels_in_features():
@@ -260,6 +263,7 @@ KEYS = {
     "expl_fss",
     "expl_rs",
     "expl_rs_teacher",
+    *(f"expl_{k}_n_dropped" for k in ("sal_spearman", "sal_pearson", "topk_iou", "focus", "logit_spearman")),
 }
 
 

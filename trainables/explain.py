@@ -8,7 +8,8 @@ over the validation split. Metric keys:
   the label size), averaged over images (the explanation alignment of [KD-XAI]).
 - expl_topk_iou: IoU of the two maps' top-k% regions (k = 20 by default). Only positive pixels
   enter a region (`topk_mask`): a map with fewer positive pixels than k% has them all as its
-  region, and a map with none has no region and no IoU.
+  region, and a map with none has an empty region. One empty region against a non-empty one
+  overlaps nothing (IoU 0); two empty regions have no IoU.
 - expl_focus: share of the student's attribution mass inside the teacher's top-k% region
   ([KD-XAI]'s focus; a uniform student map scores k/100 when the teacher's region holds k% of the
   pixels, a student looking only there scores 1); undefined for an all-zero teacher map.
@@ -27,9 +28,17 @@ over the validation split. Metric keys:
 
 UniCAM ([UniCAM], github gadhane/UniCAM): `unicam_map` is the Grad-CAM of the score
 R^2(P_removal(P(student), P(base)), P(target)); saving UniCAM images is not done here.
-Spearman ties get average ranks (as scipy.stats.spearmanr). Undefined values (NaN: constant
-maps have no correlation, all-zero maps no top-k region) are left out of the means (NaN if
-nothing is left).
+Spearman ties get average ranks (as scipy.stats.spearmanr).
+
+Padding: val batches of different-size images are padded bottom/right (`pad_collate`: image 0,
+label 255). The per-image metrics (the CAM ones and expl_logit_spearman) compare maps only over
+each image's own extent (`valid_region`), and padded pixels are no CAM target, so an image
+scores what it scores alone. The feature metrics (fss, rs, pdcor) see the padded feature maps.
+
+Undefined values (NaN: a constant map has no correlation, two empty top-k regions no IoU, a
+student map without positive mass or a teacher map without a region no focus) are left out of
+the means (NaN if nothing is left); `expl_<metric>_n_dropped` beside each per-image mean counts
+what it left out (images; pixels for expl_logit_spearman).
 """
 
 from __future__ import annotations
@@ -88,11 +97,11 @@ def topk_mask(maps: Tensor, frac: float) -> Tensor:
 
 
 def topk_iou(a: Tensor, b: Tensor, frac: float = 0.2) -> Tensor:
-    """(N,) IoU of the rows' top-k regions (`topk_mask`); NaN where either map has no positive pixel."""
+    """(N,) IoU of the rows' top-k regions (`topk_mask`): 0 where exactly one region is empty (no
+    overlap), NaN only where both are (no map has a positive pixel)."""
     ma, mb = topk_mask(a, frac), topk_mask(b, frac)
     inter, union = (ma & mb).sum(-1).double(), (ma | mb).sum(-1).double()
-    defined = ma.any(-1) & mb.any(-1)
-    return torch.where(defined, inter / union.clamp_min(1), torch.full_like(union, float("nan")))
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(union, float("nan")))
 
 
 def focus(s_maps: Tensor, t_maps: Tensor, frac: float = 0.2) -> Tensor:
@@ -229,8 +238,60 @@ def _maps(logits: Tensor, acts: Tensor, masks: Tensor, method: str, size: tuple[
     return F.interpolate(m, size=size, mode="bilinear", align_corners=False).flatten(1)
 
 
+def valid_region(x: Tensor, y: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """(B, H, W) bool: each image's own extent inside a padded batch.
+
+    `pad_collate` pads bottom and right with image 0 in every channel and label `ignore_index`;
+    an image ends at its last row (column) holding a pixel that is not both. (A real pixel is 0 in
+    every channel only if each 8-bit value equals the normalisation mean, which no ImageNet mean
+    is; an image without any such pixel is treated as empty.)
+    """
+    content = (x != 0).any(dim=1) | (y != ignore_index)
+    h, w = content.shape[-2:]
+    rows, cols = content.any(dim=-1), content.any(dim=-2)  # (B, H), (B, W)
+    last = lambda m, n: torch.where(m.any(-1), n - m.flip(-1).int().argmax(-1), 0)  # noqa: E731
+    hi, wi = last(rows, h), last(cols, w)
+    r, c = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    return (r.view(1, -1, 1) < hi.view(-1, 1, 1)) & (c.view(1, 1, -1) < wi.view(-1, 1, 1))
+
+
+def _extents(valid: Tensor) -> dict[tuple[int, int], list[int]]:
+    """(h, w) of each image's valid rectangle -> the images of that size (one host sync)."""
+    sizes = torch.stack([valid.any(-1).sum(-1), valid.any(-2).sum(-1)], 1).tolist()
+    out: dict[tuple[int, int], list[int]] = {}
+    for i, (h, w) in enumerate(sizes):
+        out.setdefault((h, w), []).append(i)
+    return out
+
+
+PER_IMAGE = ("sal_spearman", "sal_pearson", "topk_iou", "focus")  # one value per image
+PER_PIXEL = ("logit_spearman",)  # one value per valid pixel
+
+
+def map_metrics(ms: Tensor, mt: Tensor, valid: Tensor, topk: float) -> dict[str, Tensor]:
+    """Per-image CAM metrics of (B, H, W) student / teacher maps, each image over its `valid`
+    rectangle only (images in input order)."""
+    out: dict[str, list[Tensor]] = {k: [] for k in PER_IMAGE}
+    order: list[int] = []
+    for (h, w), idx in _extents(valid).items():
+        a, b = ms[idx, :h, :w].flatten(1), mt[idx, :h, :w].flatten(1)
+        order += idx
+        if h * w == 0:  # an empty image: nothing to compare
+            nan = torch.full((len(idx),), float("nan"), dtype=torch.float64, device=ms.device)
+            for k in PER_IMAGE:
+                out[k].append(nan)
+            continue
+        out["sal_spearman"].append(spearman_rows(a, b))
+        out["sal_pearson"].append(pearson_rows(a, b))
+        out["topk_iou"].append(topk_iou(a, b, topk))
+        out["focus"].append(focus(a, b, topk))
+    back = torch.argsort(torch.tensor(order, device=ms.device))
+    return {k: torch.cat(v)[back] for k, v in out.items()}
+
+
 class _Means:
-    """Running means of the finite entries per key, kept on the device (one sync at the end)."""
+    """Running means of the finite entries per key and counts of the others, kept on the device
+    (one sync at the end)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, list[Tensor]] = {}
@@ -238,13 +299,19 @@ class _Means:
     def add(self, key: str, values: Tensor) -> None:
         v = values.detach().flatten().double()
         ok = torch.isfinite(v)
-        self.sums.setdefault(key, []).append(torch.stack([torch.where(ok, v, 0).sum(), ok.sum().double()]))
+        row = torch.stack([torch.where(ok, v, 0).sum(), ok.sum().double(), (~ok).sum().double()])
+        self.sums.setdefault(key, []).append(row)
+
+    def _totals(self, key: str) -> list[float]:
+        return torch.stack(self.sums[key]).sum(dim=0).tolist() if key in self.sums else [0.0, 0.0, 0.0]
 
     def mean(self, key: str) -> float:
-        if key not in self.sums:
-            return float("nan")
-        total, count = torch.stack(self.sums[key]).sum(dim=0).tolist()
+        total, count, _ = self._totals(key)
         return total / count if count else float("nan")
+
+    def dropped(self, key: str) -> int:
+        """How many entries of `key` were not finite (left out of its mean)."""
+        return int(self._totals(key)[2])
 
 
 def explanation_metrics(
@@ -299,14 +366,14 @@ def explanation_metrics(
             x, y = x.to(device), y.to(device)
             out = {k: _forward(m, x, layers[k], decoder_output(m)) for k, m in models.items()}
             (s_logits, s_acts, s_feat), (t_logits, t_acts, _) = out["s"], out["t"]
+            valid = valid_region(x, y)
             masks = class_masks(y, t_logits.detach(), s_logits.shape[1], source, cam_classes_of(distill))
+            masks = masks * valid[:, None]  # padding is no CAM target (masks match the logits' size)
             size = tuple(y.shape[-2:])
             ms, mt = _maps(s_logits, s_acts, masks, method, size), _maps(t_logits, t_acts, masks, method, size)
-            acc.add("sal_spearman", spearman_rows(ms, mt))
-            acc.add("sal_pearson", pearson_rows(ms, mt))
-            acc.add("topk_iou", topk_iou(ms, mt, topk))
-            acc.add("focus", focus(ms, mt, topk))
-            acc.add("logit_spearman", logit_alignment(s_logits, t_logits))
+            for k, v in map_metrics(ms.view(-1, *size), mt.view(-1, *size), valid, topk).items():
+                acc.add(k, v)
+            acc.add("logit_spearman", logit_alignment(s_logits, t_logits)[valid.flatten()])
             for k, (_, _, feat) in out.items():
                 pool[k].append(feat.detach().flatten(1))
             pool["y"].append(label_embedding(y, s_logits.shape[1], tuple(s_feat.shape[-2:])))
@@ -314,4 +381,5 @@ def explanation_metrics(
                 flush()
     keys = ["sal_spearman", "sal_pearson", "topk_iou", "logit_spearman", "focus", "fss", "rs", "rs_teacher"]
     keys += ["fss_base", "pdcor"] if base is not None else []
-    return {f"expl_{k}": acc.mean(k) for k in keys}
+    out = {f"expl_{k}": acc.mean(k) for k in keys}
+    return out | {f"expl_{k}_n_dropped": acc.dropped(k) for k in (*PER_IMAGE, *PER_PIXEL)}
