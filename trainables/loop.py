@@ -6,7 +6,7 @@ backward; the benchmark times this same step). Per epoch:
 averaged terms, val mIoU from one confusion matrix, the student's static costs (params, GFLOPs,
 latency: measured once before the first epoch, so a trial stopped early still reports them to a
 Pareto search), a report with a checkpoint that holds all an exact resume needs. The last report
-adds explanation metrics and, once, the held-out test split scored with the best-on-val weights.
+adds, once, explanation metrics and the held-out test split, both of the best-on-val weights.
 Teacher training is this loop without a teacher.
 """
 
@@ -111,7 +111,7 @@ def train_loop(config: dict) -> dict:
             }
         if last:
             if teacher is not None and run["explain"]:
-                out.update(explanation_metrics(student, teacher, val_dl, config["distill"]))
+                out.update(explain_best(student, teacher, best or reporter.best, val_dl, config["distill"]))
             if test_dl is not None:  # once, with the best-on-val weights; nothing selects on it
                 out.update(
                     evaluate_best(
@@ -121,6 +121,20 @@ def train_loop(config: dict) -> dict:
         reporter.report(out, state, best)
     reporter.finish(out)
     return out
+
+
+def explain_best(student, teacher, best: dict | None, loader, distill: dict) -> dict:
+    """Explanation metrics (trainables.explain) of the best-on-val weights (`best`, as in best.pt),
+    the weights the test split scores, not the last epoch's; the student gets its own back after."""
+    if best is None:  # no finite val mIoU in the whole run
+        print("no best-on-val weights to explain: no expl_* metrics", flush=True)
+        return {}
+    own = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    student.load_state_dict(best["model"])
+    try:
+        return explanation_metrics(student, teacher, loader, distill)
+    finally:
+        student.load_state_dict(own)
 
 
 @torch.no_grad()
