@@ -25,7 +25,11 @@ def add_parser(sub) -> None:
     )
     p.add_argument("sweep", nargs="?", metavar="SWEEP", help="sweep name (default: the newest sweep in the store)")
     add_tracking_uri(p)
-    p.add_argument("--metric", default="val_miou", help="metric that ranks trials (default val_miou)")
+    p.add_argument(
+        "--metric",
+        default="val_miou",
+        help="metric that ranks trials (default val_miou; a val metric ranks by its best-on-val epoch, best_val_*)",
+    )
     p.add_argument("--mode", choices=("max", "min"), default="max")
     pick = p.add_mutually_exclusive_group()
     pick.add_argument("--top", type=int, default=1, metavar="K", help="export the K best trials (default 1)")
@@ -90,7 +94,8 @@ def run(args) -> int:
     maximize = args.mode == "max"
     cost = args.cost if args.pareto else None
     choices = ex.choose(table, args.metric, maximize, args.top, cost)
-    selection = ex.selection(args.metric, maximize, args.top, cost)
+    metric = ex.finished(args.metric, table.column_names)  # what choose ranked by: val_miou -> best_val_miou
+    selection = ex.selection(metric, maximize, args.top, cost)
     model_name = args.model_name or f"xgd-{reader.safe_name(sweep.name)}"
     index, champions = [], {}
     for choice in choices:
@@ -98,11 +103,10 @@ def run(args) -> int:
         if not args.no_register:
             exp.versions = registry.register(client, uri, exp, exp.model, model_name)
             champions = champions or exp.versions  # rank 1: the best by the metric
-        value = choice.row[args.metric]
+        value = choice.row[metric]
         reg = "; registered " + ", ".join(f"{n} v{v}" for n, v in exp.versions.items()) if exp.versions else ""
         console.print(
-            f"rank {exp.rank}: {choice.row['run_name']} {args.metric}={value:.4f} -> {exp.dir} "
-            f"({', '.join(exp.files)}){reg}"
+            f"rank {exp.rank}: {choice.row['run_name']} {metric}={value:.4f} -> {exp.dir} ({', '.join(exp.files)}){reg}"
         )
         index.append(
             {
@@ -110,7 +114,7 @@ def run(args) -> int:
                 "dir": str(exp.dir),
                 "run_id": choice.row["run_id"],
                 "run_name": choice.row["run_name"],
-                args.metric: value,
+                metric: value,
                 "registered_model": model_name if exp.versions else None,
                 "version": exp.versions.get(model_name),
                 "registered": exp.versions,

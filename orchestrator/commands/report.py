@@ -25,7 +25,12 @@ def add_parser(sub) -> None:
     p.add_argument("sweeps", nargs="*", metavar="SWEEP", help="sweep names (default: every sweep in the store)")
     add_tracking_uri(p)
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output root (default {DEFAULT_OUT})")
-    p.add_argument("--metric", default="val_miou", help="metric for plots and importances (default val_miou)")
+    p.add_argument(
+        "--metric",
+        default="val_miou",
+        help="metric for plots and importances (default val_miou; a finished trial's val metric is its "
+        "best-on-val epoch's, best_val_*)",
+    )
     p.add_argument("--mode", choices=("max", "min"), default="max")
     p.add_argument(
         "--gallery",

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from orchestrator.errors import UserError
+from orchestrator.results.figures import finished
 from orchestrator.results.pareto import pareto_front
 from orchestrator.spec.paths import fetch, is_uri, join
 from orchestrator.tracking import reader
@@ -61,7 +62,9 @@ def choose(
 ) -> list[Choice]:
     """Ranked trials: the top `top` by `metric`, or the Pareto front against `pareto_cost`, among the
     trials that ran every epoch (a trial ASHA stopped is a partly trained model; the report keeps it
-    out of its fronts and tables too)."""
+    out of its fronts and tables too). A val metric ranks by its best-on-val epoch's value
+    (`figures.finished`: val_miou -> best_val_miou), the epoch of the exported best.pt."""
+    metric = finished(metric, table.column_names)
     counted = reader.completed(table, metric)
     if not len(counted):
         raise UserError(
@@ -319,7 +322,9 @@ def model_card(
 
     row = choice.row
     params = {k.removeprefix(reader.PARAM): v for k, v in row.items() if k.startswith(reader.PARAM) and v is not None}
-    metrics = {k: v for k, v in row.items() if k.startswith(("val_", "best_val_", "test_")) and v is not None}
+    # MLflow's val_* are the last epoch's; the exported weights' own val_* are in their checkpoint
+    own = {k: v for k, v in (state.get("metrics") or {}).items() if k.startswith("val_")}
+    metrics = {k: v for k, v in row.items() if k.startswith(("best_val_", "test_")) and v is not None} | own
     cost = {k: row.get(k) for k in ("gflops", "latency_ms") if row.get(k) is not None}
     cost["params"] = int(row["params"]) if row.get("params") is not None else count_params(model)
     inp = state.get("input") or {}

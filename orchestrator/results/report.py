@@ -39,7 +39,7 @@ def make_report(
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
-    from orchestrator.results import study, tables
+    from orchestrator.results import figures, study, tables
     from orchestrator.tracking import reader
 
     sweep = reader.find_sweep(client, name)
@@ -54,6 +54,7 @@ def make_report(
     pcsv.write_csv(table, out / "trials.csv")
     rep.files += [out / "trials.parquet", out / "trials.csv"]
 
+    epochs, metric = metric, figures.finished(metric, table.column_names)  # val_miou -> best_val_miou
     counted, stopped = reader.completed(table, metric), reader.stopped(table)
     rep.counted = len(counted)
     if not len(counted):
@@ -68,7 +69,9 @@ def make_report(
         "",
         f"Parent run `{sweep.parent.info.run_id}`; {len(counted)} of {len(table)} trials counted (every "
         f"epoch ran), {len(stopped)} stopped early (shown apart, left out of the tables, importances, plots "
-        "and Pareto fronts); mean ± std over seeds; best **bold**, second <u>underlined</u>.",
+        "and Pareto fronts); mean ± std over seeds; best **bold**, second <u>underlined</u>. A counted trial's "
+        "val mIoU is its best-on-val epoch's (`best_val_miou`: the weights its test and explanation metrics "
+        f"come from); plots, importances and fronts rank by `{metric}`.",
         "",
     ]
     for layout in _layouts(sweep, counted, console):
@@ -89,7 +92,7 @@ def make_report(
     rep.files, md = rep.files + confirm_files, md + confirm_md
     rep.notes += confirmed_by(client, sweep)  # a source sweep: its confirmations
 
-    md += _stopped_table(stopped, tables.factors(reader.done(table)), metric, sweep.name, out, console, rep)
+    md += _stopped_table(stopped, tables.factors(reader.done(table)), epochs, sweep.name, out, console, rep)
 
     made = _plots(client, counted, stopped, space, metric, maximize, out, rep)
     ids = set(counted.column("run_id").to_pylist())
@@ -134,7 +137,7 @@ def _stopped_table(stopped, by: list[str], metric: str, sweep: str, out: Path, c
 
 def _plots(client, counted, stopped, space, metric: str, maximize: bool, out: Path, rep: Report) -> list:
     """The plots of the trials that ran every epoch (curves: the stopped ones too) and importances.csv."""
-    from orchestrator.results import plots, study, tables
+    from orchestrator.results import figures, plots, study, tables
     from orchestrator.tracking import reader
 
     pdir = out / "plots"
@@ -161,10 +164,11 @@ def _plots(client, counted, stopped, space, metric: str, maximize: bool, out: Pa
         rep.files.append(out / "importances.csv")
     _pareto_csv(plots.fronts(counted, metric, maximize), metric, out, rep)
     run_ids = counted.column("run_id").to_pylist() + stopped.column("run_id").to_pylist()
+    ep = figures.per_epoch(metric)  # curves: the per-epoch values, not the running best
     made += [
         plots.history_plot(st, metric, pdir / "history.png"),
         plots.parallel_plot(st, metric, pdir / "parallel.png"),
-        plots.curves_plot(reader.histories(client, run_ids, metric), counted, stopped, metric, pdir / "curves.png"),
+        plots.curves_plot(reader.histories(client, run_ids, ep), counted, stopped, ep, pdir / "curves.png"),
         plots.hyper_plot(counted, metric, pdir / "hyperparams.png"),
         plots.pareto_plot(counted, metric, pdir / "pareto.png", maximize),
     ]

@@ -49,10 +49,11 @@ class Col:
 COLUMNS: dict[str, Col] = {
     c.key: c
     for c in (
-        Col("val_miou", "val mIoU (%)", "max", 100.0),
-        Col("best_val_miou", "best val mIoU (%)", "max", 100.0),
+        Col("val_miou", "val mIoU (%, last epoch)", "max", 100.0),
+        # a finished trial's val mIoU: its best-on-val epoch, the weights of best.pt, test_* and expl_*
+        Col("best_val_miou", "val mIoU (%)", "max", 100.0),
         Col("test_miou", "test mIoU (%)", "max", 100.0),  # the best-on-val weights on the held-out split
-        Col("val_pixel_acc", "pixel acc (%)", "max", 100.0),
+        Col("val_pixel_acc", "val pixel acc (%, last epoch)", "max", 100.0),
         Col("gflops", "GFLOPs", "min", spread=False),
         Col("params", "params (M)", "min", 1e-6, spread=False),
         Col("latency_ms", "latency (ms)", "min"),
@@ -76,7 +77,7 @@ def col(key: str) -> Col:
 
 
 def _summary(t: pa.Table) -> list[str]:
-    return ["val_miou", "best_val_miou", "test_miou", "val_pixel_acc", "gflops", "params", "latency_ms"]
+    return ["best_val_miou", "test_miou", "val_pixel_acc", "gflops", "params", "latency_ms"]
 
 
 def _per_class(t: pa.Table, split: str = "val") -> list[str]:
@@ -88,18 +89,18 @@ def _per_class_test(t: pa.Table) -> list[str]:
 
 
 def _alignment(t: pa.Table) -> list[str]:
-    return ["val_miou", "test_miou", "expl_sal_spearman", "expl_topk_iou", "expl_focus"]
+    return ["best_val_miou", "test_miou", "expl_sal_spearman", "expl_topk_iou", "expl_focus"]
 
 
 def _timing(t: pa.Table) -> list[str]:
-    return ["val_miou", "step_time_s", "saliency_time_s", "wall_time_s"]
+    return ["best_val_miou", "step_time_s", "saliency_time_s", "wall_time_s"]
 
 
 # name -> (title, metric keys for a trials table). A sweep's parent run may pick layouts with a
 # comma-separated `xgd.layouts` tag (orchestrator.tracking.tags.LAYOUTS); otherwise `default_layouts` decides.
 LAYOUTS: dict[str, tuple[str, Callable[[pa.Table], list[str]]]] = {
     "summary": ("mIoU, cost and speed", _summary),
-    "per_class": ("per-class val IoU (%)", _per_class),
+    "per_class": ("per-class val IoU (%, last epoch)", _per_class),
     "per_class_test": ("per-class IoU on the test split (%)", _per_class_test),
     "timing": ("time per iteration (CAM methods)", _timing),
     "alignment": ("mIoU and student-teacher CAM alignment", _alignment),
@@ -266,7 +267,9 @@ def stopped_grid(t: pa.Table, by: list[str], metric: str) -> Grid | None:
             row.append(Entry(_fmt(v, None, c.digits), v))
         row.append(Entry(_label(r.get("epochs_done"))))
         rows.append(row)
-    headers = ["trial", *short_names(by), "ended", c.header, *(["best " + c.header] if best else []), "epochs"]
+    # a stopped trial shows both (ASHA ranked it by the per-epoch value); the headers say which is which
+    named = ["last-epoch " + col(best).header, "best-epoch " + col(best).header] if best else [c.header]
+    headers = ["trial", *short_names(by), "ended", *named, "epochs"]
     return Grid(f"stopped early ({len(rows)} trials, not counted above)", headers, rows, len(by) + 2)
 
 
