@@ -35,38 +35,45 @@ TEST = {
     "pi baseline": [0.53, 0.56, 0.52, 0.57, 0.55, 0.54],
 }
 ROLES = {"top 1": "config", "top 2": "config", "pi baseline": "baseline"}
+PAIRS = C.default_pairs(ROLES)
 
 
 def table_rows(val=VAL, test=TEST, seeds=SEEDS) -> list[dict]:
     return [
-        {"cell": c, "seed": s, "val_miou": val[c][i], "test_miou": test[c][i] if test else None}
+        {"cell": c, "seed": s, "best_val_miou": val[c][i], "test_miou": test[c][i] if test else None}
         for c in val
         for i, s in enumerate(seeds)
     ]
 
 
 def test_cell_summaries_and_paired_tests_match_scipy():
-    conf = C.confirmation_stats(table_rows(), ROLES)
-    assert list(conf.roles) == ["top 1", "top 2", "pi baseline"] and conf.metrics == ["val_miou", "test_miou"]
+    conf = C.confirmation_stats(table_rows(), ROLES, PAIRS)
+    assert list(conf.roles) == ["top 1", "top 2", "pi baseline"] and conf.metrics == ["best_val_miou", "test_miou"]
+    assert PAIRS == [("top 1", "pi baseline"), ("top 2", "pi baseline")]
     for cell, per in conf.cells.items():
-        for metric, values in (("val_miou", VAL[cell]), ("test_miou", TEST[cell])):
+        for metric, values in (("best_val_miou", VAL[cell]), ("test_miou", TEST[cell])):
             s = per[metric]
             assert s.n == 6 and s.mean == pytest.approx(sum(values) / 6)
             assert s.std == pytest.approx(stats.tstd(values))
             lo, hi = stats.t.interval(0.95, 5, loc=stats.tmean(values), scale=stats.sem(values))
             assert s.ci == pytest.approx((lo, hi))
+    raw = []
     for (cfg, base), per in conf.pairs.items():
-        assert base == "pi baseline" and cfg in ("top 1", "top 2")
-        for metric, table in (("val_miou", VAL), ("test_miou", TEST)):
+        for metric, table in (("best_val_miou", VAL), ("test_miou", TEST)):
             p, a, b = per[metric], table[cfg], table[base]
             diffs = [x - y for x, y in zip(a, b)]
             assert p.n == 6 and p.seeds == SEEDS and p.mean == pytest.approx(sum(diffs) / 6)
-            assert p.p_t == pytest.approx(stats.ttest_rel(a, b).pvalue)
-            assert p.p_w == pytest.approx(stats.wilcoxon(a, b).pvalue)
             lo, hi = stats.t.interval(0.95, 5, loc=stats.tmean(diffs), scale=stats.sem(diffs))
             assert p.ci == pytest.approx((lo, hi))
-    # top 1 beats the baseline on every val seed: both tests say so; top 2 on val does not
-    top1, top2 = conf.pairs[("top 1", "pi baseline")]["val_miou"], conf.pairs[("top 2", "pi baseline")]["val_miou"]
+            if metric == "best_val_miou":  # the selection split: no test at all
+                assert p.p_t is None and p.p_w is None and p.p_holm is None and not p.significant
+                continue
+            assert p.p_t == pytest.approx(stats.ttest_rel(a, b).pvalue)
+            assert p.p_w == pytest.approx(stats.wilcoxon(a, b).pvalue)
+            raw.append(p.p_t)
+    # Holm over the two test pairs: the smaller p doubled, the larger kept (it is above the doubled one)
+    top1, top2 = conf.pairs[PAIRS[0]]["test_miou"], conf.pairs[PAIRS[1]]["test_miou"]
+    assert top1.p_holm == pytest.approx(2 * min(raw)) and top2.p_holm == pytest.approx(max(raw))
     assert top1.significant and top1.p_w == pytest.approx(2 / 64)  # exact: all 6 signs positive, two-sided
     assert not top2.significant and top2.p_t > 0.05
 
@@ -84,21 +91,22 @@ def test_hand_computed_mean_std_and_interval():
 
 def test_one_seed_has_no_interval_or_p_and_says_so():
     rows = table_rows({k: v[:1] for k, v in VAL.items()}, {k: v[:1] for k, v in TEST.items()}, SEEDS[:1])
-    conf = C.confirmation_stats(rows, ROLES)
-    s, p = conf.cells["top 1"]["val_miou"], conf.pairs[("top 1", "pi baseline")]["val_miou"]
+    conf = C.confirmation_stats(rows, ROLES, PAIRS)
+    s, p = conf.cells["top 1"]["best_val_miou"], conf.pairs[("top 1", "pi baseline")]["test_miou"]
     assert s.n == 1 and s.mean == 0.62 and s.std is None and s.ci is None
-    assert p.n == 1 and p.mean == pytest.approx(0.05) and p.ci is None and p.p_t is None and p.p_w is None
+    assert p.n == 1 and p.mean == pytest.approx(0.02) and p.ci is None and p.p_t is None and p.p_holm is None
     assert any("1 seed" in n and "no standard deviation" in n for n in conf.notes)
     cells, pairs = C.grids(conf, "x")
     from orchestrator.results.tables import to_markdown
 
     assert "| top 1 | config | 62.00 | - |" in to_markdown(cells)
-    assert "| top 1 | pi baseline | 5.00 | - | - | - |" in to_markdown(pairs)
+    # val: difference, seed CI; test: difference, seed CI, test-image CI, p (t), p (Holm), p (W)
+    assert "| top 1 | pi baseline | 5.00 | - | 2.00 | - | - | - | - | - | 1 |" in to_markdown(pairs)
 
 
 def test_no_test_split_leaves_the_test_columns_empty():
-    conf = C.confirmation_stats(table_rows(test=None), ROLES)
-    assert conf.metrics == ["val_miou", "test_miou"] and conf.cells["top 1"]["test_miou"].n == 0
+    conf = C.confirmation_stats(table_rows(test=None), ROLES, PAIRS)
+    assert conf.metrics == ["best_val_miou", "test_miou"] and conf.cells["top 1"]["test_miou"].n == 0
     assert conf.pairs[("top 1", "pi baseline")]["test_miou"].mean is None
     assert "no test_miou in any trial: its columns are empty" in conf.notes
     cells, pairs = C.grids(conf, "x")
@@ -106,66 +114,123 @@ def test_no_test_split_leaves_the_test_columns_empty():
 
     md = to_markdown(cells)
     assert "test mIoU (%)" in md and md.splitlines()[4].endswith("| - | - | 6 |")
-    assert to_markdown(pairs).splitlines()[4].endswith("| - | - | - | - | 6 |")
+    assert to_markdown(pairs).splitlines()[4].endswith("| - | - | - | - | - | - | 6 |")
 
 
 def test_a_baseline_missing_a_seed_is_paired_over_the_common_seeds():
     rows = [r for r in table_rows() if not (r["cell"] == "pi baseline" and r["seed"] == 33)]
-    conf = C.confirmation_stats(rows, ROLES)
-    assert conf.cells["pi baseline"]["val_miou"].n == 5 and conf.cells["top 1"]["val_miou"].n == 6
-    p = conf.pairs[("top 1", "pi baseline")]["val_miou"]
+    conf = C.confirmation_stats(rows, ROLES, PAIRS)
+    assert conf.cells["pi baseline"]["test_miou"].n == 5 and conf.cells["top 1"]["test_miou"].n == 6
+    p = conf.pairs[("top 1", "pi baseline")]["test_miou"]
     keep = [i for i, s in enumerate(SEEDS) if s != 33]
-    a, b = [VAL["top 1"][i] for i in keep], [VAL["pi baseline"][i] for i in keep]
+    a, b = [TEST["top 1"][i] for i in keep], [TEST["pi baseline"][i] for i in keep]
     assert p.n == 5 and p.seeds == [11, 22, 44, 55, 66]
     assert p.p_t == pytest.approx(stats.ttest_rel(a, b).pvalue) and p.p_w is None  # 5 pairs: no Wilcoxon
     assert any("paired over the seeds both ran" in n for n in conf.notes)
 
 
 def test_csv_tables_hold_the_numbers_in_percent():
-    conf = C.confirmation_stats(table_rows(), ROLES)
+    conf = C.confirmation_stats(table_rows(), ROLES, PAIRS)
     cells, pairs = C.to_csv_tables(conf)
     first = cells.to_pylist()[0]
-    assert (first["cell"], first["metric"], first["n"]) == ("top 1", "val_miou", 6)
+    assert (first["cell"], first["metric"], first["split"], first["n"]) == ("top 1", "best_val_miou", "selection", 6)
     assert first["mean"] == pytest.approx(100 * sum(VAL["top 1"]) / 6)
-    row = pairs.to_pylist()[0]
-    assert row["p_ttest"] == pytest.approx(stats.ttest_rel(VAL["top 1"], VAL["pi baseline"]).pvalue)
-    assert row["significant"] is True and row["pairs"] == 6
+    val, test = pairs.to_pylist()[:2]
+    assert val["metric"] == "best_val_miou" and val["p_ttest"] is None and val["significant"] is False
+    assert test["p_ttest"] == pytest.approx(stats.ttest_rel(TEST["top 1"], TEST["pi baseline"]).pvalue)
+    assert test["p_holm"] == pytest.approx(2 * test["p_ttest"]) and test["significant"] is True
+    assert test["pairs"] == 6 and test["boot_ci_low"] is None  # no per-image counts given
 
 
-def test_report_hook_writes_markdown_latex_and_csv_from_finished_trials(tmp_path):
-    from types import SimpleNamespace
+def test_against_lists_choose_the_pairs_and_different_students_are_marked():
+    cells = [
+        {"label": "top 1", "role": "config", "point": {"student": "r18"}},
+        {"label": "top 2", "role": "config", "point": {"student": "mbv2"}},
+        {"label": "pi baseline", "role": "baseline", "point": {"student": "r18"}},
+    ]
+    assert C.pairs_of(cells) == PAIRS  # no `against` anywhere: every configuration minus every baseline
+    cells[2]["against"] = []
+    assert C.pairs_of(cells) == []  # a cell has one: the pairs are exactly the listed ones
+    cells[0]["against"], cells[1]["against"] = ["pi baseline"], ["top 1"]
+    pairs = C.pairs_of(cells)
+    assert pairs == [("top 1", "pi baseline"), ("top 2", "top 1")]
+    conf = C.confirmation_stats(table_rows(), ROLES, pairs, students=C.students_of(cells))
+    assert conf.different == {("top 2", "top 1")}
+    p = conf.pairs[("top 2", "top 1")]["test_miou"]
+    assert p.p_t == pytest.approx(stats.ttest_rel(TEST["top 2"], TEST["top 1"]).pvalue)
+    from orchestrator.results.tables import to_markdown
 
+    md = to_markdown(C.grids(conf, "x")[1])
+    assert "| top 2 | top 1 † |" in md and "| top 1 | pi baseline |" in md
+    assert any(n.startswith("† the two cells train different students") for n in conf.notes)
+    with pytest.raises(C.UserError, match="'nope' is not a cell"):
+        C.confirmation_stats(table_rows(), ROLES, [("top 1", "nope")])
+
+
+def _trials_table(rows, statuses):
     import pyarrow as pa
 
-    rows = table_rows()
-    statuses = ["FINISHED"] * len(rows) + ["KILLED"]  # an interrupted trial does not count
-    rows.append({"cell": "top 1", "seed": 77, "val_miou": 0.0, "test_miou": 0.0})
-    table = pa.Table.from_pylist(
+    return pa.Table.from_pylist(
         [
             {
+                "run_id": r.get("run_id"),
                 "status": st,
                 "params.label": r["cell"],
                 "params.seed": r["seed"],
-                "val_miou": r["val_miou"],
+                "best_val_miou": r["best_val_miou"],
+                "val_miou": 0.0,  # the last epoch's val: not the figure the table shows
                 "test_miou": r["test_miou"],
             }
             for st, r in zip(statuses, rows)
         ]
     )
+
+
+def test_report_hook_writes_markdown_latex_and_csv_from_finished_trials(tmp_path):
+    from types import SimpleNamespace
+
+    rows = table_rows()
+    statuses = ["FINISHED"] * len(rows) + ["KILLED"]  # an interrupted trial does not count
+    rows.append({"cell": "top 1", "seed": 77, "best_val_miou": 0.0, "test_miou": 0.0})
     cells = json.dumps([{"label": k, "role": v, "point": {"distill.method": "pi"}} for k, v in ROLES.items()])
     sweep = SimpleNamespace(
         name="demo-confirm", parent=SimpleNamespace(data=SimpleNamespace(tags={T.CONFIRM_CELLS: cells}))
     )
-    files, md = C.write_confirmation(sweep, table, tmp_path)
+    files, md = C.write_confirmation(sweep, _trials_table(rows, statuses), tmp_path)
     assert sorted(f.name for f in files) == sorted(
         f"confirmation{x}.{e}" for x in ("", "_paired") for e in ("md", "tex", "csv")
     )
-    assert "| top 1 | config | 63.50 ± 1.87 | [61.54, 65.46] |" in "\n".join(md)  # seed 77 (KILLED) left out
+    text = "\n".join(md)
+    assert "| top 1 | config | 63.50 ± 1.87 | [61.54, 65.46] |" in text  # best_val_miou; seed 77 (KILLED) left out
     tex = (tmp_path / "confirmation_paired.tex").read_text()
-    assert r"$\Delta$ val (pts)" in tex and r"4.83 $\pm$ 1.60" in tex and r"$<$0.001*" in tex
+    assert r"$\Delta$ val (pts)" in tex and r"4.83 $\pm$ 1.60" in tex and "0.014*" in tex  # test, Holm-adjusted
     assert "- pi baseline: distill.method=pi" in md
     none = SimpleNamespace(name="plain", parent=SimpleNamespace(data=SimpleNamespace(tags={})))
-    assert C.write_confirmation(none, table, tmp_path / "x") == ([], [])  # not a confirmation: nothing
+    assert C.write_confirmation(none, _trials_table(rows, statuses), tmp_path / "x") == ([], [])
+
+
+def test_report_gives_val_no_p_value_and_calls_it_the_selection_split(tmp_path):
+    """The old table tested val like test (p val (t), p val (W), starred): val is where the
+    configurations were chosen, so a p-value there is not a test."""
+    from types import SimpleNamespace
+
+    rows = table_rows()
+    cells = json.dumps([{"label": k, "role": v} for k, v in ROLES.items()])
+    sweep = SimpleNamespace(name="d", parent=SimpleNamespace(data=SimpleNamespace(tags={T.CONFIRM_CELLS: cells})))
+    _, md = C.write_confirmation(sweep, _trials_table(rows, ["FINISHED"] * len(rows)), tmp_path)
+    paired_md = (tmp_path / "confirmation_paired.md").read_text()
+    header = next(line for line in paired_md.splitlines() if line.startswith("| cell | minus"))
+    heads = [h.strip() for h in header.strip("|").split("|")]
+    assert [h for h in heads if h.startswith("p ")] == ["p test (t)", "p test (Holm)", "p test (W)"]
+    assert "Δ val (pts)" in heads and "Δ test 95% CI (test images)" in heads
+    row = next(line for line in paired_md.splitlines() if line.startswith("| top 1 | pi baseline"))
+    entries = [e.strip() for e in row.strip("|").split("|")]
+    val_part = entries[heads.index("Δ val (pts)") : heads.index("Δ test (pts)")]
+    assert len(val_part) == 2 and not any("*" in e for e in val_part)  # difference and seed CI only
+    assert [e for e in entries if e.endswith("*")] == [entries[heads.index("p test (Holm)")]]
+    cells_md = (tmp_path / "confirmation.md").read_text()
+    assert "val mIoU (%), selection split" in cells_md
+    assert any("is the selection split" in line and "no p-value" in line for line in md)
 
 
 # ------------------------------------------------------------------ the plan from a source sweep

@@ -209,6 +209,7 @@ def test_held_out_split_is_evaluated_once_with_the_best_on_val_weights(tmp_path)
 
 def test_evaluate_best_uses_the_given_weights_and_gives_the_model_its_own_back():
     from trainables.loop import evaluate, evaluate_best
+    from trainables.reporting import TEST_CONFUSION
 
     torch.manual_seed(0)
     classes = ["a", "b", "c"]
@@ -216,6 +217,7 @@ def test_evaluate_best_uses_the_given_weights_and_gives_the_model_its_own_back()
     data = [(torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))) for _ in range(3)]
     own = {k: v.clone() for k, v in model.state_dict().items()}
     out = evaluate_best(model, {"model": other.state_dict()}, data, classes, torch.device("cpu"))
+    assert out.pop(TEST_CONFUSION).shape == (6, 3, 3)  # per-image counts: tests/test_confirm_stats.py
     assert out == {
         k.replace("val_", "test_", 1): v for k, v in evaluate(other, data, classes, torch.device("cpu")).items()
     }

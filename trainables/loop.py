@@ -24,7 +24,7 @@ from trainables.checkpoint import rng_state, set_rng_state
 from trainables.constants import IMAGENET_MEAN, IMAGENET_STD
 from trainables.explain import explanation_metrics
 from trainables.models import count_flops, count_params, measure_latency, model_from_config
-from trainables.reporting import in_ray_train, make_reporter
+from trainables.reporting import TEST_CONFUSION, in_ray_train, make_reporter
 from trainables.setup import load_teacher, make_loaders, make_test_loader, pick_device, placement, seed_everything
 from trainables.step import build_trainer, train_step
 from trainables.timing import SpanTimer
@@ -138,32 +138,46 @@ def explain_best(student, teacher, best: dict | None, loader, distill: dict) -> 
 
 
 @torch.no_grad()
-def evaluate(model, loader, classes, device, autocast=nullcontext, channels_last=False, prefix="val_") -> dict:
-    """Confusion matrix over the whole split. The student is evaluated in eval mode and put back."""
+def evaluate(
+    model, loader, classes, device, autocast=nullcontext, channels_last=False, prefix="val_", per_image=False
+) -> dict:
+    """Confusion matrix over the whole split. The student is evaluated in eval mode and put back.
+    With `per_image`, the (N_images, K, K) int64 counts of each image, in the loader's order, go
+    under TEST_CONFUSION as a numpy array (the reporter saves it as a file, never as a metric)."""
     was = model.training
     model.eval()
-    cm = torch.zeros(len(classes), len(classes), dtype=torch.int64, device=device)
+    k = len(classes)
+    cm = torch.zeros(k, k, dtype=torch.int64, device=device)
+    images = []
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast():
             pred = model(x).argmax(1)
-        cm += M.confusion_matrix(pred, y, len(classes))
+        if per_image:
+            images.append(M.per_image_confusion(pred, y, k))
+            cm += images[-1].sum(0)
+        else:
+            cm += M.confusion_matrix(pred, y, k)
     model.train(was)
-    return M.summarize(cm.cpu(), classes, prefix)
+    out = M.summarize(cm.cpu(), classes, prefix)
+    if per_image:
+        out[TEST_CONFUSION] = (torch.cat(images) if images else torch.zeros(0, k, k, dtype=torch.int64)).cpu().numpy()
+    return out
 
 
 def evaluate_best(model, best: dict | None, loader, classes, device, autocast=nullcontext, channels_last=False) -> dict:
     """test_miou, test_pixel_acc, test_iou_<class> of the best-on-val weights (`best`, as in
-    best.pt), not the last epoch's; the model gets its own weights back afterwards."""
+    best.pt), not the last epoch's, and their per-image confusion counts (TEST_CONFUSION: the
+    confirmation's bootstrap over test images); the model gets its own weights back afterwards."""
     if best is None:  # no finite val mIoU in the whole run
         print("no best-on-val weights to evaluate on the test split: no test_* metrics", flush=True)
         return {}
     own = {k: v.detach().clone() for k, v in model.state_dict().items()}
     model.load_state_dict(best["model"])
     try:
-        return evaluate(model, loader, classes, device, autocast, channels_last, prefix="test_")
+        return evaluate(model, loader, classes, device, autocast, channels_last, prefix="test_", per_image=True)
     finally:
         model.load_state_dict(own)
 

@@ -19,6 +19,17 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int)
     return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
+def per_image_confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, K, K) int64 counts of each image of a batch, one bincount for the whole batch; summed
+    over images it is confusion_matrix. IGNORE_INDEX pixels (and so padding) are skipped. The
+    bootstrap over test images (orchestrator.results.stats) resamples these."""
+    b, k = target.shape[0], num_classes
+    valid = target != IGNORE_INDEX
+    image = torch.arange(b, device=target.device).view(b, *([1] * (target.dim() - 1))).expand_as(target)
+    idx = (image[valid] * k + target[valid].long()) * k + pred[valid].long()
+    return torch.bincount(idx, minlength=b * k * k).reshape(b, k, k)
+
+
 def iou_per_class(cm: torch.Tensor) -> torch.Tensor:
     """IoU of each class as float64; NaN where the class is absent from both GT and prediction."""
     cm = cm.double()

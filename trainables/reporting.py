@@ -14,6 +14,25 @@ from trainables import checkpoint
 
 EPOCHS_DONE = "epochs_done"  # 1-based epoch count added to every sweep result: ASHA's time axis
 METRICS_FILE = "metrics.json"  # in each reported checkpoint: the metrics of the epoch it closes
+# An array in the loop's metrics that is saved as a file beside the checkpoint, never reported as a
+# metric: the per-image test confusion counts (trainables.loop.evaluate_best). The sweep's driver
+# logs the file as an artifact of the trial's MLflow run (orchestrator.tracking.writer).
+TEST_CONFUSION = "test_confusion"
+FILES = {TEST_CONFUSION: "test_confusion.npz"}
+
+
+def split_files(metrics: dict) -> tuple[dict, dict[str, Any]]:
+    """(metrics, {file name: array}), the FILES entries taken out of `metrics` in place, so the
+    loop's final metrics (returned, written to metrics.json, logged) never hold the array."""
+    files = {FILES[k]: metrics.pop(k) for k in list(metrics) if k in FILES}
+    return metrics, files
+
+
+def save_files(files: dict[str, Any], folder: Path) -> None:
+    import numpy as np
+
+    for name, array in files.items():
+        np.savez_compressed(folder / name, counts=np.asarray(array))
 
 
 def in_ray_train() -> bool:
@@ -111,6 +130,8 @@ class FolderReporter:
     def report(self, metrics: dict, state: dict | None, best: dict | None) -> None:
         if best is not None:
             self.best = best
+        metrics, files = split_files(metrics)
+        save_files(files, self.dir)
         val = f" val_miou {metrics['val_miou']:.4f}" if "val_miou" in metrics else ""
         print(
             f"[{self.dir.name}] epoch {metrics['epoch']}: loss {metrics['train_loss']:.4f}{val} "
@@ -152,6 +173,7 @@ class RayReporter:
     def report(self, metrics: dict, state: dict | None, best: dict | None) -> None:
         if best is not None:
             self.best = best
+        metrics, files = split_files(metrics)
         metrics = _finite(metrics)
         if state is None or self.rank != 0:
             self.train.report(metrics, checkpoint=None)
@@ -161,6 +183,7 @@ class RayReporter:
             if self.best is not None:
                 checkpoint.save(self.best, Path(d) / "best.pt")
             (Path(d) / METRICS_FILE).write_text(json.dumps(metrics))
+            save_files(files, Path(d))
             self.train.report(metrics, checkpoint=self.train.Checkpoint.from_directory(d))
 
     def finish(self, final: dict) -> None:

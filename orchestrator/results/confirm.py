@@ -1,118 +1,104 @@
 """The confirmation table of a `confirm` run (orchestrator.run.confirm): the chosen configurations
-and the baselines, each trained with the same N seeds, compared on val and test mIoU.
+and the baselines, each trained with the same N seeds, compared on the held-out test split.
 
-Per cell and metric: mean, standard deviation (n - 1) and a 95% t-interval over seeds
-(scipy.stats.t). Per configuration x baseline: the paired difference over the seeds both ran
-(configuration minus baseline), its 95% t-interval, the paired t-test (scipy.stats.ttest_rel) and,
-from 6 pairs on, the Wilcoxon signed-rank test (scipy.stats.wilcoxon); `*` marks p < 0.05.
-`confirmation_stats` is a pure function of (cell, seed, metric values) rows; `write_confirmation`
-renders it as Markdown, LaTeX (orchestrator.results.tables) and CSV.
+Test is the primary split. Val (`best_val_miou`: the best-on-val weights, the ones test was scored
+with) is the selection split: the configurations and best.pt were chosen on it, so it is shown
+(mean ± std, seed interval) but gets no p-value. Per cell and metric: mean, standard deviation
+(n - 1) and a 95% t-interval over seeds. Per pair (a cell minus the cell it is compared with: each
+cell's `against` list in the cells tag, else every configuration minus every baseline): the paired
+difference over the seeds both ran and its t-interval; on test, the paired t-test (the primary
+test, fixed before the data) Holm-adjusted over the table's pairs (`*` marks adjusted p < 0.05),
+the Wilcoxon signed-rank test from 6 pairs as a secondary column that marks nothing, and a paired
+bootstrap over test images (per-image confusion counts each trial logs as test_confusion.npz): the
+interval a finite test set puts around the difference. The statistics are in
+orchestrator.results.stats; `confirmation_stats` is a pure function of (cell, seed, metric) rows,
+pairs and counts; `write_confirmation` renders it as Markdown, LaTeX (orchestrator.results.tables)
+and CSV.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import statistics
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orchestrator.errors import UserError
+from orchestrator.results.stats import (
+    ALPHA,
+    BOOT_SEED,
+    LEVEL,
+    MIN_WILCOXON,
+    RESAMPLES,
+    Paired,
+    Summary,
+    bootstrap_diff,
+    holm,
+    paired,
+    summarize,
+)
+from orchestrator.spec.space import STUDENT
 from orchestrator.tracking import tags as T
+from trainables.reporting import FILES, TEST_CONFUSION
 
-LEVEL = 0.95  # confidence of the intervals
-ALPHA = 0.05  # significance mark
-MIN_WILCOXON = 6  # pairs below which the signed-rank test is not run
-METRICS = ("val_miou", "test_miou")
-HEADERS = {"val_miou": "val mIoU (%)", "test_miou": "test mIoU (%)"}
+METRICS = ("best_val_miou", "test_miou")
+SELECTION = ("best_val_miou",)  # chosen on: no p-value, no mark
+HEADERS = {"best_val_miou": "val mIoU (%), selection split", "test_miou": "test mIoU (%)"}
+SHORT = {"best_val_miou": "val", "test_miou": "test"}
+BOOTSTRAP = "test_miou"  # the metric the per-image counts are of
+COUNTS_FILE = FILES[TEST_CONFUSION]  # the trial run's artifact: per-image test confusion counts
 SCALE = 100.0  # mIoU is stored as a fraction and shown in %
 CONFIG, BASELINE = "config", "baseline"
-
-
-@dataclass
-class Summary:
-    n: int
-    mean: float | None = None
-    std: float | None = None
-    ci: tuple[float, float] | None = None
-
-
-@dataclass
-class Paired:
-    n: int  # seeds both cells ran
-    mean: float | None = None  # configuration minus baseline
-    std: float | None = None
-    ci: tuple[float, float] | None = None
-    p_t: float | None = None
-    p_w: float | None = None
-    seeds: list = field(default_factory=list)
-
-    @property
-    def significant(self) -> bool:
-        return any(p is not None and p < ALPHA for p in (self.p_t, self.p_w))
+DIFFERENT = "†"  # marks a pair of cells on different students
 
 
 @dataclass
 class Confirmation:
     cells: dict[str, dict[str, Summary]]  # label -> metric -> summary
-    pairs: dict[tuple[str, str], dict[str, Paired]]  # (config, baseline) -> metric -> paired
+    pairs: dict[tuple[str, str], dict[str, Paired]]  # (cell, minus) -> metric -> paired
     roles: dict[str, str]  # label -> config | baseline
     metrics: list[str]
     notes: list[str] = field(default_factory=list)
+    different: set[tuple[str, str]] = field(default_factory=set)  # pairs on different students
 
 
-# ------------------------------------------------------------------ statistics
+def default_pairs(roles: dict[str, str]) -> list[tuple[str, str]]:
+    """Every configuration minus every baseline (a confirmation without `against` lists)."""
+    configs = [c for c, role in roles.items() if role == CONFIG]
+    return [(c, b) for c in configs for b in roles if roles[b] == BASELINE]
 
 
-def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, float] | None:
-    """mean +- t_{(1+level)/2, n-1} * s / sqrt(n); None under 2 values."""
-    from scipy import stats
-
-    n = len(values)
-    if n < 2:
-        return None
-    mean, sd = statistics.fmean(values), statistics.stdev(values)
-    half = float(stats.t.ppf((1 + level) / 2, n - 1)) * sd / math.sqrt(n)
-    return (mean - half, mean + half)
+def pairs_of(cells: list[dict]) -> list[tuple[str, str]]:
+    """(cell, minus) from the cells' `against` lists when any cell has one, else default_pairs."""
+    if not any("against" in c for c in cells):
+        return default_pairs({c["label"]: c["role"] for c in cells})
+    return [(c["label"], str(o)) for c in cells for o in (c.get("against") or [])]
 
 
-def summarize(values: Sequence[float]) -> Summary:
-    vals = [float(v) for v in values]
-    if not vals:
-        return Summary(0)
-    std = statistics.stdev(vals) if len(vals) > 1 else None
-    return Summary(len(vals), statistics.fmean(vals), std, t_interval(vals))
+def students_of(cells: list[dict]) -> dict[str, str | None]:
+    return {c["label"]: (c.get("point") or {}).get(STUDENT) for c in cells}
 
 
-def _p(value) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def paired(config: dict, baseline: dict) -> Paired:
-    """Seed -> value of a configuration and of a baseline, compared over the seeds both have."""
-    from scipy import stats
-
-    seeds = sorted(set(config) & set(baseline))
-    a, b = [float(config[s]) for s in seeds], [float(baseline[s]) for s in seeds]
-    diffs = [x - y for x, y in zip(a, b)]
-    s = summarize(diffs)
-    out = Paired(len(seeds), s.mean, s.std, s.ci, seeds=seeds)
-    if len(seeds) < 2:
-        return out
-    with warnings.catch_warnings():  # identical or near-identical pairs: scipy warns, the values say it
-        warnings.simplefilter("ignore", RuntimeWarning)
-        if s.std:  # a constant difference has no t statistic
-            out.p_t = _p(stats.ttest_rel(a, b).pvalue)
-        if len(seeds) >= MIN_WILCOXON and any(diffs):
-            out.p_w = _p(stats.wilcoxon(a, b).pvalue)
-    return out
-
-
-def confirmation_stats(rows: Sequence[dict], roles: dict[str, str], metrics: Sequence[str] = METRICS) -> Confirmation:
-    """rows: {"cell": label, "seed": s, <metric>: value or None}; roles: label -> config | baseline,
-    in display order. Missing or non-finite values are left out (a seed a cell lacks is not paired)."""
+def confirmation_stats(
+    rows: Sequence[dict],
+    roles: dict[str, str],
+    pairs: Sequence[tuple[str, str]],
+    *,
+    metrics: Sequence[str] = METRICS,
+    counts: dict | None = None,
+    students: dict[str, str | None] | None = None,
+    resamples: int = RESAMPLES,
+    seed: int = BOOT_SEED,
+) -> Confirmation:
+    """rows: {"cell": label, "seed": s, <metric>: value or None}; roles: label -> role, in display
+    order; pairs: (cell, minus) compared as cell - minus; counts: (cell, seed) -> (N, K, K)
+    per-image test confusion counts; students: label -> student (pairs that differ are marked).
+    Missing or non-finite values are left out (a seed a cell lacks is not paired)."""
+    for a, b in pairs:
+        for label in (a, b):
+            if label not in roles:
+                raise UserError(f"pair ({a!r}, {b!r}): {label!r} is not a cell; cells: {', '.join(roles)}")
     by: dict[str, dict[str, dict]] = {label: {m: {} for m in metrics} for label in roles}
     for r in rows:
         cell = by.get(r.get("cell"))
@@ -122,19 +108,70 @@ def confirmation_stats(rows: Sequence[dict], roles: dict[str, str], metrics: Seq
             v = r.get(m)
             if v is not None and math.isfinite(v):
                 cell[m][r["seed"]] = float(v)
-    present = list(metrics)  # a metric no trial has (no test split) keeps its columns, empty
-    cells = {c: {m: summarize(list(by[c][m].values())) for m in present} for c in by}
-    configs = [c for c, role in roles.items() if role == CONFIG]
-    baselines = [c for c, role in roles.items() if role == BASELINE]
-    pairs = {(c, b): {m: paired(by[c][m], by[b][m]) for m in present} for c in configs for b in baselines}
-    return Confirmation(cells, pairs, dict(roles), present, _notes(by, metrics, cells, pairs))
+    cells = {c: {m: summarize(list(by[c][m].values())) for m in metrics} for c in by}
+    out = {pair: {m: paired(by[pair[0]][m], by[pair[1]][m], m not in SELECTION) for m in metrics} for pair in pairs}
+    for m in metrics:  # one family per metric: the table's pairs
+        adjusted = holm([per[m].p_t for per in out.values()])
+        for per, p in zip(out.values(), adjusted):
+            per[m].p_holm = p
+    missing = _bootstrap(out, counts or {}, metrics, resamples, seed)
+    students = students or {}
+    different = {(a, b) for a, b in pairs if students.get(a) and students.get(b) and students[a] != students[b]}
+    conf = Confirmation(cells, out, dict(roles), list(metrics), different=different)
+    conf.notes = _notes(by, conf, missing, resamples, seed)
+    return conf
 
 
-def _notes(by, metrics, cells, pairs) -> list[str]:
+def _bootstrap(pairs, counts: dict, metrics, resamples: int, seed: int) -> bool:
+    """Each pair's test-image interval over its paired seeds; True when a pair lacked counts."""
+    if BOOTSTRAP not in metrics:
+        return False
+    missing = False
+    for (a, b), per in pairs.items():
+        p = per[BOOTSTRAP]
+        if not p.seeds:
+            continue
+        have = [s for s in p.seeds if (a, s) in counts and (b, s) in counts]
+        if len(have) < len(p.seeds):
+            missing = True
+            continue
+        p.boot_ci = bootstrap_diff(
+            [counts[(a, s)] for s in have], [counts[(b, s)] for s in have], resamples=resamples, seed=seed
+        )
+    return missing
+
+
+def _notes(by, conf: Confirmation, missing: bool, resamples: int, seed: int) -> list[str]:
+    cells, pairs, metrics = conf.cells, conf.pairs, conf.metrics
     notes = [f"no {m} in any trial: its columns are empty" for m in metrics if not any(by[c][m] for c in by)]
+    for m in metrics:
+        if m in SELECTION:
+            notes.append(
+                f"{SHORT.get(m, m)} ({m}: the best-on-val weights, which test was scored with) is the selection "
+                "split: the configurations and best.pt were chosen on it, so it gets no p-value"
+            )
+    tested = [m for m in metrics if m not in SELECTION]
+    if pairs and tested:
+        notes.append(
+            f"primary test: the paired t-test over seeds, Holm-adjusted over the table's {len(pairs)} pair(s) "
+            f"per metric; * marks adjusted p < {ALPHA:g}; Wilcoxon signed-rank (W) is secondary and marks nothing"
+        )
+    if pairs and BOOTSTRAP in metrics:
+        notes.append(
+            f"test-image interval: {LEVEL:.0%} percentile interval of the mean paired difference over "
+            f"{resamples} resamples of the test images (the same images for both cells and every seed; "
+            f"RNG seed {seed}): what the finite test set adds, beside the seeds' t-interval"
+        )
+    if missing:
+        notes.append(
+            f"a pair whose trials lack per-image test counts (artifact {COUNTS_FILE}: trials from before it "
+            "was kept, or without a test split) has no test-image interval (-)"
+        )
+    if conf.different:
+        notes.append(f"{DIFFERENT} the two cells train different students: the difference mixes student and method")
     if any(s.n == 1 for c in cells.values() for s in c.values()):
         notes.append("a cell with 1 seed has no standard deviation, confidence interval or p-value (needs 2 seeds)")
-    short = [p for ps in pairs.values() for p in ps.values() if 2 <= p.n < MIN_WILCOXON]
+    short = [p for ps in pairs.values() for m, p in ps.items() if m not in SELECTION and 2 <= p.n < MIN_WILCOXON]
     if short:
         notes.append(f"Wilcoxon signed-rank needs {MIN_WILCOXON} or more paired seeds: not run")
     sizes = {p.n for ps in pairs.values() for p in ps.values() if p.n}
@@ -161,11 +198,30 @@ def _ci(ci) -> str:
     return "-" if ci is None else f"[{_num(ci[0])}, {_num(ci[1])}]"
 
 
-def _pval(p: float | None) -> str:
+def _pval(p: float | None, star: bool = False) -> str:
     if p is None:
         return "-"
     text = "<0.001" if p < 0.001 else f"{p:.3f}"
-    return text + ("*" if p < ALPHA else "")
+    return text + ("*" if star and p < ALPHA else "")
+
+
+def _pair_heads(m: str) -> list[str]:
+    short = SHORT.get(m, m)
+    heads = [f"Δ {short} (pts)", f"Δ {short} {LEVEL:.0%} CI (seeds)"]
+    if m in SELECTION:
+        return heads
+    heads += [f"Δ {short} {LEVEL:.0%} CI (test images)"] if m == BOOTSTRAP else []
+    return heads + [f"p {short} (t)", f"p {short} (Holm)", f"p {short} (W)"]
+
+
+def _pair_entries(m: str, p: Paired) -> list:
+    from orchestrator.results.tables import Entry
+
+    row = [Entry(_pm(p.mean, p.std), p.mean, p.std), Entry(_ci(p.ci))]
+    if m in SELECTION:
+        return row
+    row += [Entry(_ci(p.boot_ci))] if m == BOOTSTRAP else []
+    return row + [Entry(_pval(p.p_t)), Entry(_pval(p.p_holm, star=True)), Entry(_pval(p.p_w))]
 
 
 def grids(c: Confirmation, title: str):
@@ -174,7 +230,7 @@ def grids(c: Confirmation, title: str):
 
     heads = ["cell", "role"]
     for m in c.metrics:
-        heads += [HEADERS.get(m, m), f"{HEADERS.get(m, m).removesuffix(' (%)')} {LEVEL:.0%} CI"]
+        heads += [HEADERS.get(m, m), f"{SHORT.get(m, m)} {LEVEL:.0%} CI"]
     rows = []
     for label, role in c.roles.items():
         row = [Entry(label), Entry(role)]
@@ -185,25 +241,16 @@ def grids(c: Confirmation, title: str):
     cells = Grid(f"{title}: mean ± std and {LEVEL:.0%} t-interval over seeds", [*heads, "n"], rows, 2)
     if not c.pairs:
         return cells, None
-    heads = ["configuration", "baseline"]
-    for m in c.metrics:
-        short = m.removesuffix("_miou")
-        heads += [f"Δ {short} (pts)", f"Δ {short} {LEVEL:.0%} CI", f"p {short} (t)", f"p {short} (W)"]
+    heads = ["cell", "minus"] + [h for m in c.metrics for h in _pair_heads(m)]
     rows = []
-    for (conf, base), per in c.pairs.items():
-        row = [Entry(conf), Entry(base)]
-        for m in c.metrics:
-            p = per[m]
-            row += [
-                Entry(_pm(p.mean, p.std), p.mean, p.std),
-                Entry(_ci(p.ci)),
-                Entry(_pval(p.p_t)),
-                Entry(_pval(p.p_w)),
-            ]
+    for (a, b), per in c.pairs.items():
+        row = [Entry(a), Entry(f"{b} {DIFFERENT}" if (a, b) in c.different else b)]
+        row += [e for m in c.metrics for e in _pair_entries(m, per[m])]
         rows.append(row + [Entry(str(max((p.n for p in per.values()), default=0)))])
     title2 = (
-        f"{title}: paired difference (configuration - baseline) on the same seeds; "
-        f"paired t-test (t), Wilcoxon signed-rank (W) from {MIN_WILCOXON} pairs; * p < {ALPHA:g}"
+        f"{title}: paired difference (cell - minus) on the same seeds; val is the selection split (no p-value); "
+        f"test: paired t-test (t), Holm-adjusted over the table's pairs (Holm; * adjusted p < {ALPHA:g}), "
+        f"Wilcoxon signed-rank (W, from {MIN_WILCOXON} pairs; marks nothing)"
     )
     return cells, Grid(title2, [*heads, "pairs"], rows, 2)
 
@@ -220,6 +267,7 @@ def to_csv_tables(c: Confirmation):
             "cell": label,
             "role": role,
             "metric": m,
+            "split": "selection" if m in SELECTION else "test",
             "n": s.n,
             "mean": pct(s.mean),
             "std": pct(s.std),
@@ -231,19 +279,23 @@ def to_csv_tables(c: Confirmation):
     ]
     pairs = [
         {
-            "configuration": conf,
-            "baseline": base,
+            "cell": a,
+            "minus": b,
             "metric": m,
             "pairs": p.n,
             "mean_diff": pct(p.mean),
             "std_diff": pct(p.std),
             "ci_low": pct(p.ci[0]) if p.ci else None,
             "ci_high": pct(p.ci[1]) if p.ci else None,
+            "boot_ci_low": pct(p.boot_ci[0]) if p.boot_ci else None,
+            "boot_ci_high": pct(p.boot_ci[1]) if p.boot_ci else None,
             "p_ttest": p.p_t,
+            "p_holm": p.p_holm,
             "p_wilcoxon": p.p_w,
             "significant": p.significant,
+            "different_students": (a, b) in c.different,
         }
-        for (conf, base), per in c.pairs.items()
+        for (a, b), per in c.pairs.items()
         for m, p in per.items()
     ]
     return pa.Table.from_pylist(cells), (pa.Table.from_pylist(pairs) if pairs else None)
@@ -253,7 +305,8 @@ def to_csv_tables(c: Confirmation):
 
 
 def cells_of(parent_tags: dict) -> list[dict]:
-    """The confirmation's cells (label, role, source trial, point) from its parent run's tag."""
+    """The confirmation's cells (label, role, source trial, point, optional `against`: the labels
+    it is compared with) from its parent run's tag."""
     try:
         cells = json.loads(parent_tags.get(T.CONFIRM_CELLS) or "[]")
     except ValueError:
@@ -262,21 +315,44 @@ def cells_of(parent_tags: dict) -> list[dict]:
 
 
 def rows_of(table) -> list[dict]:
-    """(cell, seed, val/test mIoU) of the trials that finished every epoch (status FINISHED)."""
+    """(run id, cell, seed, val/test mIoU) of the trials that finished every epoch (status FINISHED)."""
     from orchestrator.tracking.reader import PARAM
 
     out = []
     for r in table.to_pylist():
         if r.get("status") == "FINISHED":
-            out.append(
-                {"cell": r.get(PARAM + "label"), "seed": r.get(PARAM + "seed"), **{m: r.get(m) for m in METRICS}}
-            )
+            cell = {"run_id": r.get("run_id"), "cell": r.get(PARAM + "label"), "seed": r.get(PARAM + "seed")}
+            out.append({**cell, **{m: r.get(m) for m in METRICS}})
     return out
 
 
-def write_confirmation(sweep, table, out: Path, console=None) -> tuple[list[Path], list[str]]:
+def counts_of(client, rows: list[dict]) -> dict:
+    """(cell, seed) -> the (N, K, K) per-image test counts its trial run logged (COUNTS_FILE);
+    runs without the artifact (older trials) or an unreadable artifact store are left out."""
+    import tempfile
+
+    import numpy as np
+
+    out = {}
+    if client is None:
+        return out
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in rows:
+            if not r.get("run_id"):
+                continue
+            try:
+                path = client.download_artifacts(r["run_id"], COUNTS_FILE, str(Path(tmp, r["run_id"])))
+                with np.load(path) as f:
+                    out[(r["cell"], r["seed"])] = f["counts"]
+            except Exception:  # no such artifact, or a store that cannot be read: the column says "-"
+                continue
+    return out
+
+
+def write_confirmation(sweep, table, out: Path, console=None, client=None) -> tuple[list[Path], list[str]]:
     """For a confirmation sweep (parent tag xgd.confirm.cells): confirmation[_paired].md/.tex/.csv
-    under `out`; returns (files, Markdown lines for report.md)."""
+    under `out`; returns (files, Markdown lines for report.md). `client` reads the trials'
+    per-image test counts (without it the test-image interval is "-")."""
     import pyarrow.csv as pcsv
 
     from orchestrator.results import tables
@@ -286,7 +362,9 @@ def write_confirmation(sweep, table, out: Path, console=None) -> tuple[list[Path
     if not cells:
         return [], []
     source = sweep.parent.data.tags.get(T.CONFIRM_SOURCE, "?")
-    conf = confirmation_stats(rows_of(table), {c["label"]: c["role"] for c in cells})
+    rows = rows_of(table)
+    roles = {c["label"]: c["role"] for c in cells}
+    conf = confirmation_stats(rows, roles, pairs_of(cells), counts=counts_of(client, rows), students=students_of(cells))
     files, md = [], []
     for stem, grid, csv in zip(("confirmation", "confirmation_paired"), grids(conf, sweep.name), to_csv_tables(conf)):
         if grid is None:
@@ -295,7 +373,8 @@ def write_confirmation(sweep, table, out: Path, console=None) -> tuple[list[Path
             console.print(tables.to_rich(grid))
         (out / f"{stem}.md").write_text(tables.to_markdown(grid))
         tex = tables.to_latex(grid, label=f"tab:{reader.safe_name(sweep.name)}-{stem}")
-        (out / f"{stem}.tex").write_text(tex.replace("Δ", r"$\Delta$").replace("<0.001", r"$<$0.001"))
+        tex = tex.replace("Δ", r"$\Delta$").replace("<0.001", r"$<$0.001").replace(DIFFERENT, r"$\dagger$")
+        (out / f"{stem}.tex").write_text(tex)
         pcsv.write_csv(csv, out / f"{stem}.csv")
         files += [out / f"{stem}.{ext}" for ext in ("md", "tex", "csv")]
         md.append(tables.to_markdown(grid))

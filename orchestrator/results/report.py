@@ -88,7 +88,7 @@ def make_report(
         md.append(tables.to_markdown(grid))
     from orchestrator.results.confirm import confirmed_by, write_confirmation  # CIs and paired tests
 
-    confirm_files, confirm_md = write_confirmation(sweep, table, out, console)
+    confirm_files, confirm_md = write_confirmation(sweep, table, out, console, client)
     rep.files, md = rep.files + confirm_files, md + confirm_md
     rep.notes += confirmed_by(client, sweep)  # a source sweep: its confirmations
 

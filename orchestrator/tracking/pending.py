@@ -29,6 +29,7 @@ KINDS = {
     "metrics": "epoch metrics",
     "checkpoint": "checkpoint tags",
     "trial_tags": "trial tags (node, device)",
+    "artifact": "trial artifacts (per-image test counts)",
     "tags": "tag writes",
     "trial_ended": "trial ends (status)",
     "finish_sweep": "sweep run end (status, best trial)",
@@ -41,7 +42,14 @@ def pending_path(results: str | Path, sweep: str) -> Path:
     return Path(results, PENDING_DIR, f"{sweep}.jsonl")
 
 
-TRIAL_KINDS = ("trial_started", "metrics", "checkpoint", "trial_tags", "trial_ended")  # args[0] is the trial id
+TRIAL_KINDS = (
+    "trial_started",
+    "metrics",
+    "checkpoint",
+    "trial_tags",
+    "artifact",
+    "trial_ended",
+)  # args[0] is the trial id
 
 
 @dataclass

@@ -4,7 +4,9 @@ Layout (read back by orchestrator.tracking.reader; tag names in orchestrator.tra
   parent run  params = the fixed settings and the space; artifact sweep.yaml; tags for git
               commit, dataset, teacher; best trial at the end.
   child run   params = the trial's full trainer config flattened (distill.alpha, ...); metrics per
-              epoch with step=epoch; status FINISHED, KILLED (stopped early), FAILED.
+              epoch with step=epoch; status FINISHED, KILLED (stopped early), FAILED; artifact
+              test_confusion.npz (per-image test confusion counts, copied from the trial's last
+              checkpoint folder when it ran every epoch: TRIAL_FILES).
   teacher run a recipe the sweep trained.
 Runs are found again by their tags, so re-running or resuming never creates a second copy and
 never logs an epoch twice.
@@ -32,6 +34,7 @@ from orchestrator.tracking import tags as T
 from orchestrator.tracking.environment import log_environment
 from orchestrator.tracking.pending import TRIAL_KINDS, Outbox, Write
 from orchestrator.tracking.store import artifact_root
+from trainables.reporting import FILES
 
 SKIP_KEYS = {
     "done",
@@ -58,6 +61,7 @@ STATUS = {
     "interrupted": "KILLED",
 }
 MAX_PARAM = 6000
+TRIAL_FILES = tuple(FILES.values())  # files a trial leaves in its last checkpoint, logged as artifacts
 
 
 def git_info(cwd: str | None = None) -> dict[str, str]:
@@ -111,6 +115,7 @@ class Tracker:
         self.errors: list[str] = []
         self.outbox = Outbox(self._deliver, uri)  # the sweep's writes, delivered in order (see the module doc)
         self.placed: dict[str, dict] = {}  # trial id -> placement tags set
+        self.folders: dict[str, str] = {}  # trial id -> its last reported checkpoint folder
 
     # -------------------------------------------------------------- finding runs
 
@@ -285,6 +290,8 @@ class Tracker:
         self.last_step[run_id] = step
 
     def trial_checkpoint(self, trial_id: str, checkpoint_path: str | None) -> None:
+        if checkpoint_path:
+            self.folders[trial_id] = checkpoint_path
         ckpt = best_checkpoint(checkpoint_path)
         if ckpt:
             self.outbox.put("checkpoint", trial_id, ckpt)
@@ -297,7 +304,33 @@ class Tracker:
             self._tags(self.runs[trial_id], tags)
 
     def trial_ended(self, trial_id: str, status: str, tags: dict[str, Any]) -> None:
+        folder = self.folders.get(trial_id)
+        if status == "completed" and folder:  # the last checkpoint holds what the last epoch wrote
+            for name in TRIAL_FILES:
+                self.outbox.put("artifact", trial_id, f"{folder.rstrip('/')}/{name}")
         self.outbox.put("trial_ended", trial_id, status, strings(tags))
+
+    def _artifact(self, trial_id: str, path: str) -> None:
+        """Log a file of the trial's checkpoint folder (local or on an object store) as an artifact
+        of its run; a file that is not there (no test split, an older trainer) is skipped."""
+        import tempfile
+
+        run_id = self.runs.get(trial_id)
+        if run_id is None:
+            return
+        if "://" not in path:
+            if Path(path).is_file():
+                self.client.log_artifact(run_id, path)
+            return
+        import pyarrow.fs as pafs  # an object-store checkpoint (the URI form orchestrator.spec.paths.as_uri gives)
+
+        fs, key = pafs.FileSystem.from_uri(path)
+        if fs.get_file_info(key).type != pafs.FileType.File:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp, key.rsplit("/", 1)[-1])
+            pafs.copy_files(key, str(local), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+            self.client.log_artifact(run_id, str(local))
 
     def _trial_ended(self, trial_id: str, status: str, tags: dict[str, str]) -> None:
         run_id = self.runs.get(trial_id)
