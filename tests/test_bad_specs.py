@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from fixtures_data import write_folder
 from orchestrator.cli import main
 
 
@@ -80,6 +81,17 @@ def not_a_checkpoint(tmp: Path) -> str:
     path.write_bytes(b"this is not a torch file")
     return str(path)
 
+
+def street(tmp: Path) -> str:
+    """A folder dataset whose classes have no background (sky, road, car), train and val."""
+    root = tmp / "street"
+    for split in ("train", "val"):
+        write_folder(root, split)
+    return str(root)
+
+
+STREET = ["sky", "road", "car"]
+FOLDER = {"kind": "folder", "root": street, "classes": STREET, "crop": 16}
 
 # (id, change to the good spec | raw YAML text, --set overrides, text the one line must hold)
 CASES = [
@@ -166,6 +178,26 @@ CASES = [
     ),
     ("data-kind", edit(**{"train/data/kind": "coco"}), [], "train.data.kind"),
     ("data-root-required", edit(**{"train/data/kind": "ttpla"}), [], "data.root is required"),
+    (
+        "foreground-without-background",
+        edit(**{"train/data": FOLDER}, teacher={"checkpoint": teacher_file(STREET)}),
+        [],
+        "train: distill.cam_classes 'foreground' leaves out the background class, and data.kind='folder' declares "
+        "none: "
+        "set data.background",
+    ),
+    (
+        "background-not-a-class",
+        edit(**{"train/data": {**FOLDER, "background": "tree"}}),
+        [],
+        "data.background 'tree' is not one of the classes (sky, road, car)",
+    ),
+    (
+        "background-of-a-builtin-kind",
+        edit(**{"train/data/background": "sky"}),
+        [],
+        "data.background is for data.kind='folder' only",
+    ),
     ("sweep-name-dotdot", edit(name="../escape"), [], "name"),
     ("sweep-name-absolute", edit(name="/etc/x"), [], "name"),
     ("yaml-syntax", "name: x\nspace: {distill.alpha: [1, 2\n", [], "is not valid YAML"),
@@ -201,6 +233,21 @@ def test_the_good_spec_passes_every_check_and_reaches_ray(tmp_path, no_ray):
         ),
     )
     with pytest.raises(no_ray):  # ReachedRay (tests/conftest.py)
+        main(["sweep", path])
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"train/data": {**FOLDER, "background": "road"}},
+        {"train/data": FOLDER, "train/distill/cam_classes": "all"},
+        {"train/data": FOLDER, "train/distill/method": "none", "train/run/explain": False},  # no CAM target
+    ],
+    ids=["declared", "all-classes", "no-target"],
+)
+def test_a_folder_without_background_reaches_ray_where_foreground_is_not_needed(tmp_path, no_ray, change):
+    path = write_spec(tmp_path, edit(**change, teacher={"checkpoint": teacher_file(STREET)}))
+    with pytest.raises(no_ray):
         main(["sweep", path])
 
 

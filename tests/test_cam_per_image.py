@@ -73,14 +73,14 @@ def student_maps(
         with torch.enable_grad(), tap(teacher, {"cam": LAYERS[arch]}, leaf=True) as tf:
             t_logits = teacher(x)
         step = Step(x, y, s_logits, t_logits, {"cam": sf["cam"]}, {"cam": tf["cam"]})
-        s, _ = saliency_maps(step, {"cam": method, "cam_reduce": reduce, "cam_classes": classes})
+        s, _ = saliency_maps(step, {"cam": method, "cam_reduce": reduce, "cam_classes": classes, "background": 0})
     return s.detach().float().numpy()
 
 
 def oracle_maps(student: nn.Module, arch: str, x, y, method: str, reduce: str, classes: str = "all") -> np.ndarray:
     ref = batch_stat_copy(student, x)
     layer = LAYERS[arch]
-    masks = class_masks(y, None, K, classes=classes)
+    masks = class_masks(y, None, K, classes=classes, background=0)
     if reduce == "sum":
         targets = [lambda out, m=masks[b]: (out * m).sum() for b in range(len(x))]
         return oracle(method, ref, layer, x, targets)[:, None]
@@ -200,7 +200,7 @@ def test_saliency_loss_trains_layers_before_and_after_the_cam_layer(arch):
     with torch.enable_grad(), tap(teacher, {"cam": LAYERS[arch]}, leaf=True) as tf:
         t_logits = teacher(x)
     step = Step(x, y, s_logits, t_logits, {"cam": sf["cam"]}, {"cam": tf["cam"]})
-    saliency_mse(*saliency_maps(step, {"cam": "gradcam"})).backward()
+    saliency_mse(*saliency_maps(step, {"cam": "gradcam", "background": 0})).backward()
     # DeepLabV3+'s CAM layer sees the stride-4 skip (encoder.layer1); PSPNet's sees the whole encoder
     names = ["encoder.conv1.weight", "encoder.layer1.0.conv1.weight", "segmentation_head.0.weight"]
     if arch == "PSPNet":

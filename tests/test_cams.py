@@ -192,7 +192,7 @@ def test_saliency_loss_trains_student_not_teacher(method, cam_target, reduce):
     step = Step(
         images=x, labels=y, s_logits=s_logits, t_logits=t_logits, s_feats={"cam": sf["cam"]}, t_feats={"cam": t_acts}
     )
-    cfg = {"cam": method, "cam_target": cam_target, "cam_reduce": reduce, "beta": 1.0}
+    cfg = {"cam": method, "cam_target": cam_target, "cam_reduce": reduce, "beta": 1.0, "background": 0}
     loss = TERMS["sa"].fn(step, cfg)
     assert loss.ndim == 0 and loss.item() > 0
     loss.backward()
@@ -226,7 +226,7 @@ def test_saliency_loss_has_finite_gradients_when_every_pixel_is_ignored():
             s_feats={"cam": sf["cam"]},
             t_feats={"cam": t_acts},
         )
-        loss = xgd_saliency_loss(step, {"cam": method, "cam_reduce": "per_class"})
+        loss = xgd_saliency_loss(step, {"cam": method, "cam_reduce": "per_class", "background": 0})
         grads = torch.autograd.grad(loss, [student.encoder.conv1.weight], retain_graph=True, allow_unused=True)
         assert loss.item() == 0 and all(g is None or torch.isfinite(g).all() for g in grads), method
 

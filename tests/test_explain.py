@@ -270,7 +270,7 @@ KEYS = {
 def test_student_identical_to_teacher_aligns_perfectly(tiny):
     student, _, batches = tiny
     twin = copy.deepcopy(student)
-    out = E.explanation_metrics(student, twin, batches, {"cam": "gradcam", "cam_target": "gt"})
+    out = E.explanation_metrics(student, twin, batches, {"cam": "gradcam", "cam_target": "gt", "background": 0})
     assert set(out) == KEYS
     for k in ("expl_sal_spearman", "expl_sal_pearson", "expl_topk_iou", "expl_logit_spearman", "expl_fss"):
         assert out[k] == pytest.approx(1.0, abs=1e-6), k
@@ -286,7 +286,7 @@ def test_runner_on_different_models_restores_modes_and_adds_base_metrics(tiny):
         student,
         teacher,
         batches,
-        {"distill": {"cam": "layercam", "cam_target": "teacher"}},
+        {"distill": {"cam": "layercam", "cam_target": "teacher", "background": 0}},
         max_batches=2,
         base=copy.deepcopy(teacher),
     )

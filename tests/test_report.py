@@ -307,7 +307,7 @@ def test_gallery_rebuilds_the_trial_and_draws_cams(store, tmp_path):
 
     student, state = load_student(store["checkpoint"] / "best.pt")
     x, y = gallery.samples(cfg["data"], state["classes"], 2)
-    logits, maps = gallery.predict_with_cam(student, "decoder.block1", x, y, None, cfg["distill"])
+    logits, maps = gallery.predict_with_cam(student, "decoder.block1", x, y, None, gallery.cam_config(cfg))
     assert logits.shape == (2, len(CLASSES), *x.shape[-2:]) and maps.shape == (2, *x.shape[-2:])
     assert float(maps.min()) >= 0 and float(maps.max()) <= 1 and float(maps.std()) > 0
     assert not any(p.grad is not None for p in student.parameters())

@@ -118,7 +118,7 @@ def test_bad_sweep_spec_is_one_line_naming_the_key(tmp_path, raw, needle, capsys
 def test_good_spec_resolves_paths_and_defaults(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     raw = {**copy.deepcopy(GOOD), "teacher": {"checkpoint": "t/best.pt"}}
-    raw["train"]["data"] = {"kind": "folder", "root": "data/sub", "classes": ["bg", "x"]}
+    raw["train"]["data"] = {"kind": "folder", "root": "data/sub", "classes": ["bg", "x"], "background": "bg"}
     spec = parse_sweep_spec(raw)
     assert spec.results == str(tmp_path / "results")
     assert spec.storage_path == str(tmp_path / "results" / "sweeps")

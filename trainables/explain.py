@@ -326,14 +326,15 @@ def explanation_metrics(
     """Explanation metrics of `student` against `teacher` over (images, labels) batches.
 
     cfg: the trial config or its `distill` section (cam, cam_target, cam_classes, student_layer,
-    teacher_layer). Models are put in eval mode and restored; nothing is trained.
+    teacher_layer, and the dataset's `background` index that trainables.saliency.with_background
+    adds, which cam_classes 'foreground' needs). Models are put in eval mode and restored; nothing is trained.
     """
     from trainables.losses.roles import decoder_output
     from trainables.models import default_cam_layer
-    from trainables.saliency import cam_classes_of, class_masks
+    from trainables.saliency import cam_masks
 
     distill = cfg.get("distill", cfg)
-    method, source = distill.get("cam") or "gradcam", distill.get("cam_target") or "gt"
+    method = distill.get("cam") or "gradcam"
     if not 0 < topk <= 1:
         raise ValueError(f"topk = {topk} is not allowed; use a fraction in (0, 1]")
     models = {"s": student, "t": teacher, **({"b": base} if base is not None else {})}
@@ -367,7 +368,7 @@ def explanation_metrics(
             out = {k: _forward(m, x, layers[k], decoder_output(m)) for k, m in models.items()}
             (s_logits, s_acts, s_feat), (t_logits, t_acts, _) = out["s"], out["t"]
             valid = valid_region(x, y)
-            masks = class_masks(y, t_logits.detach(), s_logits.shape[1], source, cam_classes_of(distill))
+            masks = cam_masks(y, t_logits.detach(), s_logits.shape[1], distill)
             masks = masks * valid[:, None]  # padding is no CAM target (masks match the logits' size)
             size = tuple(y.shape[-2:])
             ms, mt = _maps(s_logits, s_acts, masks, method, size), _maps(t_logits, t_acts, masks, method, size)

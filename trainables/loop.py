@@ -111,7 +111,7 @@ def train_loop(config: dict) -> dict:
             }
         if last:
             if teacher is not None and run["explain"]:
-                out.update(explain_best(student, teacher, best or reporter.best, val_dl, config["distill"]))
+                out.update(explain_best(student, teacher, best or reporter.best, val_dl, tr.distill))
             if test_dl is not None:  # once, with the best-on-val weights; nothing selects on it
                 out.update(
                     evaluate_best(

@@ -3,7 +3,8 @@
 Target (pytorch-grad-cam's SemanticSegmentationTarget): score_k = sum over pixels of
 logits[:, k] * mask_k, with mask_k the one-hot map of class k in the ground truth (ignore pixels
 in no mask) or in the teacher's argmax. `cam_classes` picks the classes that enter the target:
-`all`, or `foreground` (class 0, the background, left out).
+`all`, or `foreground`: all but the dataset's declared background class (`trainables.data
+.background_index`, any index; a dataset that declares none cannot use `foreground`).
 
 Each image's map is its own. The teacher is in eval mode, so its images never interact. The
 student is in train mode, and BatchNorm after its CAM layer normalises with batch statistics,
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.profiler import record_function
 
-from trainables.batchnorm import constant_batch_stats
+from trainables.batchnorm import DEFAULT_CAM_BN_GRAD, constant_batch_stats
 from trainables.cams import cam, check_method
 
 NORM_EPS = 1e-7  # pytorch-grad-cam's scale_cam_image: img / (1e-7 + max)
@@ -66,28 +67,54 @@ MASKS: dict[str, Callable[[Tensor, Tensor | None, int], Tensor]] = {
     "teacher": _teacher_masks,
 }
 
-# which classes enter the CAM target: a (K,) weight per class, 0 drops a class. Default foreground:
-# with all classes the target is mostly background pixels and so is the map (README, "cam_classes").
+
+def _foreground(num_classes: int, background: int | None) -> Tensor:
+    if background is None:
+        raise ValueError(
+            "cam_classes 'foreground' needs a background class and this dataset declares none: "
+            "set data.background or choose distill.cam_classes: all"
+        )
+    if not 0 <= background < num_classes:
+        raise ValueError(f"background class {background} is not one of the {num_classes} classes")
+    keep = torch.ones(num_classes)
+    keep[background] = 0
+    return keep
+
+
+# which classes enter the CAM target: a (K,) weight per class, 0 drops a class, from (K, background
+# index or None). Default foreground: with all classes the target is mostly background pixels and
+# so is the map (README, "cam_classes").
 DEFAULT_CAM_CLASSES = "foreground"
-CAM_CLASSES: dict[str, Callable[[int], Tensor]] = {
-    "all": lambda k: torch.ones(k),
-    "foreground": lambda k: torch.cat([torch.zeros(1), torch.ones(k - 1)]),
+CAM_CLASSES: dict[str, Callable[[int, int | None], Tensor]] = {
+    "all": lambda k, background: torch.ones(k),
+    "foreground": _foreground,
 }
 
 
-def class_masks(
-    labels: Tensor, t_logits: Tensor | None, num_classes: int, source: str = "gt", classes: str = "all"
-) -> Tensor:
-    """(B, K, H, W) float one-hot class masks from labels ('gt') or the teacher's argmax ('teacher');
-    `classes='foreground'` zeroes class 0's mask."""
-    if source not in MASKS:
-        raise ValueError(f"unknown cam_target {source!r}; allowed: {', '.join(MASKS)}")
+def target_classes(classes: str, num_classes: int, background: int | None) -> Tensor:
+    """(K,) 0/1 weights of the classes that enter the CAM target under `cam_classes=classes`."""
     if classes not in CAM_CLASSES:
         raise ValueError(f"unknown cam_classes {classes!r}; allowed: {', '.join(CAM_CLASSES)}")
+    return CAM_CLASSES[classes](num_classes, background)
+
+
+def class_masks(
+    labels: Tensor,
+    t_logits: Tensor | None,
+    num_classes: int,
+    source: str = "gt",
+    classes: str = "all",
+    background: int | None = None,
+) -> Tensor:
+    """(B, K, H, W) float one-hot class masks from labels ('gt') or the teacher's argmax ('teacher');
+    `classes='foreground'` zeroes the mask of class `background` (the dataset's declared one)."""
+    if source not in MASKS:
+        raise ValueError(f"unknown cam_target {source!r}; allowed: {', '.join(MASKS)}")
+    keep = target_classes(classes, num_classes, background)
     masks = MASKS[source](labels, t_logits, num_classes)
     if classes == "all":
         return masks
-    return masks * CAM_CLASSES[classes](num_classes).to(masks.device).view(1, -1, 1, 1)
+    return masks * keep.to(masks.device).view(1, -1, 1, 1)
 
 
 def _scores(logits: Tensor, masks: Tensor) -> Tensor:
@@ -160,20 +187,47 @@ def cam_classes_of(cfg: dict) -> str:
     return cfg.get("cam_classes") or DEFAULT_CAM_CLASSES
 
 
+def with_background(config: dict) -> dict:
+    """The trial config's distill section as the CAM code reads it: plus `background`, the index of
+    the dataset's declared background class (None: it has none). The spec holds the dataset's
+    facts in `data`; the CAM target needs this one, and nothing else of `data`."""
+    from trainables.data import background_index
+
+    return {**config["distill"], "background": background_index(config["data"])}
+
+
+def background_of(cfg: dict) -> int | None:
+    """The background index `with_background` put in a distill config; a config without one is
+    refused rather than assumed to have class 0 as background."""
+    if "background" not in cfg:
+        raise ValueError(
+            "the CAM config has no 'background' (the dataset's background class index or None); "
+            "build it with trainables.saliency.with_background(trial config)"
+        )
+    return cfg["background"]
+
+
+def cam_masks(labels: Tensor, t_logits: Tensor | None, num_classes: int, cfg: dict) -> Tensor:
+    """The CAM target's class masks for a distill config (cam_target, cam_classes, background)."""
+    classes = cam_classes_of(cfg)
+    background = None if classes == "all" else background_of(cfg)
+    return class_masks(labels, t_logits, num_classes, cfg.get("cam_target") or "gt", classes, background)
+
+
 def saliency_maps(step, cfg: dict) -> tuple[Tensor, Tensor]:
     """(student maps with a graph, detached teacher maps) of L_sa for one step; see the module docstring.
 
     cfg keys (distill): cam (method), cam_target ('gt' | 'teacher'), cam_classes ('all' | 'foreground'),
-    cam_reduce ('sum' | 'per_class').
+    cam_reduce ('sum' | 'per_class'), background (index or None; `with_background`, needed by 'foreground').
+    cam_bn_grad ('constant' | 'exact': how the CAM gradient's BatchNorm statistics are differentiated, trainables.batchnorm).
     """
     method = cfg.get("cam") or "gradcam"
     reduce = cfg.get("cam_reduce") or "sum"
-    num_classes = step.s_logits.shape[1]
-    masks = class_masks(step.labels, step.t_logits, num_classes, cfg.get("cam_target") or "gt", cam_classes_of(cfg))
+    masks = cam_masks(step.labels, step.t_logits, step.s_logits.shape[1], cfg)
     with torch.enable_grad():
         with record_function("cam.teacher"):
             t_maps = cam_maps(step.t_logits, step.t_feats["cam"], masks, method, reduce, create_graph=False).detach()
-        with record_function("cam.student"), constant_batch_stats():
+        with record_function("cam.student"), constant_batch_stats(cfg.get("cam_bn_grad") or DEFAULT_CAM_BN_GRAD):
             s_maps = cam_maps(step.s_logits, step.s_feats["cam"], masks, method, reduce, create_graph=True)
     return s_maps, t_maps
 

@@ -29,6 +29,7 @@ from torch.profiler import record_function
 
 from trainables.cam_path import prepare_cam_path
 from trainables.losses import Step, Term, active_terms
+from trainables.saliency import with_background
 from trainables.setup import amp_setup, build_extras, collect_taps, make_optimizer
 from trainables.taps import tap
 from trainables.timing import SpanTimer
@@ -74,7 +75,7 @@ def build_trainer(
     config: dict, student: nn.Module, teacher: nn.Module | None, sample: Tensor, device: torch.device, total_steps: int
 ) -> Trainer:
     """The step's state for `config` (TrainSpec dict); models already on `device`, teacher frozen."""
-    distill, optim, run = config["distill"], config["optim"], config["run"]
+    distill, optim, run = with_background(config), config["optim"], config["run"]  # + the data's background class
     terms = active_terms(distill, teacher is not None)
     s_paths, t_paths, t_leaf = collect_taps(terms, distill, student, teacher)
     extras = build_extras(terms, distill, student, teacher, s_paths, {**t_paths, **t_leaf}, sample).to(device)

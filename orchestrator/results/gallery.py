@@ -65,11 +65,24 @@ def samples(data_cfg: dict, classes: list[str], n: int) -> tuple[Tensor, Tensor]
     return pad_collate([ds[i] for i in range(min(n, len(ds)))])
 
 
+def cam_config(cfg: dict) -> dict:
+    """The trial's distill section with its dataset's background class (trainables.saliency
+    .with_background). A dataset without one never ran cam_classes 'foreground' (the spec refuses
+    it wherever a target is built), so such a run's CAMs are drawn over all classes."""
+    from trainables.saliency import with_background
+
+    distill = with_background(cfg)
+    if distill["background"] is None and distill.get("cam_classes") == "foreground":
+        distill["cam_classes"] = "all"
+    return distill
+
+
 def predict_with_cam(
     model: nn.Module, layer: str, x: Tensor, y: Tensor, t_logits: Tensor | None, distill: dict
 ) -> tuple[Tensor, Tensor]:
-    """(logits, CAMs normalised to [0, 1] at input size) in eval mode; no parameter gradients."""
-    from trainables.saliency import cam_classes_of, cam_maps, class_masks, normalize_maps
+    """(logits, CAMs normalised to [0, 1] at input size) in eval mode; no parameter gradients.
+    `distill`: as `cam_config` gives it."""
+    from trainables.saliency import cam_maps, cam_masks, normalize_maps
     from trainables.taps import tap
 
     target = distill.get("cam_target") or "gt"
@@ -77,7 +90,7 @@ def predict_with_cam(
         target = "gt"
     with torch.enable_grad(), tap(model, {"cam": layer}, leaf=True) as feats:
         logits = model(x)
-        masks = class_masks(y, t_logits, logits.shape[1], target, cam_classes_of(distill))
+        masks = cam_masks(y, t_logits, logits.shape[1], {**distill, "cam_target": target})
         maps = cam_maps(logits, feats["cam"], masks, distill.get("cam") or "gradcam", "sum")
     maps = F.interpolate(maps.detach(), size=x.shape[-2:], mode="bilinear", align_corners=False)
     return logits.detach(), normalize_maps(maps)[:, 0]
@@ -120,7 +133,7 @@ def gallery(row: dict[str, Any], path: Path, n: int = 4, base_row: dict[str, Any
     cfg = config_from_row(row)
     student, state = load_student(checkpoint_file(row))
     classes = list(state["classes"])
-    distill = cfg.get("distill") or {}
+    distill = cam_config(cfg)
     teacher = None
     t_ckpt = (cfg.get("teacher") or {}).get("checkpoint")
     if t_ckpt:

@@ -18,6 +18,7 @@ from pydantic import Field, model_validator
 
 from orchestrator.errors import SpecError
 from orchestrator.spec import space as S
+from orchestrator.spec.compare import CompareSpec
 from orchestrator.spec.load import Strict, apply_overrides, canonical, read_yaml, validate
 from orchestrator.spec.paths import absolute, join
 from orchestrator.spec.train import ModelSpec, TrainSpec
@@ -147,6 +148,7 @@ class SweepSpec(Strict):
     # and extra tags on the parent MLflow run (e.g. xgd.layouts for the report).
     cells: list[dict[str, S.Scalar]] | None = None
     tags: dict[str, str] = Field(default_factory=dict)
+    compare: CompareSpec | None = None  # read by `compare` only (orchestrator.spec.compare); a sweep ignores it
 
     @property
     def objectives(self) -> list[Objective]:
@@ -319,10 +321,14 @@ def _check_space(spec: SweepSpec) -> None:
     base = spec.base_config()
     for name, value, point in S.probe_points(space):
         try:
-            validate(TrainSpec, S.resolve(base, point, {k: m.model_dump() for k, m in students.items()}))
+            validate(
+                TrainSpec, _with_teacher(spec, S.resolve(base, point, {k: m.model_dump() for k, m in students.items()}))
+            )
         except SpecError as e:
             if str(e).startswith("unknown key"):
                 raise SpecError(f"space.{name}: {e}") from None
+            if _base_error(spec) == str(e):  # the fixed settings are wrong, whatever the point
+                raise SpecError(f"train: {e}") from None
             raise SpecError(f"space.{name}: value {value!r} is not allowed ({e})") from None
     es = spec.early_stopping
     if es.kind == "asha" and es.grace_period > (es.max_t or spec.max_epochs):
@@ -333,6 +339,21 @@ def _check_space(spec: SweepSpec) -> None:
     names = [o.metric for o in spec.objectives]
     if len(set(names)) != len(names):
         raise SpecError(f"objective: metric listed twice in {names}")
+
+
+def _with_teacher(spec: SweepSpec, cfg: dict) -> dict:
+    """A trial config as a trial gets it: with the sweep's teacher (set at run time), so the
+    checks of what a teacher run reads (train.check_cam_classes) apply to it."""
+    return {**cfg, "teacher": {"checkpoint": "the sweep's teacher"}} if spec.teacher is not None else cfg
+
+
+def _base_error(spec: SweepSpec) -> str | None:
+    """The error of the fixed settings alone as a trial, if any (what a point's error may really be)."""
+    try:
+        validate(TrainSpec, _with_teacher(spec, spec.base_config()))
+    except SpecError as e:
+        return str(e)
+    return None
 
 
 RESERVED_TAGS = (T.KIND, T.SWEEP)
@@ -372,7 +393,7 @@ def _check_cells(spec: SweepSpec) -> None:
             raise SpecError(f"{where}: the same cell is listed twice ({text})")
         seen.add(text)
         try:
-            validate(TrainSpec, S.resolve(base, cell, students))
+            validate(TrainSpec, _with_teacher(spec, S.resolve(base, cell, students)))
         except SpecError as e:
             raise SpecError(f"{where}: {e}") from None
 

@@ -21,6 +21,9 @@ class DataSpec(Strict):
     kind: Literal["synthetic", "ttpla", "voc", "folder"] = "synthetic"
     root: str | None = None  # dataset folder; not used by `synthetic`
     classes: list[str] | None = None  # `folder` only: class names, index = mask value
+    # `folder` only: the class that is no object (cam_classes 'foreground' leaves it out), or null for
+    # none (e.g. sky, road, car); the other kinds declare theirs (trainables.data.KINDS)
+    background: str | None = None
     train_split: str = "train"
     val_split: str = "val"
     # held-out split, evaluated once with the best-on-val weights; auto: the kind's (trainables.data.held_out_split)
@@ -46,6 +49,16 @@ class DataSpec(Strict):
             raise ValueError(f"data.root is required for data.kind={self.kind!r}")
         if self.kind == "folder" and not self.classes:
             raise ValueError("data.classes (list of class names) is required for data.kind='folder'")
+        if self.kind != "folder" and self.background is not None:
+            raise ValueError(
+                f"data.background is for data.kind='folder' only; data.kind={self.kind!r} declares its own"
+            )
+        from trainables.data import DataError, background_index
+
+        try:
+            background_index(self.model_dump())
+        except DataError as e:
+            raise ValueError(str(e)) from None
         if self.test_split is not None and self.test_split in (self.train_split, self.val_split):
             raise ValueError(
                 f"data.test_split {self.test_split!r} is also the train or val split; name a held-out "
@@ -80,9 +93,12 @@ class DistillSpec(Strict):
     tau: float = Field(1.0, gt=0.0)  # softmax temperature of PI
     cam: str = "gradcam"  # a name from trainables.cams.CAMS
     cam_target: Literal["gt", "teacher"] = "gt"  # which masks define the class scores
-    # foreground: class 0 left out of the CAM target (trainables.saliency.DEFAULT_CAM_CLASSES, tested equal)
+    # foreground: the dataset's background class left out of the CAM target (it must declare one:
+    # check_cam_classes); the default is trainables.saliency.DEFAULT_CAM_CLASSES (tested equal)
     cam_classes: Literal["all", "foreground"] = "foreground"
     cam_reduce: Literal["sum", "per_class"] = "sum"
+    # how the CAM gradient's BatchNorm statistics are differentiated (trainables.batchnorm.CAM_BN_GRADS)
+    cam_bn_grad: Literal["constant", "exact"] = "constant"
     teacher_layer: str | None = None  # dotted module path; None -> first decoder layer (docs/method.md)
     student_layer: str | None = None
     weights: dict[str, float] = Field(default_factory=dict)  # extra per-term weights (baselines)
@@ -148,6 +164,37 @@ class TrainSpec(Strict):
     distill: DistillSpec = Field(default_factory=DistillSpec)
     optim: OptimSpec = Field(default_factory=OptimSpec)
     run: RunSpec = Field(default_factory=RunSpec)
+
+    @model_validator(mode="after")
+    def _check(self):
+        check_cam_classes(self, self.teacher is not None)
+        return self
+
+
+def reads_cam_classes(spec: TrainSpec, with_teacher: bool) -> bool:
+    """Whether a run of `spec` builds a CAM target: only with a teacher, in an active term that reads
+    distill.cam_classes (methods.READS) or in the explanation metrics (run.explain)."""
+    from trainables.losses import active_terms
+    from trainables.losses.methods import READS
+
+    if not with_teacher:
+        return False
+    terms = active_terms(spec.distill.model_dump(), True)
+    return spec.run.explain or any("cam_classes" in READS.get(name, ()) for name, _, _ in terms)
+
+
+def check_cam_classes(spec: TrainSpec, with_teacher: bool) -> None:
+    """cam_classes 'foreground' needs the dataset's background class: refused where a run would
+    build the target and the dataset declares none (a sweep passes `with_teacher` for its trials)."""
+    from trainables.data import background_index
+
+    if spec.distill.cam_classes != "foreground" or not reads_cam_classes(spec, with_teacher):
+        return
+    if background_index(spec.data.model_dump()) is None:
+        raise ValueError(
+            f"distill.cam_classes 'foreground' leaves out the background class, and data.kind={spec.data.kind!r} "
+            "declares none: set data.background to one of data.classes or choose distill.cam_classes: all"
+        )
 
 
 def load_train_spec(path: str | Path, overrides: list[str] | None = None) -> TrainSpec:

@@ -1,8 +1,10 @@
 """Datasets by kind (synthetic, ttpla, voc, folder) behind one `build_dataset`.
 
 Items are (image FloatTensor 3xHxW, ImageNet-normalised; mask LongTensor HxW, 255 = ignore).
-Each kind is a `Kind` in `KINDS`: its class names and a builder of a raw-array source; the
-transforms and the Dataset wrapper are shared (trainables.data.base / .transforms).
+Each kind is a `Kind` in `KINDS`: its class names, its background class (the one no object is,
+which `distill.cam_classes: foreground` leaves out of the CAM target; a folder names it, or has
+none) and a builder of a raw-array source; the transforms and the Dataset wrapper are shared
+(trainables.data.base / .transforms).
 """
 
 from __future__ import annotations
@@ -27,13 +29,17 @@ class Kind:
     classes: Callable[[dict], list[str]]
     source: Callable[[dict, str], Source]
     test_split: Callable[[dict], str | None]  # the held-out split `data.test_split: auto` means
+    background: Callable[[dict], str | None]  # name of the background class, None: the dataset has none
 
 
 KINDS: dict[str, Kind] = {
-    "synthetic": Kind(lambda cfg: list(synthetic.CLASSES), synthetic.build, lambda cfg: "test"),
-    "ttpla": Kind(lambda cfg: list(ttpla.CLASSES), ttpla.build, lambda cfg: "test"),
-    "voc": Kind(lambda cfg: list(voc.CLASSES), voc.build, lambda cfg: None),  # VOC2012 test masks are not public
-    "folder": Kind(folder.classes, folder.build, folder.test_split),
+    "synthetic": Kind(
+        lambda cfg: list(synthetic.CLASSES), synthetic.build, lambda cfg: "test", lambda cfg: synthetic.BACKGROUND
+    ),
+    "ttpla": Kind(lambda cfg: list(ttpla.CLASSES), ttpla.build, lambda cfg: "test", lambda cfg: ttpla.BACKGROUND),
+    # VOC2012 test masks are not public
+    "voc": Kind(lambda cfg: list(voc.CLASSES), voc.build, lambda cfg: None, lambda cfg: voc.BACKGROUND),
+    "folder": Kind(folder.classes, folder.build, folder.test_split, folder.background),
 }
 
 
@@ -47,6 +53,20 @@ def _kind(data_cfg: dict) -> Kind:
 def class_names(data_cfg: dict) -> list[str]:
     """Class names of the configured dataset; index = class id in the masks."""
     return _kind(data_cfg).classes(data_cfg)
+
+
+def background_index(data_cfg: dict) -> int | None:
+    """Index of the configured dataset's background class, or None when it has none; a name that
+    is not one of its classes is a DataError."""
+    name, classes = _kind(data_cfg).background(data_cfg), class_names(data_cfg)
+    if name is None:
+        return None
+    if name not in classes:
+        raise DataError(
+            f"data.background {name!r} is not one of the classes ({', '.join(classes)}); "
+            "name one of them or null (none)"
+        )
+    return classes.index(name)
 
 
 def held_out_split(data_cfg: dict) -> str | None:
@@ -81,4 +101,13 @@ def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.T
     return images, masks
 
 
-__all__ = ["DataError", "KINDS", "Kind", "build_dataset", "class_names", "pad_collate", "held_out_split"]
+__all__ = [
+    "DataError",
+    "KINDS",
+    "Kind",
+    "background_index",
+    "build_dataset",
+    "class_names",
+    "pad_collate",
+    "held_out_split",
+]

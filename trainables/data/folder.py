@@ -15,6 +15,11 @@ def classes(cfg: dict) -> list[str]:
     return list(names)
 
 
+def background(cfg: dict) -> str | None:
+    """The class `data.background` names (None: the folder has none, e.g. sky/road/car street scenes)."""
+    return cfg.get("background")
+
+
 class FolderSource(PairedFiles):
     def __init__(self, cfg: dict, split: str):
         self.classes = classes(cfg)

@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw
 from trainables.data.errors import DataError
 
 CLASSES = ["background", "cable", "tower_lattice", "tower_tucohy", "tower_wooden"]
+BACKGROUND = "background"  # the class of everything that is no object (sky, ground, distractors)
 BG, CABLE, LATTICE, TUCOHY, WOODEN = range(5)
 SPLITS = {"train": ("num_train", 0), "val": ("num_val", 1), "test": ("num_test", 2)}
 

@@ -30,6 +30,7 @@ from trainables.data.base import IMAGE_EXTS, MaskCache, read_image, require_dir,
 from trainables.data.errors import DataError
 
 CLASSES = ["background", "cable", "tower_lattice", "tower_tucohy", "tower_wooden"]
+BACKGROUND = "background"  # every pixel no polygon covers
 LABELS = {**{name: k for k, name in enumerate(CLASSES)}, "void": IGNORE_INDEX}
 PRIORITY = {IGNORE_INDEX: 1, CLASSES.index("cable"): 2}  # everything else 0: drawn first
 SPLIT_DIRS = ("", "splitting_dataset_txt")
