@@ -6,18 +6,26 @@ differentiates through them: the gradient reaching image i then holds terms of e
 image (the backward subtracts batch means of the incoming gradient). One backward of the
 batch-summed target therefore gives a batch artefact, not each image's own map.
 
-`CamBatchNorm2d` (a drop-in `nn.BatchNorm2d` subclass: same parameters, buffers and state dict)
-computes the very same forward (ATen's `native_batch_norm`, running statistics updated as usual)
-and, by default, the very same backward (`native_batch_norm_backward`), so every loss term but
-the CAM sees ordinary train-mode BatchNorm. Inside `constant_batch_stats()`, its backward is
-that of the affine map y = gamma * (x - mean) * invstd + beta with mean and invstd held fixed:
-dx = gamma * invstd * dy. That is the gradient of a copy of the model in eval mode whose running
-statistics are this batch's statistics (docs/method.md, "The student's CAM under BatchNorm"),
-so each image's CAM is its own. The CAM gradient is taken with create_graph=True; its graph
-(dy times a per-channel scale) reaches gamma but not the statistics, which stay constants of
-the map, as in that eval-mode copy.
+`CamBatchNorm1d/2d/3d` and `CamSyncBatchNorm` (drop-in subclasses: same parameters, buffers and
+state dict) compute the very same forward (ATen's `native_batch_norm`, running statistics updated
+as usual) and, by default, the very same backward (`native_batch_norm_backward`), so every loss
+term but the CAM sees ordinary train-mode BatchNorm. Inside `constant_batch_stats()`, their
+backward is that of the affine map y = gamma * (x - mean) * invstd + beta with mean and invstd
+held fixed: dx = gamma * invstd * dy. That is the gradient of a copy of the model in eval mode
+whose running statistics are this batch's statistics (docs/method.md, "The student's CAM under
+BatchNorm"), so each image's CAM is its own.
 
-The switch is a process-wide counter rather than a thread-local: on CUDA the autograd engine
+How that CAM gradient is differentiated again (it is taken with create_graph=True) is the
+`grad` argument, `distill.cam_bn_grad`:
+- 'constant': the graph of dx (dy times a per-channel scale) reaches gamma but not the
+  statistics: a stop-gradient through invstd, as in that eval-mode copy.
+- 'exact': the same value, with invstd recomputed from the saved input x inside the graph
+  (invstd + (r(x) - r(x).detach()), r = 1 / sqrt(var(x) + eps)), so the derivative of the map
+  also follows how the batch statistics depend on the parameters and on every image. The mean
+  does not enter dx; where it enters the map (the values after this layer), the training backward
+  already runs through the ordinary train-mode node.
+
+The switch is a process-wide stack rather than a thread-local: on CUDA the autograd engine
 runs backward functions in its own device thread.
 """
 
@@ -27,21 +35,36 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-_constant_stats = 0  # > 0 inside constant_batch_stats()
+CAM_BN_GRADS = ("constant", "exact")  # distill.cam_bn_grad: how the CAM gradient's BN scale is differentiated
+DEFAULT_CAM_BN_GRAD = "constant"
+_modes: list[str] = []  # innermost last; non-empty inside constant_batch_stats()
 
 
 @contextmanager
-def constant_batch_stats() -> Iterator[None]:
-    """Backward passes run inside treat CamBatchNorm2d's batch statistics as constants."""
-    global _constant_stats
-    _constant_stats += 1
+def constant_batch_stats(grad: str = DEFAULT_CAM_BN_GRAD) -> Iterator[None]:
+    """Backward passes run inside treat the Cam BatchNorms' batch statistics as constants of the
+    map's value; `grad` says whether the map's own derivative follows them ('exact') or not."""
+    if grad not in CAM_BN_GRADS:
+        raise ValueError(f"unknown cam_bn_grad {grad!r}; allowed: {', '.join(CAM_BN_GRADS)}")
+    _modes.append(grad)
     try:
         yield
     finally:
-        _constant_stats -= 1
+        _modes.pop()
+
+
+def _exact_invstd(x: Tensor, invstd: Tensor, eps: float) -> Tensor:
+    """invstd's value, with the derivative of 1 / sqrt(var(x) + eps) (biased variance per channel)."""
+    if not torch.is_grad_enabled():
+        return invstd
+    dims = [0, *range(2, x.dim())]
+    xf = x if x.dtype in (torch.float32, torch.float64) else x.float()  # bf16/fp16: reduce in float32
+    r = torch.rsqrt(xf.var(dim=dims, unbiased=False) + eps).to(invstd.dtype)
+    return invstd + (r - r.detach())
 
 
 class _BatchNorm(torch.autograd.Function):
@@ -58,7 +81,9 @@ class _BatchNorm(torch.autograd.Function):
     def backward(ctx, gy):
         x, weight, bias, mean, invstd = ctx.saved_tensors
         none = (None,) * 4
-        if _constant_stats:  # the CAM's gradient: a per-channel scale, differentiable in gy and gamma
+        if _modes:  # the CAM's gradient: a per-channel scale, differentiable in gy and gamma (and x: 'exact')
+            if _modes[-1] == "exact":
+                invstd = _exact_invstd(x, invstd, ctx.eps)
             scale = invstd if weight is None else weight * invstd
             shape = (1, -1) + (1,) * (gy.dim() - 2)
             return (gy * scale.view(shape)).to(gy.dtype), None, None, *none
@@ -82,17 +107,55 @@ def _grad_of_batch_norm(
     return tuple(None if t is None else next(grads) for t in ins)
 
 
-class CamBatchNorm2d(nn.BatchNorm2d):
-    """nn.BatchNorm2d with a per-image CAM gradient (see the module docstring)."""
+def cam_batch_norm(bn: nn.modules.batchnorm._BatchNorm, input: Tensor) -> Tensor:
+    """Train-mode batch norm of `bn` (nn.BatchNorm2d.forward's momentum and counter logic) through `_BatchNorm`."""
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:  # cumulative moving average, as nn.BatchNorm2d
+            factor = 1.0 / float(bn.num_batches_tracked)
+    stats = (bn.running_mean, bn.running_var) if bn.track_running_stats else (None, None)
+    return _BatchNorm.apply(input, bn.weight, bn.bias, *stats, factor, bn.eps)
+
+
+class _CamForward:
+    """The Cam classes' forward: `cam_batch_norm` in train mode with grad on, the parent's otherwise."""
 
     def forward(self, input: Tensor) -> Tensor:
         if not (self.training and torch.is_grad_enabled()):
             return super().forward(input)
         self._check_input_dim(input)
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative moving average, as nn.BatchNorm2d
-                factor = 1.0 / float(self.num_batches_tracked)
-        stats = (self.running_mean, self.running_var) if self.track_running_stats else (None, None)
-        return _BatchNorm.apply(input, self.weight, self.bias, *stats, factor, self.eps)
+        return cam_batch_norm(self, input)
+
+
+class CamBatchNorm1d(_CamForward, nn.BatchNorm1d):
+    """nn.BatchNorm1d with a per-image CAM gradient (see the module docstring)."""
+
+
+class CamBatchNorm2d(_CamForward, nn.BatchNorm2d):
+    """nn.BatchNorm2d with a per-image CAM gradient (see the module docstring)."""
+
+
+class CamBatchNorm3d(_CamForward, nn.BatchNorm3d):
+    """nn.BatchNorm3d with a per-image CAM gradient (see the module docstring)."""
+
+
+def sync_world(bn: nn.SyncBatchNorm) -> int:
+    """How many processes a SyncBatchNorm's statistics span (1 without an initialised process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(bn.process_group or dist.group.WORLD)
+
+
+class CamSyncBatchNorm(_CamForward, nn.SyncBatchNorm):
+    """nn.SyncBatchNorm in one process (where its forward is plain batch norm) with a per-image CAM
+    gradient; across processes its statistics are the global batch's, which `_BatchNorm` does not
+    compute, so it refuses to train there rather than mix silently."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        if self.training and torch.is_grad_enabled() and (world := sync_world(self)) > 1:
+            raise RuntimeError(
+                f"SyncBatchNorm after the student's CAM layer spans {world} processes; its per-image CAM "
+                "gradient is defined for one process only: use nn.BatchNorm2d after the CAM layer"
+            )
+        return super().forward(input)

@@ -219,7 +219,7 @@ def saliency_maps(step, cfg: dict) -> tuple[Tensor, Tensor]:
 
     cfg keys (distill): cam (method), cam_target ('gt' | 'teacher'), cam_classes ('all' | 'foreground'),
     cam_reduce ('sum' | 'per_class'), background (index or None; `with_background`, needed by 'foreground').
-    cam_bn_grad ('constant' | 'exact': how the CAM gradient's BatchNorm statistics are differentiated, trainables.batchnorm).
+    cam_bn_grad ('constant' | 'exact': how the CAM gradient's batch statistics are differentiated).
     """
     method = cfg.get("cam") or "gradcam"
     reduce = cfg.get("cam_reduce") or "sum"

@@ -40,7 +40,7 @@ METHODS: dict[str, tuple[str, ...]] = {
 # shows as empty
 READS: dict[str, tuple[str, ...]] = {
     "pi": ("alpha", "tau"),
-    "sa": ("beta", "cam", "cam_target", "cam_classes", "cam_reduce", "teacher_layer", "student_layer"),
+    "sa": ("beta", "cam", "cam_target", "cam_classes", "cam_reduce", "cam_bn_grad", "teacher_layer", "student_layer"),
 }
 
 
