@@ -351,8 +351,10 @@ def test_plan_reruns_the_top_distinct_configurations_and_baselines_on_fresh_seed
     assert [(p.label, p.role, p.trial) for p in plan.picks] == [
         ("top 1", "config", "t0"),  # t2 was stopped early (KILLED), t3 failed, t4 repeats t0
         ("top 2", "config", "t1"),
-        ("pi baseline", "baseline", None),
-        ("none baseline", "baseline", None),
+        ("top 1, beta=0", "baseline", None),
+        ("pi baseline (top 1)", "baseline", None),  # top 2's pi baseline is top 2 itself
+        ("none baseline (top 1)", "baseline", None),
+        ("none baseline (top 2)", "baseline", None),
     ]
     assert plan.picks[0].point == {
         "student": "r18",
@@ -361,30 +363,32 @@ def test_plan_reruns_the_top_distinct_configurations_and_baselines_on_fresh_seed
         "distill.alpha": 1.5,
     }
     assert plan.picks[1].point == {"student": "mbv2", "distill.method": "pi", "distill.alpha": 0.5}
-    assert plan.picks[2].point == {"student": "r18", "distill.method": "pi"}  # the best configuration's student
+    assert plan.picks[3].point == {"student": "r18", "distill.method": "pi", "distill.alpha": 1.5}  # top 1's
     assert plan.seeds == fresh_seeds("src-confirm", 3) and 0 not in plan.seeds
     students = {k: m.model_dump() for k, m in spec.students.items()}
     configs = [S.resolve(spec.base_config(), p, students) for p in spec.grid()]
-    assert spec.num_samples == 12 and sorted({c["seed"] for c in configs}) == sorted(plan.seeds)
+    assert spec.num_samples == 18 and sorted({c["seed"] for c in configs}) == sorted(plan.seeds)
     got = sorted((c["model"]["encoder"], c["distill"]["method"], c["distill"]["alpha"], c["seed"]) for c in configs)
     want = sorted(
         (enc, m, a, s)
         for enc, m, a in (
             ("resnet18", "xgd", 1.5),
             ("mobilenet_v2", "pi", 0.5),
-            ("resnet18", "pi", 1.0),
+            ("resnet18", "xgd", 1.5),
+            ("resnet18", "pi", 1.5),
             ("resnet18", "none", 1.0),
+            ("mobilenet_v2", "none", 1.0),
         )
         for s in plan.seeds
     )
-    assert got == want  # baselines keep train:'s alpha (1.0), every cell runs every seed
+    assert got == want  # none keeps train:'s alpha (1.0), every cell runs every seed
     tags = spec.tags
     parent = client.search_runs(
         [client.get_experiment_by_name("xgd").experiment_id], T.matching({T.KIND: T.SWEEP_RUN, T.SWEEP: "src"})
     )[0]
     assert tags[T.CONFIRM_SOURCE] == "src" and tags[T.CONFIRM_SOURCE_RUN] == parent.info.run_id
     assert tags[T.CONFIRM_SEEDS] == ",".join(map(str, plan.seeds)) and tags[T.ABLATION] == "cells"
-    assert [c["label"] for c in json.loads(tags[T.CONFIRM_CELLS])] == ["top 1", "top 2", "pi baseline", "none baseline"]
+    assert [c["label"] for c in json.loads(tags[T.CONFIRM_CELLS])] == [p.label for p in plan.picks]
     assert spec.teacher == parse_sweep_spec(source_raw(root)).teacher  # the same recipe: the cached teacher
 
 
@@ -394,7 +398,7 @@ def test_pareto_takes_the_front_of_a_multi_objective_sweep(store):
     _, uri = store
     plan = plan_confirmation(MlflowClient(uri), "multi", uri=uri, top=None, seeds=2, pareto=True)
     # finished: t0 (0.70, 9), t1 (0.65, 5), t4 (0.60, 9), t5 (0.62, 7): the front is t0 and t1
-    assert [p.trial for p in plan.picks] == ["t0", "t1"]
+    assert [p.trial for p in plan.picks if p.role == "config"] == ["t0", "t1"]
 
 
 def test_dry_run_prints_the_cells_and_starts_nothing(store, capsys, no_ray):
@@ -403,7 +407,7 @@ def test_dry_run_prints_the_cells_and_starts_nothing(store, capsys, no_ray):
     out = capsys.readouterr().out
     assert rc == 0, out
     assert out.splitlines()[0].startswith(f"store: {uri} (--tracking-uri)")  # the first line names the store
-    assert "3 cells x 3 seeds" in out and "= 9 trials" in out and "pi baseline" in out and "dry run" in out
+    assert "4 cells x 3 seeds" in out and "= 12 trials" in out and "pi baseline" in out and "dry run" in out
 
 
 @pytest.mark.parametrize(

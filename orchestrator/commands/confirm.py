@@ -1,5 +1,5 @@
-"""`python -m orchestrator confirm SWEEP [--top K] [--seeds N] [--baseline METHOD ...] [--pareto]
-[--tracking-uri U] [--set k=v] [--dry-run] [--resume] [--address A] [--verbose]`."""
+"""`python -m orchestrator confirm SWEEP [--top K] [--seeds N] [--baseline METHOD ...] [--no-beta0]
+[--pareto] [--tracking-uri U] [--set k=v] [--dry-run] [--resume] [--address A] [--verbose]`."""
 
 from __future__ import annotations
 
@@ -44,7 +44,14 @@ def add_parser(sub) -> None:
         action="extend",
         default=[],
         metavar="METHOD",
-        help="baseline methods (distill.method: none, pi, skd, ...) on the best configuration's student",
+        help="baseline methods (distill.method: none, pi, skd, ...), one cell per configuration: its student, "
+        "non-distill settings and the distill settings the method reads (identical cells run once)",
+    )
+    p.add_argument(
+        "--no-beta0",
+        dest="beta0",
+        action="store_false",
+        help="no 'top K, beta=0' cell (an XGD configuration with its saliency term off) for each XGD configuration",
     )
     p.add_argument(
         "--pareto",
@@ -82,6 +89,7 @@ def run(args) -> int:
         baselines=args.baselines,
         pareto=args.pareto,
         overrides=args.overrides,
+        beta0=args.beta0,
     )
     if args.dry_run:
         console.print(render(plan))

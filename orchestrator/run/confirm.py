@@ -5,50 +5,39 @@ The source is read from MLflow only: its parent run's `sweep.yaml` (the spec it 
 and its trial runs. Trials that finished every epoch (status FINISHED; stopped, failed and
 interrupted ones are left out) are ranked by the sweep's first objective, or, with `pareto`, its
 Pareto front is taken; the top K distinct configurations become listed cells (`top 1`, `top 2`,
-...) holding the active search-space entries of their trial. Each baseline is one more cell,
-`distill.method: <m>` on the best configuration's student with the sweep's `train:` settings
-(so every configuration is compared with the same baseline trials). Every cell runs the same N
-seeds, drawn from the confirmation's name (the same name gives the same seeds, so `--resume`
-continues the same design) and never the source's own seed. The ablation keeps the sweep's
-resources, teacher (its cache), results, storage and objective, and runs without early stopping.
+...) holding the active search-space entries of their trial. Each configuration gets its own
+baselines (orchestrator.run.confirm_design): `distill.method: <m>` on the configuration's point,
+keeping its student, its non-distill settings and the distill settings m reads (a PI baseline
+keeps a tuned alpha and tau), so "configuration minus baseline" differs in the method's extra
+terms only; an XGD configuration also gets its point with beta = 0. Identical cells run once and
+each cell lists what it is compared with (`against`). Every cell runs the same N seeds, drawn
+from the confirmation's name (the same name gives the same seeds, so `--resume` continues the
+same design) and never the source's own seed. The ablation keeps the sweep's resources, teacher
+(its cache), results, storage and objective, and runs without early stopping.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
 from orchestrator.errors import UserError
-from orchestrator.results.confirm import BASELINE, CONFIG
+from orchestrator.results.confirm import CONFIG
 from orchestrator.results.pareto import pareto_front
-from orchestrator.run.ablate import parse_ablation
+from orchestrator.run.confirm_design import BETA, METHOD, Pick, confirmation_ablation, design, fresh_seeds
 from orchestrator.spec import space as S
-from orchestrator.spec.ablation import SEED, Ablation, apply_ablation_overrides
+from orchestrator.spec.ablation import SEED, Ablation
 from orchestrator.tracking import reader
 from orchestrator.tracking import tags as T
 
+__all__ = ["Pick", "Plan", "fresh_seeds", "plan_confirmation", "point_of", "rank", "render", "source_spec"]
+
 SUFFIX = "-confirm"  # default name: <source>-confirm
 SPEC_ARTIFACT = "sweep.yaml"  # the spec the sweep ran, on its parent run (orchestrator.tracking.writer)
-# What the confirmation takes from the source spec (not: space, search, early stopping, cells, tags).
-KEPT = ("results", "storage_path", "train", "teacher", "students", "objective", "resources", "mlflow")
-NOT_SET = {"seeds": "--seeds N", "cells": "--top K and --baseline", "factors": "--top K and --baseline"}
-SEED_RANGE = (1, 100_000)
-MAX_TAG = 8000  # MLflow's longest tag value
-
-
-@dataclass
-class Pick:
-    label: str  # the report row
-    role: str  # config | baseline
-    point: dict[str, Any]  # the cell's settings (dotted trainer keys, `student`)
-    trial: str | None = None  # the source trial it came from
-    value: float | None = None  # its objective value in the source sweep
 
 
 @dataclass
@@ -64,18 +53,6 @@ class Plan:
     @property
     def name(self) -> str:
         return self.ablation.sweep.name
-
-
-def fresh_seeds(name: str, n: int, exclude: set[int] = frozenset()) -> list[int]:
-    """n distinct trainer seeds drawn from `name` (the same name, the same seeds; the first n of
-    n + 1 are the n), none of them in `exclude`."""
-    rng = random.Random(int.from_bytes(hashlib.sha256(f"xgd confirm {name}".encode()).digest()[:8], "big"))
-    seeds: list[int] = []
-    while len(seeds) < n:
-        s = rng.randrange(*SEED_RANGE)
-        if s not in exclude and s not in seeds:
-            seeds.append(s)
-    return seeds
 
 
 # ------------------------------------------------------------------ the source
@@ -154,6 +131,7 @@ def plan_confirmation(
     baselines: list[str] | None = None,
     pareto: bool = False,
     overrides: list[str] | None = None,
+    beta0: bool = True,
 ) -> Plan:
     """The ablation that confirms `source`: cells, seeds and tags; starts nothing."""
     sweep = reader.find_sweep(client, source)
@@ -170,28 +148,35 @@ def plan_confirmation(
             f"sweep {source!r} has no trial that finished every epoch with {metric!r} "
             "(stopped, failed and interrupted trials are left out)"
         )
-    picks, notes = _configs(rows, space, top, metric)
-    picks += _baselines(baselines or [], picks[0].point)
-    raw = _ablation_raw(raw_spec, source, uri, picks, overrides or [])
+    configs, notes = _configs(rows, space, top, metric)
+    picks, pairs, more = design(configs, baselines or [], beta0=beta0, defaults=_distill_defaults(raw_spec))
     exclude = {int(raw_spec.get("train", {}).get("seed", 0))}
     exclude |= {int(v) for v in (space[SEED].discrete_values() or [])} if SEED in space else set()
-    ab = parse_ablation(raw)
-    chosen = fresh_seeds(ab.sweep.name, seeds, exclude)
-    tags = {
-        T.SEEDS: str(seeds),
-        T.CONFIRM_SOURCE: source,
-        T.CONFIRM_SOURCE_RUN: sweep.parent.info.run_id,
-        T.CONFIRM_SEEDS: ",".join(map(str, chosen)),
-        T.CONFIRM_CELLS: _cells_tag(picks),
-    }
-    ab.sweep = ab.sweep.model_copy(
-        update={
-            "space": {**ab.sweep.space, SEED: S.Param(type="grid", values=chosen)},
-            "tags": {**ab.sweep.tags, **tags},
-        }
+    tags = {T.CONFIRM_SOURCE: source, T.CONFIRM_SOURCE_RUN: sweep.parent.info.run_id}
+    built = confirmation_ablation(
+        raw_spec,
+        f"{source}{SUFFIX}",
+        picks,
+        pairs,
+        uri=uri,
+        seeds=seeds,
+        exclude=exclude,
+        overrides=overrides or [],
+        tags=tags,
     )
-    ab.seeds = seeds
-    return Plan(ab, source, sweep.parent.info.run_id, metric, picks, chosen, notes)
+    notes += more + built.notes
+    return Plan(built.ablation, source, sweep.parent.info.run_id, metric, built.picks, built.seeds, notes)
+
+
+def _distill_defaults(raw_spec: dict) -> dict[str, Any]:
+    """distill.method and distill.beta of a point that does not set them: the sweep's train:, else the trainer's."""
+    from orchestrator.spec.train import DistillSpec
+
+    distill = (raw_spec.get("train") or {}).get("distill") or {}
+    return {
+        key: distill.get(key.split(".")[1], DistillSpec.model_fields[key.split(".")[1]].default)
+        for key in (METHOD, BETA)
+    }
 
 
 def _configs(rows: list[dict], space: dict[str, S.Param], top: int | None, metric: str):
@@ -212,43 +197,6 @@ def _configs(rows: list[dict], space: dict[str, S.Param], top: int | None, metri
     return picks, notes
 
 
-def _baselines(methods: list[str], best: dict[str, Any]) -> list[Pick]:
-    from trainables.losses.methods import METHODS
-
-    out = []
-    for m in dict.fromkeys(methods):
-        if m not in METHODS:
-            raise UserError(f"--baseline {m!r} is not a distillation method; allowed: {', '.join(METHODS)}")
-        point = {"distill.method": m}
-        if S.STUDENT in best:
-            point = {S.STUDENT: best[S.STUDENT], **point}
-        out.append(Pick(f"{m} baseline", BASELINE, point))
-    return out
-
-
-def _ablation_raw(spec: dict, source: str, uri: str, picks: list[Pick], overrides: list[str]) -> dict:
-    raw = {k: spec[k] for k in KEPT if spec.get(k) is not None}
-    raw["name"] = f"{source}{SUFFIX}"
-    raw["train"] = {k: v for k, v in (raw.get("train") or {}).items() if k not in (SEED, "name", "teacher")}
-    raw["mlflow"] = {**(raw.get("mlflow") or {}), "tracking_uri": uri}  # the store the source was read from
-    raw["seeds"] = 1  # the seeds are set after parsing (fresh ones, not 0..N-1)
-    raw["cells"] = [{S.LABEL: p.label, **p.point} for p in picks]
-    raw["layouts"] = ["summary"]
-    for item in overrides:
-        key = item.partition("=")[0].split(".")[0]
-        if key in NOT_SET:
-            raise UserError(f"--set {item!r}: confirm sets {key} itself; use {NOT_SET[key]}")
-    return apply_ablation_overrides(raw, overrides)
-
-
-def _cells_tag(picks: list[Pick]) -> str:
-    cells = [{"label": p.label, "role": p.role, "trial": p.trial, "value": p.value, "point": p.point} for p in picks]
-    text = json.dumps(cells, default=str)
-    if len(text) > MAX_TAG:  # many configurations: the settings stay in the trials' params
-        text = json.dumps([{k: c[k] for k in ("label", "role", "trial")} for c in cells])
-    return text
-
-
 # ------------------------------------------------------------------ dry run
 
 
@@ -263,15 +211,17 @@ def render(plan: Plan):
 
     spec = plan.ablation.sweep
     cells = Table(title=f"confirm {plan.source} -> {plan.name}", title_justify="left")
-    for col in ("cell", "role", "source trial", plan.metric, "settings"):
+    for col in ("cell", "role", "source trial", plan.metric, "against", "settings"):
         cells.add_column(col, overflow="fold")
     for p in plan.picks:
         value = "" if p.value is None else f"{p.value:.4f}"
         settings = ", ".join(f"{k}={v}" for k, v in p.point.items())
-        cells.add_row(escape(p.label), p.role, p.trial or "", value, escape(settings))
+        cells.add_row(escape(p.label), p.role, p.trial or "", value, escape("; ".join(p.against)), escape(settings))
     title = Text(
         f"{len(plan.picks)} cells x {len(plan.seeds)} seeds ({', '.join(map(str, plan.seeds))}) "
-        f"= {spec.num_samples} trials; baselines use the sweep's train: settings",
+        f"= {spec.num_samples} trials; against: the cells each one is compared with (it minus each). "
+        "A baseline keeps its configuration's student, non-distill settings and the distill settings "
+        "its method reads; every cell takes the rest from the sweep's train: settings",
         style="bold",
     )
     info = render_sweep(spec).renderables[1]
