@@ -17,7 +17,7 @@ import sys
 
 from orchestrator.errors import SpecError, UserError
 
-COMMANDS = ("train", "sweep", "ablate", "confirm", "report", "export", "ui", "bench")
+COMMANDS = ("train", "sweep", "ablate", "confirm", "compare", "report", "export", "ui", "bench")
 DISTRIBUTION = "xgd-orchestrator"
 
 
@@ -52,7 +52,7 @@ class _Version(argparse.Action):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator",
-        description="XGD distillation: train, sweep, ablate, confirm, report, export, ui, bench",
+        description="XGD distillation: train, sweep, ablate, confirm, compare, report, export, ui, bench",
     )
     parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -73,7 +73,9 @@ def dies_once_worker(config: dict) -> dict:
         def report(metrics, checkpoint=None):
             api.report(metrics, checkpoint=checkpoint)
             if metrics["epoch"] == 1:
-                time.sleep(1.0)  # into epoch 2
+                # into epoch 2, and past Ray Train's 2 s health-check poll, which collects the epoch's
+                # report from this process: dying sooner can lose it with the process on a loaded machine
+                time.sleep(3.0)
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.touch()
                 os._exit(1)
@@ -113,6 +115,11 @@ def children(spec):
         [r for r in runs if r.data.tags.get(T.KIND) == "trial"],
         [r for r in runs if r.data.tags.get(T.KIND) == "sweep"],
     )
+
+
+def _error_files(tmp_path: Path) -> str:
+    """Every trial error file under the test's results, whole: what a failure here needs to be diagnosed."""
+    return "\n".join(f"--- {p}\n{p.read_text()}" for p in sorted(tmp_path.rglob("error.txt")))
 
 
 def error_file_of(exc: BaseException, tmp_path: Path) -> SimpleNamespace:
@@ -229,13 +236,15 @@ def test_nan_and_oom_trials_fail_alone_at_once_with_their_reason(ray_cluster, tm
 def test_worker_killed_mid_epoch_is_retried_from_its_last_checkpoint(ray_cluster, tmp_path, executor):
     raw = raw_spec(tmp_path, "killed", space={"distill.alpha": {"type": "choice", "values": [1.5]}})
     raw["train"]["optim"]["epochs"] = 3
-    raw["resources"].update(max_failures=1, executor=executor)
+    # 2 retries: the death is the one failure meant; the second absorbs one failure of Ray's own while
+    # the retry starts on a loaded machine (seen once in a full run as "A worker health check failed")
+    raw["resources"].update(max_failures=2, executor=executor)
     spec = parse_sweep_spec(raw)
     out = run_sweep(spec, worker=dies_once_worker, console=Console(file=io.StringIO()))
 
     (row,) = out.rows
     assert (tmp_path / "runs" / f"{row.trial_id}-died").exists()  # it did die once
-    assert row.state == "completed" and row.epoch == 3, row.error
+    assert row.state == "completed" and row.epoch == 3, _error_files(tmp_path) or row.error
     marks = [p.name for p in (tmp_path / "runs" / "markers").glob("*-resumed-*")]
     assert marks == [f"{row.trial_id}-resumed-1"], marks  # continued after epoch 1: only epoch 2 redone
     client, runs, _ = children(spec)

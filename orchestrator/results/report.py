@@ -91,6 +91,10 @@ def make_report(
     confirm_files, confirm_md = write_confirmation(sweep, table, out, console, client)
     rep.files, md = rep.files + confirm_files, md + confirm_md
     rep.notes += confirmed_by(client, sweep)  # a source sweep: its confirmations
+    from orchestrator.results.compare import write_budget  # a comparison's confirmation: each method's budget
+
+    budget_files, budget_md = write_budget(client, sweep.parent.data.tags, out, console)
+    rep.files, md = rep.files + budget_files, md + budget_md
 
     md += _stopped_table(stopped, tables.factors(reader.done(table)), epochs, sweep.name, out, console, rep)
 

@@ -48,6 +48,16 @@ CONFIRM_SOURCE = "xgd.confirm.source"  # the source sweep's name
 CONFIRM_SOURCE_RUN = "xgd.confirm.source_run"  # the source sweep's parent run id
 CONFIRM_CELLS = "xgd.confirm.cells"  # JSON list of {label, role: config|baseline, trial, value, point}
 CONFIRM_SEEDS = "xgd.confirm.seeds"  # the trainer seeds every cell ran, comma-separated
+# a comparison (`compare SPEC`, orchestrator.run.compare): its own run (KIND=compare) is the MLflow
+# parent of one sweep per method and of the confirmation of their best; each of those carries COMPARE
+COMPARE_RUN = "compare"
+COMPARE = "xgd.compare"  # the comparison's name
+COMPARE_METHODS = "xgd.compare.methods"  # comma-separated, in the order given
+COMPARE_BUDGET = "xgd.compare.budget"  # iterations | time
+COMPARE_STAGES = "xgd.compare.stages"  # JSON {method: its sweep's name}
+COMPARE_EPOCHS = "xgd.compare.epochs"  # JSON {method: epochs per trial}
+COMPARE_COSTS = "xgd.compare.costs"  # JSON {method: measured seconds per step} (time budget)
+COMPARE_CONFIRMATION = "xgd.compare.confirmation"  # the confirmation's name
 
 RANK, SELECTION = "xgd.rank", "xgd.selection"  # on an exported model version
 
