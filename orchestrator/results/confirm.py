@@ -12,8 +12,8 @@ the Wilcoxon signed-rank test from 6 pairs as a secondary column that marks noth
 bootstrap over test images (per-image confusion counts each trial logs as test_confusion.npz): the
 interval a finite test set puts around the difference. The statistics are in
 orchestrator.results.stats; `confirmation_stats` is a pure function of (cell, seed, metric) rows,
-pairs and counts; `write_confirmation` renders it as Markdown, LaTeX (orchestrator.results.tables)
-and CSV.
+pairs and counts; `write_confirmation` renders it (orchestrator.results.confirm_tables) as
+Markdown, LaTeX and CSV.
 """
 
 from __future__ import annotations
@@ -25,6 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.errors import UserError
+from orchestrator.results.confirm_tables import (
+    BOOTSTRAP,
+    DIFFERENT,
+    METRICS,
+    SELECTION,
+    SHORT,
+    grids,
+    to_csv_tables,
+)
 from orchestrator.results.stats import (
     ALPHA,
     BOOT_SEED,
@@ -42,15 +51,9 @@ from orchestrator.spec.space import STUDENT
 from orchestrator.tracking import tags as T
 from trainables.reporting import FILES, TEST_CONFUSION
 
-METRICS = ("best_val_miou", "test_miou")
-SELECTION = ("best_val_miou",)  # chosen on: no p-value, no mark
-HEADERS = {"best_val_miou": "val mIoU (%), selection split", "test_miou": "test mIoU (%)"}
-SHORT = {"best_val_miou": "val", "test_miou": "test"}
-BOOTSTRAP = "test_miou"  # the metric the per-image counts are of
 COUNTS_FILE = FILES[TEST_CONFUSION]  # the trial run's artifact: per-image test confusion counts
-SCALE = 100.0  # mIoU is stored as a fraction and shown in %
 CONFIG, BASELINE = "config", "baseline"
-DIFFERENT = "†"  # marks a pair of cells on different students
+PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 @dataclass
@@ -181,126 +184,6 @@ def _notes(by, conf: Confirmation, missing: bool, resamples: int, seed: int) -> 
     return notes
 
 
-# ------------------------------------------------------------------ rendering
-
-
-def _num(v: float | None, digits: int = 2) -> str:
-    return "-" if v is None else f"{v * SCALE:.{digits}f}"
-
-
-def _pm(mean, std) -> str:
-    if mean is None:
-        return "-"
-    return _num(mean) if std is None else f"{_num(mean)} ± {_num(std)}"
-
-
-def _ci(ci) -> str:
-    return "-" if ci is None else f"[{_num(ci[0])}, {_num(ci[1])}]"
-
-
-def _pval(p: float | None, star: bool = False) -> str:
-    if p is None:
-        return "-"
-    text = "<0.001" if p < 0.001 else f"{p:.3f}"
-    return text + ("*" if star and p < ALPHA else "")
-
-
-def _pair_heads(m: str) -> list[str]:
-    short = SHORT.get(m, m)
-    heads = [f"Δ {short} (pts)", f"Δ {short} {LEVEL:.0%} CI (seeds)"]
-    if m in SELECTION:
-        return heads
-    heads += [f"Δ {short} {LEVEL:.0%} CI (test images)"] if m == BOOTSTRAP else []
-    return heads + [f"p {short} (t)", f"p {short} (Holm)", f"p {short} (W)"]
-
-
-def _pair_entries(m: str, p: Paired) -> list:
-    from orchestrator.results.tables import Entry
-
-    row = [Entry(_pm(p.mean, p.std), p.mean, p.std), Entry(_ci(p.ci))]
-    if m in SELECTION:
-        return row
-    row += [Entry(_ci(p.boot_ci))] if m == BOOTSTRAP else []
-    return row + [Entry(_pval(p.p_t)), Entry(_pval(p.p_holm, star=True)), Entry(_pval(p.p_w))]
-
-
-def grids(c: Confirmation, title: str):
-    """(cells grid, paired-differences grid or None) as orchestrator.results.tables.Grid."""
-    from orchestrator.results.tables import Entry, Grid
-
-    heads = ["cell", "role"]
-    for m in c.metrics:
-        heads += [HEADERS.get(m, m), f"{SHORT.get(m, m)} {LEVEL:.0%} CI"]
-    rows = []
-    for label, role in c.roles.items():
-        row = [Entry(label), Entry(role)]
-        for m in c.metrics:
-            s = c.cells[label][m]
-            row += [Entry(_pm(s.mean, s.std), s.mean, s.std), Entry(_ci(s.ci))]
-        rows.append(row + [Entry(str(max((s.n for s in c.cells[label].values()), default=0)))])
-    cells = Grid(f"{title}: mean ± std and {LEVEL:.0%} t-interval over seeds", [*heads, "n"], rows, 2)
-    if not c.pairs:
-        return cells, None
-    heads = ["cell", "minus"] + [h for m in c.metrics for h in _pair_heads(m)]
-    rows = []
-    for (a, b), per in c.pairs.items():
-        row = [Entry(a), Entry(f"{b} {DIFFERENT}" if (a, b) in c.different else b)]
-        row += [e for m in c.metrics for e in _pair_entries(m, per[m])]
-        rows.append(row + [Entry(str(max((p.n for p in per.values()), default=0)))])
-    title2 = (
-        f"{title}: paired difference (cell - minus) on the same seeds; val is the selection split (no p-value); "
-        f"test: paired t-test (t), Holm-adjusted over the table's pairs (Holm; * adjusted p < {ALPHA:g}), "
-        f"Wilcoxon signed-rank (W, from {MIN_WILCOXON} pairs; marks nothing)"
-    )
-    return cells, Grid(title2, [*heads, "pairs"], rows, 2)
-
-
-def to_csv_tables(c: Confirmation):
-    """Long-format numbers (mIoU in %): one row per cell x metric, one per pair x metric."""
-    import pyarrow as pa
-
-    def pct(v):
-        return None if v is None else v * SCALE
-
-    cells = [
-        {
-            "cell": label,
-            "role": role,
-            "metric": m,
-            "split": "selection" if m in SELECTION else "test",
-            "n": s.n,
-            "mean": pct(s.mean),
-            "std": pct(s.std),
-            "ci_low": pct(s.ci[0]) if s.ci else None,
-            "ci_high": pct(s.ci[1]) if s.ci else None,
-        }
-        for label, role in c.roles.items()
-        for m, s in c.cells[label].items()
-    ]
-    pairs = [
-        {
-            "cell": a,
-            "minus": b,
-            "metric": m,
-            "pairs": p.n,
-            "mean_diff": pct(p.mean),
-            "std_diff": pct(p.std),
-            "ci_low": pct(p.ci[0]) if p.ci else None,
-            "ci_high": pct(p.ci[1]) if p.ci else None,
-            "boot_ci_low": pct(p.boot_ci[0]) if p.boot_ci else None,
-            "boot_ci_high": pct(p.boot_ci[1]) if p.boot_ci else None,
-            "p_ttest": p.p_t,
-            "p_holm": p.p_holm,
-            "p_wilcoxon": p.p_w,
-            "significant": p.significant,
-            "different_students": (a, b) in c.different,
-        }
-        for (a, b), per in c.pairs.items()
-        for m, p in per.items()
-    ]
-    return pa.Table.from_pylist(cells), (pa.Table.from_pylist(pairs) if pairs else None)
-
-
 # ------------------------------------------------------------------ the report's hook
 
 
@@ -329,6 +212,7 @@ def rows_of(table) -> list[dict]:
 def counts_of(client, rows: list[dict]) -> dict:
     """(cell, seed) -> the (N, K, K) per-image test counts its trial run logged (COUNTS_FILE);
     runs without the artifact (older trials) or an unreadable artifact store are left out."""
+    import os
     import tempfile
 
     import numpy as np
@@ -336,6 +220,8 @@ def counts_of(client, rows: list[dict]) -> dict:
     out = {}
     if client is None:
         return out
+    bar = os.environ.get(PROGRESS_BAR)
+    os.environ[PROGRESS_BAR] = "false"  # one small file per trial: no progress bar each
     with tempfile.TemporaryDirectory() as tmp:
         for r in rows:
             if not r.get("run_id"):
@@ -346,6 +232,10 @@ def counts_of(client, rows: list[dict]) -> dict:
                     out[(r["cell"], r["seed"])] = f["counts"]
             except Exception:  # no such artifact, or a store that cannot be read: the column says "-"
                 continue
+    if bar is None:
+        os.environ.pop(PROGRESS_BAR, None)
+    else:
+        os.environ[PROGRESS_BAR] = bar
     return out
 
 
