@@ -1,6 +1,7 @@
 """`confirm SWEEP` end to end on Ray with the real trainer, tiny: a 2-trial sweep of 1 epoch, then
-`confirm --top 1 --seeds 2 --baseline pi` (4 trials) linked to it in MLflow, `report` printing the
-confirmation table (checked against the trials' metrics and scipy), and `--resume` running nothing twice.
+`confirm --top 1 --seeds 2 --baseline none` (4 trials; the PI baseline of a PI configuration would
+be the configuration itself) linked to it in MLflow, `report` printing the confirmation table
+(checked against the trials' metrics and scipy), and `--resume` running nothing twice.
 The statistics and the plan alone: tests/test_confirm.py."""
 
 import pytest
@@ -14,7 +15,7 @@ from orchestrator.tracking import tags as T
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_confirm_reruns_the_best_and_a_baseline_and_report_prints_the_table(ray_cluster, tmp_path, capsys):
-    """The real trainer, tiny: a 2-trial sweep of 1 epoch, then confirm --top 1 --seeds 2 --baseline pi."""
+    """The real trainer, tiny: a 2-trial sweep of 1 epoch, then confirm --top 1 --seeds 2 --baseline none."""
     import pyarrow.csv as pcsv
     from mlflow import MlflowClient
 
@@ -53,7 +54,7 @@ def test_confirm_reruns_the_best_and_a_baseline_and_report_prints_the_table(ray_
     assert main(["sweep", str(spec_path)]) == 0
     uri = f"sqlite:///{(tmp_path / 'results' / 'mlflow.db').resolve()}"
     capsys.readouterr()
-    rc = main(["confirm", "tiny", "--tracking-uri", uri, "--top", "1", "--seeds", "2", "--baseline", "pi"])
+    rc = main(["confirm", "tiny", "--tracking-uri", uri, "--top", "1", "--seeds", "2", "--baseline", "none"])
     assert rc == 0, capsys.readouterr()
     assert "report tiny-confirm" in capsys.readouterr().out
 
@@ -68,11 +69,11 @@ def test_confirm_reruns_the_best_and_a_baseline_and_report_prints_the_table(ray_
     seeds = [int(s) for s in tags[T.CONFIRM_SEEDS].split(",")]
     children = client.search_runs([exp], T.equals(T.PARENT, parent.info.run_id))
     cells = sorted((c.data.params["label"], int(c.data.params["seed"]), c.info.status) for c in children)
-    assert cells == sorted((label, s, "FINISHED") for label in ("top 1", "pi baseline") for s in seeds)
+    assert cells == sorted((label, s, "FINISHED") for label in ("top 1", "none baseline (top 1)") for s in seeds)
     ran = client.search_runs([exp], T.equals(T.PARENT, source.info.run_id))
     top = max(r.data.metrics["val_miou"] for r in ran)
     best_alphas = {float(r.data.params["distill.alpha"]) for r in ran if r.data.metrics["val_miou"] == top}
-    for c in children:  # top 1 is the source's best alpha (either, on a tie); the baseline keeps train:'s (1.0)
+    for c in children:  # top 1 is the source's best alpha (either, on a tie); none reads no alpha: train:'s (1.0)
         alpha = float(c.data.params["distill.alpha"])
         assert alpha in best_alphas if c.data.params["label"] == "top 1" else alpha == 1.0
 
@@ -82,7 +83,7 @@ def test_confirm_reruns_the_best_and_a_baseline_and_report_prints_the_table(ray_
     assert rc == 0 and "paired difference" in shown and "95% t-interval" in shown, shown
     test = {(c.data.params["label"], c.data.params["seed"]): c.data.metrics["test_miou"] for c in children}
     top1 = [test[("top 1", str(s))] for s in seeds]
-    base = [test[("pi baseline", str(s))] for s in seeds]
+    base = [test[("none baseline (top 1)", str(s))] for s in seeds]
     rows = {
         (r["cell"], r["metric"]): r for r in pcsv.read_csv(reports / "tiny-confirm" / "confirmation.csv").to_pylist()
     }
@@ -95,7 +96,7 @@ def test_confirm_reruns_the_best_and_a_baseline_and_report_prints_the_table(ray_
         assert (reports / "tiny-confirm" / f"confirmation_paired.{ext}").is_file()
 
     # --resume: the same name draws the same seeds; the finished design is kept, nothing runs twice
-    args = ["confirm", "tiny", "--tracking-uri", uri, "--top", "1", "--seeds", "2", "--baseline", "pi"]
+    args = ["confirm", "tiny", "--tracking-uri", uri, "--top", "1", "--seeds", "2", "--baseline", "none"]
     assert main(args) == 2 and "--resume" in capsys.readouterr().err  # it exists: refused without --resume
     assert main([*args, "--resume"]) == 0
     (again,) = client.search_runs([exp], T.matching({T.KIND: T.SWEEP_RUN, T.SWEEP: "tiny-confirm"}))
