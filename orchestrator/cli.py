@@ -22,9 +22,10 @@ DISTRIBUTION = "xgd-orchestrator"
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from trainables.cam_path import CamPathError
     from trainables.data import DataError
 
-    return (UserError, SpecError, DataError)
+    return (UserError, SpecError, DataError, CamPathError)
 
 
 def version() -> str:

@@ -178,3 +178,19 @@ def test_the_timm_swap_keeps_forward_running_stats_and_state_dict():
     torch.testing.assert_close(mine.running_var, ref.running_var)
     assert mine.num_batches_tracked == ref.num_batches_tracked == 1
     assert mine.state_dict().keys() == ref.state_dict().keys()
+
+
+def test_the_cli_prints_the_refusal_as_one_line(monkeypatch, tmp_path, capsys):
+    """`orchestrator train` runs the trainer in-process: the refusal is a user error (exit 2), no traceback."""
+    import orchestrator.run.train as run_train
+    from orchestrator.cli import main
+
+    def train_with_custom_bn(spec):
+        prepare_cam_path(Tiny(CustomBN(C)).train(), [CAM_LAYER], torch.zeros(1, 3, 8, 8))
+
+    monkeypatch.setattr(run_train, "run_training", train_with_custom_bn)
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: refused\n")
+    assert main(["train", str(spec)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: 'norm' (") and "CustomBN" in err and "\n" not in err, err

@@ -43,11 +43,14 @@ from trainables.cams import CAMS
 from trainables.losses import BASELINES
 
 # variant -> distill settings on top of DistillSpec's defaults (alpha = beta = tau = 1): CE only, PI,
-# XGD with each CAM method of the trainer's registry, each baseline method
+# XGD with each CAM method of the trainer's registry, XGD(GradCAM) with distill.cam_bn_grad 'exact'
+# (its "x GradCAM" column: the cost over the default 'constant'), each baseline method
+EXACT_BN = "xgd_gradcam_exact_bn"
 VARIANTS: dict[str, dict] = {
     "ce": {"method": "none"},
     "pi": {"method": "pi"},
     **{f"xgd_{cam}": {"method": "xgd", "cam": cam} for cam in CAMS},
+    EXACT_BN: {"method": "xgd", "cam": "gradcam", "cam_bn_grad": "exact"},
     **{name: {"method": name} for name in BASELINES},
 }
 PI, GRADCAM = "pi", "xgd_gradcam"

@@ -22,7 +22,8 @@ def add_parser(sub) -> None:
         "--variants",
         default="",
         help="comma-separated subset of: ce, pi, xgd_<CAM method> for each of "
-        "the trainer's CAM methods (xgd_gradcam, ...), and each baseline method (skd, ...); default: all",
+        "the trainer's CAM methods (xgd_gradcam, ...), xgd_gradcam_exact_bn (distill.cam_bn_grad: exact), "
+        "and each baseline method (skd, ...); default: all",
     )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument(
