@@ -18,7 +18,7 @@ from orchestrator.cli import COMMANDS, DISTRIBUTION, main
 
 ROUNDS = 3
 MAX_RATIO = 4.0  # --help may cost at most this many bare interpreter starts
-HEAVY = ("torch", "ray", "mlflow", "optuna", "pyarrow", "matplotlib", "trainables")
+HEAVY = ("torch", "ray", "mlflow", "optuna", "pyarrow", "matplotlib", "pydantic", "trainables")
 
 
 def seconds(argv: list[str]) -> float:

@@ -8,7 +8,7 @@ import json
 from orchestrator.commands.confirm import MAX_SEEDS, _count
 from orchestrator.commands.sweep import add_run_args, check_resume_store, with_store
 from orchestrator.errors import UserError
-from orchestrator.spec.compare import BUDGETS
+from orchestrator.spec.budget import BUDGETS
 
 
 def add_parser(sub) -> None:

@@ -18,16 +18,16 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from orchestrator.errors import SpecError
+from orchestrator.spec.budget import BUDGETS
 from orchestrator.spec.load import Strict
 
 METHOD_KEY = "distill.method"
-BUDGETS = ("iterations", "time")
 CONFIRM = "confirm"  # the confirmation stage's name suffix: <compare>-confirm
 
 
 class CompareSpec(Strict):
     methods: list[str] = Field(default_factory=list)
-    budget: Literal["iterations", "time"] = "iterations"
+    budget: Literal[BUDGETS] = "iterations"
     seeds: int = Field(3, ge=2, le=1000)  # fresh seeds of the confirmation (2 at least: a paired test)
     cost_iters: int = Field(6, ge=1)  # timed steps per method for the `time` budget
 
