@@ -49,15 +49,15 @@ def train_loop(config: dict) -> dict:
         print(f"[{config['name']}] {_no_test_split(config['data'])}: no test_* metrics", flush=True)
 
     start, best_miou = 0, -1.0
-    state = reporter.restore()
-    if state is not None:  # exact resume: weights, optimizer, schedule, scaler, RNG, epoch
-        student.load_state_dict(state["model"])
-        tr.extras.load_state_dict(state["extras"])
-        tr.opt.load_state_dict(state["optimizer"])
-        tr.sched.load_state_dict(state["scheduler"])
-        tr.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        start, best_miou = state["epoch"] + 1, state["best_miou"]
+    restored = reporter.restore()
+    if restored is not None:  # exact resume: weights, optimizer, schedule, scaler, RNG, epoch
+        student.load_state_dict(restored["model"])
+        tr.extras.load_state_dict(restored["extras"])
+        tr.opt.load_state_dict(restored["optimizer"])
+        tr.sched.load_state_dict(restored["scheduler"])
+        tr.scaler.load_state_dict(restored["scaler"])
+        set_rng_state(restored["rng"])
+        start, best_miou = restored["epoch"] + 1, restored["best_miou"]
     tr.model, tr.sync_extras = _distribute(student, tr.extras, world)
 
     out: dict = {}
@@ -110,16 +110,22 @@ def train_loop(config: dict) -> dict:
                 "best_miou": best_miou,
             }
         if last:
-            if teacher is not None and run["explain"]:
-                out.update(explain_best(student, teacher, best or reporter.best, val_dl, tr.distill))
-            if test_dl is not None:  # once, with the best-on-val weights; nothing selects on it
-                out.update(
-                    evaluate_best(
-                        student, best or reporter.best, test_dl, classes, device, tr.autocast, tr.channels_last
-                    )
-                )
+            out.update(closing(student, teacher, best or reporter.best, val_dl, test_dl, classes, tr, run))
         reporter.report(out, state, best)
+    if start == optim["epochs"]:  # resumed from the last epoch's checkpoint: killed before it finished
+        out = {**restored["metrics"], **closing(student, teacher, reporter.best, val_dl, test_dl, classes, tr, run)}
     reporter.finish(out)
+    return out
+
+
+def closing(student, teacher, best: dict | None, val_dl, test_dl, classes, tr, run: dict) -> dict:
+    """The last report's extras, once, both of the best-on-val weights: explanation metrics and the
+    held-out test split (nothing selects on either)."""
+    out = {}
+    if teacher is not None and run["explain"]:
+        out.update(explain_best(student, teacher, best, val_dl, tr.distill))
+    if test_dl is not None:
+        out.update(evaluate_best(student, best, test_dl, classes, tr.device, tr.autocast, tr.channels_last))
     return out
 
 

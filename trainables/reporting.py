@@ -125,7 +125,23 @@ class FolderReporter:
         if best.exists():
             kept = checkpoint.load(best)
             self.best = kept if kept.get("epoch", math.inf) <= state["epoch"] else None
+        self._truncate_log(state["epoch"])
         return state
+
+    def _truncate_log(self, epoch: int) -> None:
+        """Keep the log's lines up to the checkpoint's epoch: a line is written before its
+        checkpoint, so a kill between the two left a line of an epoch the resumed run trains again."""
+        log = self.dir / "metrics.jsonl"
+        if not log.is_file():
+            return
+        kept = []
+        for line in log.read_text().splitlines():
+            try:
+                if json.loads(line).get("epoch", math.inf) <= epoch:
+                    kept.append(line + "\n")
+            except ValueError:  # a line cut short by the kill
+                continue
+        log.write_text("".join(kept))
 
     def report(self, metrics: dict, state: dict | None, best: dict | None) -> None:
         if best is not None:
@@ -146,6 +162,8 @@ class FolderReporter:
             checkpoint.save(state, self.dir / checkpoint.FILE)
 
     def finish(self, final: dict) -> None:
+        final, files = split_files(final)  # a report took them already, unless the run resumed finished
+        save_files(files, self.dir)
         (self.dir / "metrics.json").write_text(json.dumps(_finite(final), indent=2))
 
 
