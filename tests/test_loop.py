@@ -50,6 +50,15 @@ def test_same_seed_same_metrics(tmp_path):
 
 
 @pytest.mark.slow
+def test_loader_workers_do_not_change_training(tmp_path):
+    """Items come from (seed, epoch, index) whatever process loads them: the teacher's cache key
+    leaves data.workers out (orchestrator.run.teachers.NOT_THE_TEACHER) on the strength of this."""
+    runs = [train_loop(spec(tmp_path, f"w{w}", data={**TINY, "workers": w}, optim__epochs=2)) for w in (0, 2)]
+    keys = [k for k in runs[0] if k.startswith(("train_", "val_", "test_miou"))]
+    assert keys and all(runs[0][k] == runs[1][k] for k in keys), keys
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_from_mid_run_checkpoint_matches_uninterrupted(tmp_path, teacher, monkeypatch, workers):
     """Also with 2 persistent loader workers, whose processes restart with the resumed run."""
@@ -75,6 +84,38 @@ def test_resume_from_mid_run_checkpoint_matches_uninterrupted(tmp_path, teacher,
     assert resumed["epoch"] == 2
     for k in ("train_loss", "train_seg", "train_pi", "train_sa", "val_miou"):
         assert resumed[k] == pytest.approx(full[k], rel=1e-6, abs=1e-7), k
+
+
+@pytest.mark.slow
+def test_killed_after_its_last_checkpoint_resumes_to_the_same_result(tmp_path, teacher, monkeypatch):
+    """Killed after the last epoch's checkpoint but before it finished (metrics.json unwritten): the
+    resume trains nothing and returns the whole run's figures, test and explanation metrics included
+    (the old loop returned {}); and a log line written before a kill that lost its checkpoint is not
+    left to appear twice."""
+    kw = {"teacher": {"checkpoint": teacher}, "optim__epochs": 2}
+    full = train_loop(spec(tmp_path, "full", **kw))
+
+    original = FolderReporter.report
+
+    def killed_after_last(self, metrics, state, best):
+        original(self, metrics, state, best)
+        if metrics["epoch"] == 1:
+            with open(self.dir / "metrics.jsonl", "a") as f:  # a later epoch's line, its checkpoint lost
+                f.write(json.dumps({"epoch": 2, "train_loss": 0.0}) + '\n{"epoch": 3, "trunc')
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(FolderReporter, "report", killed_after_last)
+    with pytest.raises(KeyboardInterrupt):
+        train_loop(spec(tmp_path, "part", **kw))
+    monkeypatch.undo()
+    cfg = spec(tmp_path, "part", **kw)
+    cfg["run"]["resume"] = str(tmp_path / "part" / "checkpoint.pt")
+    resumed = train_loop(cfg)
+    for k in ("epoch", "train_loss", "val_miou", "best_val_miou", "test_miou", "expl_sal_spearman"):
+        assert resumed[k] == pytest.approx(full[k], rel=1e-6, abs=1e-7), k
+    lines = [json.loads(ln) for ln in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [0, 1]
+    assert json.loads((tmp_path / "part" / "metrics.json").read_text())["test_miou"] == pytest.approx(full["test_miou"])
 
 
 @pytest.mark.slow

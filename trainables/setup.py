@@ -78,8 +78,9 @@ def make_loaders(
     config: dict, device: torch.device, seed: int, rank: int = 0, world: int = 1
 ) -> tuple[DataLoader, DataLoader, list[str]]:
     """Train loader: this rank's shard (`SeededSampler`: shuffle and augmentations from (seed, epoch,
-    index); seed * 100_003 so seed s's epoch e+1 is not seed s+1's epoch e). Its workers' base seed
-    comes from `gen`, so loading never draws from the global RNG the step uses."""
+    index); seed * 100_003 so seed s's epoch e+1 is not seed s+1's epoch e). Both loaders' base seeds
+    come from their own generators, so loading never draws from the global RNG the step uses, and
+    data.workers changes nothing trained (tests/test_loop.py)."""
     data = config["data"]
     train_set = build_dataset(data, data["train_split"], train=True)
     val_set = build_dataset(data, data["val_split"], train=False)
@@ -98,7 +99,11 @@ def make_loaders(
         worker_init_fn=_seed_worker,
         **common,
     )
-    val = DataLoader(val_set, batch_size=data["batch_size"], shuffle=False, **common)
+    # its own generator too: each new iterator of a loader without persistent workers draws a base
+    # seed, from the global RNG unless given one, so data.workers 0 would shift the step's dropout
+    val = DataLoader(
+        val_set, batch_size=data["batch_size"], shuffle=False, generator=torch.Generator().manual_seed(seed), **common
+    )
     return train, val, class_names(data)
 
 
@@ -122,6 +127,7 @@ def make_test_loader(config: dict, device: torch.device) -> DataLoader | None:
         num_workers=data["workers"],
         collate_fn=pad_collate,
         pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(0),  # never the global RNG (see make_loaders)
     )
 
 
