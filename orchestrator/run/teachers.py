@@ -1,10 +1,10 @@
 """The sweep's teacher: a given checkpoint, or a recipe trained once and cached by content hash.
 
 Cache layout: <results>/teachers/<sha256 of the canonical recipe>[:16]/ with recipe.json,
-result.json and the run folder teacher/ (best.pt, checkpoint.pt, metrics.jsonl). The hash ignores
-where the run writes (run.out_dir), its name, its test split (evaluated after training, it does
-not change the weights) and the distill section (a teacher trains without distillation), so moving
-results, renaming or a new distill default never retrains.
+result.json and the run folder teacher/ (best.pt, checkpoint.pt, metrics.jsonl). The hash covers
+what changes the teacher's weights (`recipe_hash`, NOT_THE_TEACHER): moving results or the dataset,
+renaming, loader workers or a new distill default never retrain; a changed crop, class list or
+training file does.
 The recipe trains as a Ray task with the resources a trial would get, so on a cluster it lands on
 a node with GPUs; the results folder must then be on storage every node sees.
 
@@ -16,6 +16,7 @@ was killed resumes exactly from its last checkpoint when the recipe is asked for
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from orchestrator.run import lock
 from orchestrator.spec.load import canonical
-from orchestrator.spec.sweep import SweepSpec
+from orchestrator.spec.sweep import SweepSpec, teacher_gpus
 from orchestrator.spec.train import TrainSpec
 
 RUN_NAME = "teacher"
@@ -50,27 +51,67 @@ def recipe_spec(spec: SweepSpec) -> TrainSpec:
     return TrainSpec.model_validate(recipe)
 
 
+# Settings that never change the teacher's weights: where it writes and resumes from, loader processes
+# (items are drawn from (seed, epoch, index) whatever the worker count: tests/test_loop.py), how often
+# it checkpoints (resume is exact), the test split (scored after training) and the dataset's path
+# (the dataset enters as its fingerprint). A teacher trains without distillation: `distill` is out too.
+NOT_THE_TEACHER = {
+    "data": ("root", "workers", "test_split"),
+    "run": ("out_dir", "resume", "checkpoint_every", "explain"),
+}
+
+
 def recipe_hash(recipe: dict) -> str:
-    """sha256 over the canonical recipe with defaults filled in (equal recipes, equal hash)."""
+    """sha256 over the canonical recipe with defaults filled in, less NOT_THE_TEACHER, with the
+    dataset as the fingerprint of its train and val files (trainables.data.fingerprint): equal
+    teachers, equal key. A dataset that cannot be read here (a dry run on a machine without it) is
+    named by its root instead."""
+    full = TrainSpec.model_validate({**recipe, "name": RUN_NAME}).model_dump()
+    data = dict(full["data"])
+    for section, keys in NOT_THE_TEACHER.items():
+        for key in keys:
+            full[section].pop(key, None)
+    full.pop("distill", None)
+    full.pop("name", None)
+    full["data"]["fingerprint"] = _fingerprint(canonical(data))
+    return hashlib.sha256(canonical(full).encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=8)
+def _fingerprint(data_json: str) -> str | None:
+    from trainables.data import DataError, fingerprint
+
+    data = json.loads(data_json)
+    if data["kind"] == "synthetic":
+        return None
+    try:
+        return fingerprint(data, (data["train_split"], data["val_split"]))
+    except (DataError, OSError):
+        return f"root:{data['root']}"
+
+
+def legacy_hash(recipe: dict) -> str:
+    """The key of cache entries made before NOT_THE_TEACHER and the fingerprint: `cached` still
+    finds them, so an upgrade never retrains a teacher it has."""
     full = TrainSpec.model_validate({**recipe, "name": RUN_NAME}).model_dump()
     full["run"].pop("out_dir", None)
     full["data"].pop("test_split", None)
-    full.pop("distill", None)  # a teacher trains without distillation: these settings change nothing
+    full.pop("distill", None)
     full.pop("name", None)
     return hashlib.sha256(canonical(full).encode()).hexdigest()[:16]
 
 
 def cached(spec: SweepSpec) -> Teacher | None:
     """The cached teacher for this recipe, or None when it has not been trained (completely)."""
-    key = recipe_hash(spec.teacher.recipe)
-    folder = Path(spec.results) / "teachers" / key
-    try:
-        result = json.loads((folder / "result.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not Path(result.get("checkpoint", "")).is_file():
-        return None
-    return Teacher(result["checkpoint"], key, str(folder), result.get("metrics", {}), cached=True)
+    for key in dict.fromkeys((recipe_hash(spec.teacher.recipe), legacy_hash(spec.teacher.recipe))):
+        folder = Path(spec.results) / "teachers" / key
+        try:
+            result = json.loads((folder / "result.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if Path(result.get("checkpoint", "")).is_file():
+            return Teacher(result["checkpoint"], key, str(folder), result.get("metrics", {}), cached=True)
+    return None
 
 
 def obtain(
@@ -112,7 +153,9 @@ def train_teacher(
         tspec = tspec.model_copy(update={"run": tspec.run.model_copy(update={"resume": str(left)})})
     (folder / "recipe.json").write_text(json.dumps(spec.teacher.recipe, indent=2, sort_keys=True))
     cpus = spec.teacher.cpus or spec.resources.per_trial["CPU"]
-    gpus = spec.teacher.gpus if spec.teacher.gpus is not None else min(1.0, spec.resources.per_trial["GPU"])
+    gpus = teacher_gpus(spec)
+    if tspec.run.device == "auto" and gpus > 0:  # given a GPU: train on it, or fail saying it is not visible
+        tspec = tspec.model_copy(update={"run": tspec.run.model_copy(update={"device": "cuda"})})
     task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(run_training)
     ref = task.remote(tspec)
     log = folder / RUN_NAME / "metrics.jsonl"

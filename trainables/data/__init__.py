@@ -9,8 +9,11 @@ none) and a builder of a raw-array source; the transforms and the Dataset wrappe
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
@@ -77,6 +80,27 @@ def held_out_split(data_cfg: dict) -> str | None:
         return name
     name = _kind(data_cfg).test_split(data_cfg)
     return None if name in (data_cfg.get("train_split"), data_cfg.get("val_split")) else name
+
+
+def fingerprint(data_cfg: dict, splits: tuple[str, ...]) -> str | None:
+    """sha256 over the files of each split (path below the folder they all share, and size), in
+    the source's order: the same data on another mount, or under another root string, gives the same
+    digest; a file added, removed, renamed or resized gives another. None for a generated dataset
+    (synthetic), which its spec keys name already."""
+    listing: list[tuple[str, list[Path]]] = []
+    for split in splits:
+        source = _kind(data_cfg).source(data_cfg, split)
+        listing.append((split, [Path(f) for i in range(len(source)) for f in source.files(i)]))
+    paths = [str(f) for _, files in listing for f in files]
+    if not paths:
+        return None
+    base = os.path.commonpath(paths) if len(paths) > 1 else os.path.dirname(paths[0])
+    h = hashlib.sha256()
+    for split, files in listing:
+        h.update(f"split {split} {len(files)}\n".encode())
+        for f in files:
+            h.update(f"{os.path.relpath(f, base)}\t{f.stat().st_size}\n".encode())
+    return h.hexdigest()
 
 
 def build_dataset(data_cfg: dict, split: str, train: bool) -> Dataset:

@@ -42,6 +42,11 @@ class Source(Protocol):
         """Raw sample i: image uint8 HxWx3, mask uint8 HxW (class ids, 255 = ignore)."""
         ...
 
+    def files(self, i: int) -> tuple[Path, ...]:
+        """The files sample i is read from (image, mask or annotation): the dataset's fingerprint
+        (trainables.data.fingerprint) lists them with their sizes. A generated source has none."""
+        ...
+
 
 class SegDataset(Dataset):
     """(image FloatTensor 3xHxW normalised, mask LongTensor HxW) from a source and a transform.
@@ -167,6 +172,9 @@ class PairedFiles:
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         return read_pair(self.images[i], self.masks[i], len(self.classes))
+
+    def files(self, i: int) -> tuple[Path, ...]:
+        return self.images[i], self.masks[i]
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -17,6 +17,7 @@ Masks are drawn with PIL ImageDraw (no anti-aliasing), so labels are exact.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -282,6 +283,9 @@ class SyntheticSource:
         if i not in self._memo:
             self._memo[i] = render(self._seed + [i], self.size)
         return self._memo[i]
+
+    def files(self, i: int) -> tuple[Path, ...]:
+        return ()  # generated from (data_seed, split, i): the spec's own keys name it
 
 
 def build(cfg: dict, split: str) -> SyntheticSource:

@@ -141,6 +141,9 @@ class TTPLASource:
             )
         return img, self._masks.get(i, lambda: rasterise(it.size, it.shapes))
 
+    def files(self, i: int) -> tuple[Path, ...]:
+        return self.items[i].image, self.items[i].ann
+
 
 # ---------------------------------------------------------------- LabelMe (original release)
 
