@@ -122,15 +122,13 @@ def _experiment_id(client, name: str) -> str:
 
 def open_client(uri: str):
     """An MlflowClient on the comparison's store, created (as a sweep would) when it is a new SQLite file."""
-    from mlflow import MlflowClient
-
-    from orchestrator.tracking.store import check_reachable, sqlite_path
+    from orchestrator.tracking.store import check_reachable, open_client, sqlite_path
 
     db = sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
     check_reachable(uri)
-    return MlflowClient(tracking_uri=uri)
+    return open_client(uri)
 
 
 def saved_costs(client, run_id: str) -> dict[str, float]:

@@ -34,7 +34,7 @@ from orchestrator.spec.load import canonical
 from orchestrator.spec.paths import is_uri, join
 from orchestrator.spec.sweep import SweepSpec
 from orchestrator.spec.train import TrainSpec
-from orchestrator.tracking.store import check_reachable, sqlite_path
+from orchestrator.tracking.store import check_reachable, open_client, sqlite_path
 
 # kind -> (what, where to get it, how it must sit under data.root)
 DATASETS = {
@@ -108,6 +108,35 @@ def check_storage(spec: SweepSpec) -> None:
     if spec.storage_path and is_uri(spec.storage_path):
         check_object_store("storage_path", spec.storage_path)
     check_reachable(spec.mlflow.tracking_uri or "")
+    if db is not None and db.is_file():
+        open_client(spec.mlflow.tracking_uri)  # a schema this MLflow cannot migrate: one line, before Ray
+
+
+def check_local_gpus(spec: SweepSpec, address: str | None) -> None:
+    """GPUs asked of a local Ray on a machine without one: refused before Ray starts (a cluster's
+    GPUs are counted once connected, by `capacity`)."""
+    if address or spec.resources.gpus_per_worker == 0:
+        return
+    import torch
+
+    if torch.cuda.device_count() == 0:
+        raise UserError(
+            f"resources.gpus_per_worker is {spec.resources.gpus_per_worker:g} but this machine has no "
+            "visible CUDA GPU and no Ray cluster was named: set resources.gpus_per_worker: 0 (and "
+            "train.run.device: cpu), or pass --address of a cluster with GPUs"
+        )
+
+
+def loader_warnings(spec: SweepSpec) -> list[str]:
+    """One line when loader processes outnumber the CPUs Ray reserves for a worker: they then compete
+    with the training thread and with other trials for cores the scheduler counts as free."""
+    workers, cpus = spec.train.data.workers, spec.resources.cpus_per_worker
+    if workers <= cpus:
+        return []
+    return [
+        f"warning: data.workers {workers} > resources.cpus_per_worker {cpus:g}: loader processes will use "
+        "CPUs Ray did not reserve for the trial; raise resources.cpus_per_worker or lower data.workers"
+    ]
 
 
 def _recipe_data(spec: SweepSpec):
@@ -151,6 +180,9 @@ def run_sweep(
         return _run_on_head(spec, resume, address, worker, verbose, console)
     check_dataset(spec)
     check_storage(spec)
+    check_local_gpus(spec, address)
+    for line in loader_warnings(spec):
+        console.print(line)
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Save the experiment state often (resume loses at most this much bookkeeping), and accept

@@ -275,8 +275,34 @@ def parse_sweep_spec(raw: dict[str, Any]) -> SweepSpec:
             raise SpecError("teacher.recipe.teacher: a teacher recipe trains without a teacher; remove it")
         _part(TrainSpec, recipe, "teacher.recipe.")
     spec = validate(SweepSpec, raw)
+    _check_devices(spec)
     _check_space(spec)
     return _resolved(spec)
+
+
+def _check_devices(spec: SweepSpec) -> None:
+    """A trial or teacher told to train on CUDA must be given a GPU by Ray: without one every trial
+    fails on its worker, after Ray started (the trial's device 'auto' becomes 'cuda' with GPUs, in
+    _resolved and orchestrator.run.teachers, so it never trains on the CPU unnoticed)."""
+    gpus = spec.resources.gpus_per_worker
+    if spec.train.run.device == "cuda" and gpus == 0:
+        raise SpecError(
+            "train.run.device is 'cuda' but resources.gpus_per_worker is 0, so Ray gives a trial no GPU: "
+            "set resources.gpus_per_worker > 0, or train.run.device: cpu"
+        )
+    recipe = (spec.teacher.recipe or {}) if spec.teacher else {}
+    if (recipe.get("run") or {}).get("device") == "cuda" and teacher_gpus(spec) == 0:
+        raise SpecError(
+            "teacher.recipe.run.device is 'cuda' but the teacher gets no GPU (teacher.gpus, else "
+            "resources.gpus_per_worker, is 0): set one of them > 0, or teacher.recipe.run.device: cpu"
+        )
+
+
+def teacher_gpus(spec: SweepSpec) -> float:
+    """GPUs of the teacher's training task: teacher.gpus, else one trial's (at most 1)."""
+    if spec.teacher is not None and spec.teacher.gpus is not None:
+        return spec.teacher.gpus
+    return min(1.0, spec.resources.per_trial["GPU"])
 
 
 def _part(model, raw: dict, prefix: str):
@@ -415,6 +441,8 @@ def _resolved(spec: SweepSpec) -> SweepSpec:
     train = spec.train.model_dump()
     train["data"]["root"] = absolute(train["data"]["root"])
     train["run"]["out_dir"] = absolute(train["run"]["out_dir"])
+    if train["run"]["device"] == "auto" and spec.resources.gpus_per_worker > 0:
+        train["run"]["device"] = "cuda"  # Ray gives it a GPU: a trial that cannot see it fails, never trains on CPU
     _abs_weights(train["model"])
     teacher = spec.teacher.model_dump() if spec.teacher else None
     if teacher and teacher["checkpoint"]:

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from orchestrator.errors import UserError
 from orchestrator.tracking import tags as T
-from orchestrator.tracking.store import check_reachable, default_tracking_uri, sqlite_path
+from orchestrator.tracking.store import check_reachable, default_tracking_uri, open_client, sqlite_path
 
 PARAM = "params."
 # Trial statuses `done` keeps (export): every epoch ran (FINISHED) or a scheduler stopped it early
@@ -44,14 +44,12 @@ META = (
 
 def open_store(uri: str | None = None):
     """An MlflowClient on an existing store; a missing sqlite file is an error, never created."""
-    from mlflow.tracking import MlflowClient
-
     uri = uri or default_tracking_uri()
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         raise UserError(f"no MLflow store at {str(db)!r}; run a sweep first or pass --tracking-uri")
     check_reachable(uri)
-    return MlflowClient(tracking_uri=uri)
+    return open_client(uri)
 
 
 # ------------------------------------------------------------------ finding runs

@@ -106,6 +106,7 @@ def check_reachable(uri: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
     Checked before a command talks to the store, because MLflow's client retries a dead server
     with backoff for minutes. SQLite stores are files: their checks are the callers'."""
     if not uri.startswith(("http://", "https://")):
+        check_sqlite(uri)
         return
     import urllib.error
     import urllib.request
@@ -123,3 +124,51 @@ def check_reachable(uri: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
         f"the MLflow tracking server {uri} cannot be reached ({reason}); start it "
         "(mlflow server ...) or point --tracking-uri / mlflow.tracking_uri elsewhere"
     )
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+def check_sqlite(uri: str) -> None:
+    """Refuse, in one line naming the URI, a `sqlite:///` store whose file exists but is not an
+    SQLite database, or is one without MLflow's tables (MLflow would print a SQLAlchemy traceback,
+    or add its tables to someone else's database). A missing file is the callers' to judge."""
+    db = sqlite_path(uri)
+    if db is None or ":memory:" in uri or not db.is_file():
+        return
+    try:
+        with open(db, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError as e:
+        raise UserError(f"the MLflow store {uri} cannot be read ({e.strerror}); check its permissions") from None
+    if head and head != SQLITE_MAGIC:
+        raise UserError(
+            f"the MLflow store {uri} is not an SQLite database; point --tracking-uri at an mlflow.db "
+            "(or a new file, which a sweep creates)"
+        )
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.Error as e:
+        raise UserError(f"the MLflow store {uri} cannot be opened ({e}); point --tracking-uri elsewhere") from None
+    if tables and "alembic_version" not in tables:
+        raise UserError(
+            f"the MLflow store {uri} is an SQLite database without MLflow's tables; point --tracking-uri "
+            "at an mlflow.db (or a new file, which a sweep creates)"
+        )
+
+
+def open_client(uri: str):
+    """An MlflowClient on `uri` that has answered once: a store MLflow cannot open (a schema it
+    cannot migrate, a locked or unreadable file) is one line naming the URI, not a traceback."""
+    from mlflow import MlflowClient
+
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)
+    except Exception as e:  # MLflow wraps SQLAlchemy's and alembic's errors in several types
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0][:200]
+        raise UserError(f"the MLflow store {uri} cannot be opened ({first}); point --tracking-uri elsewhere") from None
+    return client

@@ -99,9 +99,9 @@ def best_checkpoint(checkpoint_path: str | None) -> str | None:
 
 class Tracker:
     def __init__(self, uri: str, experiment: str, sweep: str):
-        from mlflow import MlflowClient
+        from orchestrator.tracking.store import open_client
 
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = open_client(uri)
         self.uri, self.sweep = uri, sweep
         exp = self.client.get_experiment_by_name(experiment)
         self.experiment_id = (
