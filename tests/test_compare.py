@@ -6,6 +6,7 @@ and --resume. The statistics: tests/test_confirm_stats.py."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import yaml
@@ -118,6 +119,23 @@ def test_the_specs_compare_block_sets_the_defaults():
         R.plan_compare({**raw, "compare": {"budget": "flops"}}, None, None, None)
 
 
+def test_each_methods_tuned_point_comes_from_its_confirmed_cell():
+    from orchestrator.results.compare import tuned_points
+
+    cells = [
+        {"label": "pi", "value": 0.41, "point": {"distill.alpha": 0.37861, "distill.tau": 1.5, "distill.method": "pi"}},
+        {"label": "xgd", "value": 0.46, "point": {"distill.beta": 0.462, "distill.cam": "layercam"}},
+        {"label": "none", "point": {"distill.method": "none"}},
+    ]
+    got = tuned_points(json.dumps(cells))
+    assert got == {
+        "pi": ("alpha=0.379 tau=1.5", 0.41),
+        "xgd": ("beta=0.462 cam=layercam", 0.46),
+        "none": ("(defaults)", None),
+    }
+    assert tuned_points(None) == {} and tuned_points("not json") == {}
+
+
 # ------------------------------------------------------------------ on Ray
 
 
@@ -194,6 +212,8 @@ def test_compare_runs_every_stage_links_them_and_resumes(ray_cluster, tmp_path, 
     assert "budget spent" in shown and "tiny-compare-pi" in shown
     budget = (out_dir / "tiny-compare-confirm" / "budget.csv").read_text()
     assert "pi" in budget and "xgd" in budget
+    md = (out_dir / "tiny-compare-confirm" / "budget.md").read_text()
+    assert "tuned point (confirmed)" in md and "alpha=" in md and "beta=" in md
 
     # a re-run is refused; --resume finds every stage done and runs nothing again
     assert main(["compare", str(spec_path), "--tracking-uri", uri]) == 2

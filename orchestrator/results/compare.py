@@ -35,6 +35,26 @@ def budget_rows(trials: Mapping[str, Sequence[dict]], seconds: Mapping[str, floa
     return out
 
 
+def tuned_points(cells_json: str | None) -> dict[str, tuple[str, float | None]]:
+    """method -> (its confirmed point as 'alpha=0.379 tau=1.57 ...', the best val mIoU its search
+    found there), from the confirmation's cells (tag CONFIRM_CELLS; a comparison labels each by its
+    method). The method itself is the row's name, so it is left out of the point."""
+    try:
+        cells = json.loads(cells_json or "[]")
+    except ValueError:
+        return {}
+    out = {}
+    for c in cells:
+        point = {k.rsplit(".", 1)[-1]: v for k, v in (c.get("point") or {}).items() if k != "distill.method"}
+        text = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in point.items())
+        out[c.get("label", "?")] = (text or "(defaults)", c.get("value"))
+    return out
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
 def _spent(client, stages: Mapping[str, str]):
     from orchestrator.errors import UserError
     from orchestrator.tracking import reader
@@ -69,8 +89,20 @@ def write_budget(client, parent_tags: Mapping[str, str], out: Path, console=None
         return [], []
     trials, seconds, missing = _spent(client, stages)
     rows = budget_rows(trials, seconds)
+    tuned = tuned_points(parent_tags.get(T.CONFIRM_CELLS))
     budget = parent_tags.get(T.COMPARE_BUDGET, "?")
-    heads = ["method", "sweep", "epochs per trial", "trials", "finished", "stopped early", "epochs run", "trainer s"]
+    heads = [
+        "method",
+        "sweep",
+        "epochs per trial",
+        "trials",
+        "finished",
+        "stopped early",
+        "epochs run",
+        "trainer s",
+        "tuned point (confirmed)",
+        "its search val mIoU (%)",
+    ]
     grid_rows = [
         [
             Entry(r["method"]),
@@ -78,6 +110,8 @@ def write_budget(client, parent_tags: Mapping[str, str], out: Path, console=None
             Entry(str(epochs.get(r["method"], "-"))),
             *(Entry(str(r[k])) for k in ("trials", "finished", "stopped", "epochs")),
             Entry(f"{r['trainer_s']:.0f}"),
+            Entry(tuned.get(r["method"], ("-", None))[0]),
+            Entry(_pct(tuned.get(r["method"], ("-", None))[1])),
         ]
         for r in rows
     ]
@@ -87,7 +121,8 @@ def write_budget(client, parent_tags: Mapping[str, str], out: Path, console=None
     if console is not None:
         console.print(tables.to_rich(grid))
     (out / "budget.md").write_text(tables.to_markdown(grid))
-    pcsv.write_csv(pa.Table.from_pylist([{**r, "sweep": stages[r["method"]]} for r in rows]), out / "budget.csv")
+    csv_rows = [{**r, "sweep": stages[r["method"]], "tuned_point": tuned.get(r["method"], ("", None))[0]} for r in rows]
+    pcsv.write_csv(pa.Table.from_pylist(csv_rows), out / "budget.csv")
     md = [tables.to_markdown(grid)]
     md += [f"Note: sweep {n} is not in this store." for n in missing]
     return [out / "budget.md", out / "budget.csv"], md
