@@ -17,7 +17,7 @@ import sys
 
 from orchestrator.errors import SpecError, UserError
 
-COMMANDS = ("train", "sweep", "ablate", "confirm", "compare", "report", "export", "ui", "bench")
+COMMANDS = ("train", "sweep", "ablate", "confirm", "compare", "ls", "status", "stop", "report", "export", "ui", "bench")
 DISTRIBUTION = "xgd-orchestrator"
 
 
@@ -53,7 +53,8 @@ class _Version(argparse.Action):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator",
-        description="XGD distillation: train, sweep, ablate, confirm, compare, report, export, ui, bench",
+        description="XGD distillation: train, sweep, ablate, confirm, compare, ls, status, stop, report, export, "
+        "ui, bench",
     )
     parser.add_argument("--version", action=_Version, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -64,7 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     args = build_parser().parse_args(argv)
     if not getattr(args, "verbose", False):
         # Tune warns of any driver callback over 0.5 s (read when ray.tune is first imported, which is

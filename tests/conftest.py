@@ -1,15 +1,34 @@
 """Shared test setup: one local Ray per test session (starting Ray costs 7-8 s here), a guard for
 commands that must stop before Ray, and one torch thread for CPU-heavy modules.
 
-Environment first, before anything imports Ray: no token auth for the local cluster, no Tune
-default loggers (the sweep tracks results itself).
+Environment first, before anything imports Ray: Ray's token authentication on, with a token of
+this test session's own (RAY_AUTH_TOKEN_PATH, inherited by every process a test starts: the shared
+Ray, `ray start` heads, sweeps in subprocesses), so no test reads or writes ~/.ray/auth_token; no
+Tune default loggers (the sweep tracks results itself).
 """
 
+import atexit
 import os
+import secrets
+import shutil
+import tempfile
 
 import pytest
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+def _session_token() -> None:
+    folder = tempfile.mkdtemp(prefix="xgd-test-ray-token-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = os.path.join(folder, "auth_token")
+    with open(path, "w") as f:
+        f.write(secrets.token_hex(32))
+    os.chmod(path, 0o600)
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = path
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+
+
+_session_token()
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 

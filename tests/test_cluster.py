@@ -119,7 +119,6 @@ def test_two_node_cluster_sweep_survives_losing_a_node(tmp_path):
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     env.update(
-        RAY_AUTH_MODE="disabled",
         TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1",
         PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]),
     )  # the script imports sweep_stubs

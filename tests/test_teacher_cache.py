@@ -35,7 +35,7 @@ print("RESULT", json.dumps({"checkpoint": t.checkpoint, "cached": t.cached, "met
 
 
 def start(results: Path, name: str, epochs: int = 2) -> subprocess.Popen:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
         [sys.executable, "-c", OBTAIN, str(results), name, str(epochs)],
         cwd=ROOT,

@@ -11,6 +11,31 @@ import os
 LOCAL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
 
+# Ray's token authentication [RaySec]: a new local Ray (ray.init without an address) turns it on and
+# writes a token to ~/.ray/auth_token; joining a cluster uses RAY_AUTH_TOKEN, else the file named by
+# RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token, but only with RAY_AUTH_MODE=token when the address is
+# explicit (Ray 2.60's ray.init). `use_token_auth` sets that mode whenever a token is there, so every
+# command reaches a token cluster with the user's token and no extra variable; RAY_AUTH_MODE set by
+# the user (e.g. disabled, on a private machine) is never changed.
+AUTH_MODE = "RAY_AUTH_MODE"
+TOKEN = "RAY_AUTH_TOKEN"
+TOKEN_PATH = "RAY_AUTH_TOKEN_PATH"
+
+
+def token_available() -> bool:
+    if os.environ.get(TOKEN):
+        return True
+    path = os.environ.get(TOKEN_PATH) or os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    return os.path.isfile(path)
+
+
+def use_token_auth() -> None:
+    """RAY_AUTH_MODE=token for this process and its children when the user has a Ray token and
+    chose no mode; without a token it stays unset (a new local Ray then makes one)."""
+    if os.environ.get(AUTH_MODE) is None and token_available():
+        os.environ[AUTH_MODE] = "token"
+
+
 def is_client(address: str | None) -> bool:
     return bool(address) and address.startswith("ray://")
 
@@ -32,6 +57,7 @@ def connect(address: str | None, verbose: bool) -> bool:
     if not address:
         for k, v in LOCAL_ENV.items():
             os.environ.setdefault(k, v)
+    use_token_auth()
     ray.init(address=address or "local", **kw)
     return True
 
