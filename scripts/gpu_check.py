@@ -8,7 +8,8 @@ wrote (the bench's JSON, the sweep's MLflow runs):
 - bench-compile: the same with `--compile`, for PI and XGD(GradCAM);
 - shared-gpu: a 4-trial sweep of search_spaces/quickstart.yaml on CUDA with
   `resources.gpus_per_worker: 0.5`, so two trials share one GPU; all 4 must finish and two must
-  have run at the same time on the same GPU;
+  have run at the same time on the same GPU, and each must have logged its peak GPU memory and
+  mean GPU utilisation (peak_mem_mb, gpu_util_pct);
 - ddp-nccl: one Ray Train trial of 2 workers with one GPU each (NCCL), when 2 GPUs are visible;
 - oom: two trials one at a time of a DeepLabV3+ ResNet-152 student in fp32, batch 48, crop 64 and
   crop 1280. The second cannot fit: its saved activations come to about 311 GB (measured on the
@@ -122,6 +123,8 @@ def sweep_figures(results: Path, name: str) -> dict:
             "device": r.data.tags.get(T.DEVICE),
             "error": r.data.tags.get(T.ERROR),
             "val_miou": r.data.metrics.get("val_miou"),
+            "peak_mem_mb": r.data.metrics.get("peak_mem_mb"),  # trainables.device_stats, per epoch
+            "gpu_util_pct": r.data.metrics.get("gpu_util_pct"),
             "start_s": r.info.start_time / 1000 if r.info.start_time else None,
             "end_s": r.info.end_time / 1000 if r.info.end_time else None,
         }
@@ -137,7 +140,9 @@ def trial_figures(trials: list[dict]) -> dict:
         if t["start_s"] and t["end_s"]:
             by_gpu.setdefault(gpu_of(t["device"]), []).append((t["start_s"], t["end_s"]))
     statuses = [t["status"] for t in trials]
+    finished = [t for t in trials if t["status"] == "FINISHED"]
     return {
+        "without_device_figures": sum(t.get("peak_mem_mb") is None or t.get("gpu_util_pct") is None for t in finished),
         "trials": trials,
         "finished": statuses.count("FINISHED"),
         "failed": statuses.count("FAILED"),
@@ -162,6 +167,8 @@ def check_shared(f: dict) -> str:
         return f"{f['finished']} of 4 trials finished"
     if f["most_at_once_on_one_gpu"] < 2:
         return "no two trials ran on one GPU at the same time"
+    if f.get("without_device_figures"):
+        return f"{f['without_device_figures']} finished trial(s) logged no peak_mem_mb or gpu_util_pct"
     return ""
 
 

@@ -97,7 +97,17 @@ def test_oom_hint_parser_reads_the_projects_oom_line():
 
 def trial_row(status: str, crop: int, start: float, end: float, gpu: str = "0", error: str | None = None) -> dict:
     dev = f"cuda:0 NVIDIA H200 (CUDA_VISIBLE_DEVICES={gpu})"
-    return dict(trial="t", status=status, crop=str(crop), device=dev, error=error, start_s=start, end_s=end)
+    return dict(
+        trial="t",
+        status=status,
+        crop=str(crop),
+        device=dev,
+        error=error,
+        start_s=start,
+        end_s=end,
+        peak_mem_mb=812.0,
+        gpu_util_pct=57.0,
+    )
 
 
 def figures(rows: list[dict]) -> dict:
@@ -110,6 +120,8 @@ def test_checks_on_made_up_sweeps():
     apart = [trial_row("FINISHED", 64, 0, 10, gpu=g) for g in "0123"]  # one trial per GPU
     assert "no two trials" in gc_mod.check_shared(figures(apart))
     assert "3 of 4" in gc_mod.check_shared(figures(ok[:3]))
+    blind = [{**r, "gpu_util_pct": None} for r in ok]  # e.g. NVML missing on the node
+    assert "4 finished trial(s) logged no peak_mem_mb or gpu_util_pct" in gc_mod.check_shared(figures(blind))
 
     oom_line = fatal_cause(OOM_TRACE)
     good = [trial_row("FINISHED", 64, 0, 5), trial_row("FAILED", gc_mod.OOM_CROP, 6, 8, error=oom_line)]

@@ -140,6 +140,9 @@ def test_run_training_writes_checkpoints_and_metrics(tmp_path):
     assert (d / "best.pt").exists() and (d / "checkpoint.pt").exists() and (d / "metrics.json").exists()
     m = out["metrics"]
     assert 0 <= m["val_miou"] <= 1 and m["params"] > 1e6 and m["gflops"] > 0 and m["latency_ms"] > 0
+    assert m["peak_mem_mb"] > 50 and "gpu_util_pct" not in m  # the epoch's peak RSS on the CPU
+    lines = [json.loads(ln) for ln in (d / "metrics.jsonl").read_text().splitlines()]
+    assert all(ln["peak_mem_mb"] > 50 for ln in lines)  # every epoch
     best = checkpoint.load(out["checkpoint"])
     assert best["classes"][1] == "cable" and best["model_cfg"]["encoder"] == "resnet18"
 

@@ -2,12 +2,12 @@
 
 Per batch: `trainables.step.train_step` (student forward with taps, frozen teacher forward with a
 graph only from its CAM layer when the saliency term is on, the registered loss terms, one
-backward; the benchmark times this same step). Per epoch:
-averaged terms, val mIoU from one confusion matrix, the student's static costs (params, GFLOPs,
-latency: measured once before the first epoch, so a trial stopped early still reports them to a
-Pareto search), a report with a checkpoint that holds all an exact resume needs. The last report
-adds, once, explanation metrics and the held-out test split, both of the best-on-val weights.
-Teacher training is this loop without a teacher.
+backward; the benchmark times this same step). Per epoch: averaged terms, the epoch's peak
+memory and GPU utilisation (trainables.device_stats), val mIoU from one confusion matrix, the
+student's static costs (params, GFLOPs, latency: measured once before the first epoch, so a
+trial stopped early still reports them to a Pareto search), a report with a checkpoint that holds
+all an exact resume needs. The last report adds, once, explanation metrics and the held-out test
+split, both of the best-on-val weights. Teacher training is this loop without a teacher.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 from trainables import metrics as M
 from trainables.checkpoint import rng_state, set_rng_state
 from trainables.constants import IMAGENET_MEAN, IMAGENET_STD
+from trainables.device_stats import DeviceStats
 from trainables.explain import explanation_metrics
 from trainables.models import count_flops, count_params, measure_latency, model_from_config
 from trainables.reporting import TEST_CONFUSION, in_ray_train, make_reporter
@@ -61,11 +62,13 @@ def train_loop(config: dict) -> dict:
     tr.model, tr.sync_extras = _distribute(student, tr.extras, world)
 
     out: dict = {}
+    stats = DeviceStats(device)
     for epoch in range(start, optim["epochs"]):
         train_dl.sampler.set_epoch(epoch)  # shuffle and augmentations from (seed, epoch, index)
         student.train()
         sums = torch.zeros(len(tr.terms) + 1, device=device)
         saliency, t0, taken = SpanTimer(device), time.perf_counter(), 0
+        stats.start()  # peak memory from here; GPU utilisation sampled until stop()
         for x, y in itertools.islice(train_dl, steps):
             out_step = train_step(tr, x, y)
             sums += torch.cat([out_step.loss[None], out_step.losses]).float()
@@ -74,6 +77,7 @@ def train_loop(config: dict) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         epoch_time = time.perf_counter() - t0
+        device_figures = stats.stop()
         avg = (sums / taken).tolist()  # the one host sync per epoch
         sal_time = saliency.seconds()  # CUDA: device time from the step's events, read after the sync
         if not math.isfinite(avg[0]):
@@ -87,6 +91,7 @@ def train_loop(config: dict) -> dict:
             "step_time_s": epoch_time / taken,
             "saliency_time_s": sal_time / taken,
             "epoch_time_s": epoch_time,
+            **device_figures,
             **where,
             **static,
         }

@@ -60,6 +60,9 @@ COLUMNS: dict[str, Col] = {
         Col("step_time_s", "s / iter", "min", 1.0, 4),
         Col("saliency_time_s", "CAM s / iter", "min", 1.0, 4),
         Col("wall_time_s", "wall (s)", None, 1.0, 0),
+        # trainables.device_stats: the last epoch's peak (CUDA allocated, else the process's RSS)
+        Col("peak_mem_mb", "peak mem (MB, last epoch)", "min", 1.0, 0),
+        Col("gpu_util_pct", "GPU util (%, last epoch)", None, 1.0, 0),
         Col("expl_sal_spearman", "CAM Spearman (S-T)", "max", 1.0, 3),
         Col("expl_topk_iou", "CAM top-20% IoU (S-T)", "max", 1.0, 3),
         Col("expl_focus", "focus (S-T)", "max", 1.0, 3),
@@ -77,7 +80,8 @@ def col(key: str) -> Col:
 
 
 def _summary(t: pa.Table) -> list[str]:
-    return ["best_val_miou", "test_miou", "val_pixel_acc", "gflops", "params", "latency_ms"]
+    device = [k for k in ("peak_mem_mb", "gpu_util_pct") if k in t.column_names]  # trials of older runs lack them
+    return ["best_val_miou", "test_miou", "val_pixel_acc", "gflops", "params", "latency_ms", *device]
 
 
 def _per_class(t: pa.Table, split: str = "val") -> list[str]:
