@@ -34,8 +34,20 @@ def test_kuberay_rayjob_runs_a_sweep_of_this_repo(capsys):
     assert argv[:4] == ["python", "-m", "orchestrator", "sweep"]
     spec = argv[4]
     assert (ROOT / spec).is_file(), spec
+    assert argv[argv.index("--resume") + 1] == "auto"  # a retried job continues the sweep
     out = _dry_run(argv[3:], capsys)
     assert "/shared/xgd/sweeps" in out and "mlflow.default.svc.cluster.local" in out
+    assert job["spec"]["backoffLimit"] >= 1
+    pods = [cluster["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in cluster["workerGroupSpecs"]]
+    pods.append(job["spec"]["submitterPodTemplate"]["spec"])
+    for pod in pods:
+        for c in pod["containers"]:  # token auth everywhere, the token from a Secret
+            env = {e["name"]: e for e in c["env"]}
+            assert env["RAY_AUTH_MODE"]["value"] == "token" and "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
+    for pod in pods[:-1]:
+        shm = {v["name"]: v for v in pod["volumes"]}["dshm"]
+        assert shm["emptyDir"]["medium"] == "Memory"
+        assert {"name": "dshm", "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]
 
 
 def test_slurm_script_starts_ray_and_runs_the_orchestrator(capsys):
@@ -48,7 +60,13 @@ def test_slurm_script_starts_ray_and_runs_the_orchestrator(capsys):
     assert defaults["COMMAND"] in ("sweep", "ablate") and (ROOT / defaults["SPEC"]).is_file()
     command = re.search(r"^python -m orchestrator .*?(?<!\\)$", text.replace("\\\n", " "), re.M | re.S).group(0)
     argv = shlex.split(command)
+    if argv[-1] == "&":  # run in the background so that the trap can signal it
+        argv = argv[:-1]
     assert argv[:3] == ["python", "-m", "orchestrator"] and "--address" in argv
+    assert argv[argv.index("--resume") + 1] == "auto"  # a requeued job continues the sweep
+    assert re.search(r"^#SBATCH --requeue", text, re.M) and "trap " in text and "kill -INT" in text
+    assert "ray status" in text and not re.search(r"^sleep \d+", text, re.M)  # a readiness check, no fixed sleep
+    assert "RAY_AUTH_MODE=token" in text
     values = {
         "$COMMAND": defaults["COMMAND"],
         "$SPEC": defaults["SPEC"],

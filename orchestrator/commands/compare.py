@@ -69,12 +69,16 @@ def run(args) -> int:
         return 0
     stages = {m: cmp.method_spec(m, uri) for m in cmp.methods}
     begun = [s.name for s in stages.values() if sweep_exists(s)]
-    if begun and not args.resume:
+    if args.resume == "auto":  # unattended: continue what has begun, start the rest
+        console.print(
+            f"--resume auto: {'continuing' if begun else 'starting'} comparison {cmp.name!r}", highlight=False
+        )
+    elif begun and not args.resume:
         raise UserError(
             f"comparison {cmp.name!r} has begun (sweeps {', '.join(begun)}): continue it with --resume, "
             f"or start another with --set name={base.name}-2"
         )
-    if args.resume and not begun:
+    if args.resume is True and not begun:
         raise UserError(f"no comparison {cmp.name!r} to resume (none of its sweeps exists); start it without --resume")
     client = R.open_client(uri)
     cid = R.compare_run(client, cmp, base.mlflow.experiment)

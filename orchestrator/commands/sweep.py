@@ -1,8 +1,9 @@
-"""`python -m orchestrator sweep SPEC.yaml [--set k=v] [--dry-run] [--resume] [--address A] [--tracking-uri URI]
+"""`python -m orchestrator sweep SPEC.yaml [--set k=v] [--dry-run] [--resume [auto]] [--address A] [--tracking-uri URI]
 [--verbose]`."""
 
 from __future__ import annotations
 
+import argparse
 import os
 
 from orchestrator.errors import UserError
@@ -34,9 +35,14 @@ def add_run_args(p, what: str, examples: str, dry: str) -> None:
     p.add_argument("--dry-run", action="store_true", help=f"print {dry} and per-trial resources; run nothing")
     p.add_argument(
         "--resume",
-        action="store_true",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_resume_mode,
+        metavar="auto",
         help=f"continue {what} whose driver stopped: finished trials are kept, unfinished ones "
-        "continue from their last checkpoint",
+        "continue from their last checkpoint; '--resume auto' continues it if it exists and starts it "
+        "if not (a retried Kubernetes job, a requeued SLURM job); a second driver while one runs is refused",
     )
     p.add_argument(
         "--address",
@@ -45,6 +51,12 @@ def add_run_args(p, what: str, examples: str, dry: str) -> None:
     )
     p.add_argument("--verbose", action="store_true", help="show Ray's own trial tables and worker logs")
     add_tracking_uri(p)
+
+
+def _resume_mode(text: str) -> str:
+    if text != "auto":
+        raise argparse.ArgumentTypeError(f"'{text}': --resume takes no value, or 'auto'")
+    return text
 
 
 def run(args) -> int:

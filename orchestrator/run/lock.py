@@ -1,4 +1,5 @@
-"""One holder at a time for a folder shared through the file system (the teacher cache).
+"""One holder at a time for a folder shared through the file system: the teacher cache (a second
+sweep waits, `hold`) and a running sweep's driver (a second copy is refused, `exclusive`).
 
 The lock is `filelock.FileLock` (an OS file lock: released by the kernel when its holder dies, so a
 killed sweep never leaves a stale lock). Beside it, `owner.json` names the holder (host, pid, what
@@ -30,6 +31,31 @@ def owner(folder: Path) -> str:
     return f"{o.get('by', '?')} (pid {o.get('pid', '?')} on {o.get('host', '?')}, since {o.get('since', '?')})"
 
 
+class Held(Exception):
+    """The folder's lock is held by a live process; the message names it (`owner`)."""
+
+
+@contextmanager
+def exclusive(folder: Path, by: str) -> Iterator[None]:
+    """Hold `folder`'s lock for the block, or raise Held naming the holder at once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder / LOCK_NAME, thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise Held(owner(folder)) from None
+    try:
+        _write_owner(folder, by)
+        yield
+    finally:
+        lock.release()
+
+
+def _write_owner(folder: Path, by: str) -> None:
+    info = {"by": by, "pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    (folder / OWNER_NAME).write_text(json.dumps(info))
+
+
 @contextmanager
 def hold(folder: Path, by: str, waiting: Callable[[str], None], poll_s: float = 0.5) -> Iterator[None]:
     """Hold `folder`'s lock for the block; if another process has it, call `waiting(<who>)` once
@@ -42,8 +68,7 @@ def hold(folder: Path, by: str, waiting: Callable[[str], None], poll_s: float = 
         waiting(owner(folder))
         lock.acquire(poll_interval=poll_s)
     try:
-        info = {"by": by, "pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        (folder / OWNER_NAME).write_text(json.dumps(info))
+        _write_owner(folder, by)
         yield
     finally:
         lock.release()

@@ -22,7 +22,7 @@ import yaml
 from rich.console import Console
 
 from orchestrator.errors import UserError
-from orchestrator.run import study
+from orchestrator.run import lock, study
 from orchestrator.run.callback import SESSIONS, DriverCallback, Session
 from orchestrator.run.live import SweepView
 from orchestrator.run.outcome import SweepOutcome, finish, parent_params, parent_tags, print_best
@@ -72,6 +72,7 @@ def check_dataset(spec: SweepSpec) -> None:
             )
 
 
+RESUME_AUTO = "auto"  # --resume auto: continue the sweep if it exists, else start it (unattended re-runs)
 MIN_FREE_MB = 200  # below this a sweep would die mid-checkpoint: refuse it up front
 
 
@@ -164,13 +165,15 @@ def capacity(spec: SweepSpec, cluster: dict[str, float]) -> int:
 def run_sweep(
     spec: SweepSpec,
     *,
-    resume: bool = False,
+    resume: bool | str = False,
     address: str | None = None,
     worker: Callable | None = None,
     verbose: bool = False,
     console: Console | None = None,
 ) -> SweepOutcome:
-    """Run (or resume) the sweep; returns the rows, best trial and Pareto set."""
+    """Run (or resume) the sweep; returns the rows, best trial and Pareto set. `resume`: True
+    continues an existing sweep, RESUME_AUTO continues it when it exists and starts it when not.
+    One driver per sweep: a second while the first runs is refused (driver_lock)."""
     console = console or Console()
     t0 = time.monotonic()
     from orchestrator.run import cluster
@@ -184,7 +187,6 @@ def run_sweep(
     for line in loader_warnings(spec):
         console.print(line)
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Save the experiment state often (resume loses at most this much bookkeeping), and accept
     # results without the objective: a trial resumed from its final checkpoint has nothing left
     # to report, and Tune's strict check would fail the whole sweep over it.
@@ -192,7 +194,28 @@ def run_sweep(
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     if not verbose:
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # with verbose=0: no Ray trial tables
+    try:
+        with lock.exclusive(driver_lock(spec), f"sweep {spec.name!r}"):
+            return _drive(spec, resume, address, worker, verbose, console, t0)
+    except lock.Held as e:
+        raise UserError(
+            f"sweep {spec.name!r} is running now: {e}; wait for it, or stop that driver, before running it again"
+        ) from None
+
+
+def driver_lock(spec: SweepSpec) -> Path:
+    """The folder whose lock the sweep's driver holds while it runs (orchestrator.run.lock): under
+    results, which every node of a cluster sees."""
+    return Path(spec.results) / "locks" / spec.name
+
+
+def _drive(spec, resume, address, worker, verbose, console, t0) -> SweepOutcome:
+    from orchestrator.run import cluster
+
     exists = sweep_exists(spec)
+    if resume == RESUME_AUTO:  # a retried job or a requeued batch script: continue, or start
+        console.print(f"--resume auto: {'continuing' if exists else 'starting'} sweep {spec.name!r}", highlight=False)
+        resume = exists
     if exists and not resume:
         raise UserError(
             f"sweep {spec.name!r} already exists at {spec.experiment_dir}: continue it with --resume, "
@@ -302,7 +325,11 @@ def _run(spec, resume, worker, verbose, console, t0) -> SweepOutcome:
                     save_spec(spec)
                     study.record_totals(spec, totals)
                 tuner.fit()
-            study.fail_stale(spec)
+                if SESSIONS[keys[-1]].stop_by:  # `stop SWEEP`: no next stage; running trials stay resumable
+                    status = "interrupted"
+                    break
+            else:
+                study.fail_stale(spec)
     except KeyboardInterrupt:
         status = "interrupted"
         raise

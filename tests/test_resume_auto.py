@@ -1,0 +1,148 @@
+"""Unattended re-runs: the same command with `--resume auto`, as a retried Kubernetes job or a
+requeued SLURM job runs it, starts the sweep the first time and continues it after its driver was
+killed, twice; a second driver while one runs is refused, naming the first."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.cli import main
+from orchestrator.run import lock
+from orchestrator.run.sweep import driver_lock
+from orchestrator.spec.sweep import parse_sweep_spec
+from orchestrator.tracking import tags as T
+from test_sweep import mlflow_runs, poll_trials, resumable_in_snapshot
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 400
+
+
+def raw_spec(tmp_path: Path) -> dict:
+    """Tiny real trainer, 3 trials of 3 epochs, one at a time: every kill lands mid-sweep."""
+    return {
+        "name": "unattended",
+        "results": str(tmp_path / "results"),
+        "train": {
+            "data": {"kind": "synthetic", "num_train": 8, "num_val": 4, "num_test": 4, "image_size": 64, "crop": 64},
+            "model": {"encoder": "mobilenet_v2"},
+            "optim": {"epochs": 3},
+            "run": {"out_dir": str(tmp_path / "runs"), "max_steps_per_epoch": 2, "explain": False},
+        },
+        "space": {"optim.lr": {"type": "choice", "values": [0.01, 0.02, 0.05]}},
+        "search": {"algorithm": "grid"},
+        "early_stopping": {"kind": "none"},
+        "resources": {"num_workers": 1, "cpus_per_worker": 1, "max_concurrent": 1},
+    }
+
+
+def start(spec_file: Path, tmp_path: Path) -> subprocess.Popen:
+    """`python -m orchestrator sweep SPEC --resume auto`, in its own session: a kill takes the
+    driver and the local Ray it started, as a node loss would."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "sweep", str(spec_file), "--resume", "auto"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def epochs_logged(db: Path) -> int:
+    return sum(t["epochs"] for t in poll_trials(db).values())
+
+
+def kill_when(proc: subprocess.Popen, ready) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if ready():
+                return
+            time.sleep(0.3)
+        out = proc.stdout.read() if proc.poll() is not None else ""
+        raise AssertionError(f"never caught mid-sweep (rc {proc.poll()}): {out[-3000:]}")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3 * TIMEOUT_S)
+def test_killed_twice_and_rerun_with_resume_auto_finishes_every_trial_once(tmp_path, capsys):
+    raw = raw_spec(tmp_path)
+    spec = parse_sweep_spec(raw)
+    spec_file = tmp_path / "sweep.yaml"
+    spec_file.write_text(yaml.safe_dump(raw))
+    db = Path(spec.results) / "mlflow.db"
+
+    first = start(spec_file, tmp_path)  # nothing exists yet: --resume auto starts it
+    kill_when(first, lambda: epochs_logged(db) >= 2 and resumable_in_snapshot(spec.experiment_dir))
+    at_first = epochs_logged(db)
+    assert main(["status", spec.name, "--tracking-uri", spec.mlflow.tracking_uri]) == 0
+    assert f"sweep {spec.name} (sweep): driver gone" in capsys.readouterr().out  # killed: no one holds its lock
+
+    second = start(spec_file, tmp_path)  # continues it
+    kill_when(second, lambda: epochs_logged(db) >= at_first + 2 and resumable_in_snapshot(spec.experiment_dir))
+
+    third = start(spec_file, tmp_path)
+    out, _ = third.communicate(timeout=TIMEOUT_S)
+    assert third.returncode == 0, out[-3000:]
+    assert f"--resume auto: continuing sweep {spec.name!r}" in out
+
+    client, parents, children = mlflow_runs(spec)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [c for c in children if c.data.tags.get(T.STATUS) != "orphaned"]
+    assert sorted(float(c.data.params["optim.lr"]) for c in children) == [0.01, 0.02, 0.05]  # each trial once
+    for c in children:
+        assert c.info.status == "FINISHED", c.data.tags
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_miou")]
+        assert steps == [0, 1, 2], steps  # every epoch logged once
+
+
+def test_a_second_driver_while_one_runs_is_refused_naming_it(tmp_path, capsys, no_ray):
+    raw = raw_spec(tmp_path)
+    spec = parse_sweep_spec(raw)
+    spec_file = tmp_path / "sweep.yaml"
+    spec_file.write_text(yaml.safe_dump(raw))
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom pathlib import Path\nfrom orchestrator.run.lock import exclusive\n"
+            "with exclusive(Path(sys.argv[1]), \"sweep 'unattended'\"):\n    print('held', flush=True)\n"
+            "    time.sleep(600)\n",
+            str(driver_lock(spec)),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["sweep", str(spec_file), "--resume", "auto"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "sweep 'unattended' is running now" in err, err
+        assert f"pid {holder.pid}" in err
+    finally:
+        holder.kill()
+        holder.wait()
+    with pytest.raises(no_ray):  # its holder gone, the lock is free (the kernel released it)
+        main(["sweep", str(spec_file), "--resume", "auto"])
+    with lock.exclusive(driver_lock(spec), "check"):
+        pass
+
+
+def test_resume_takes_no_value_but_auto(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", "search_spaces/quickstart.yaml", "--resume", "always"])
+    assert e.value.code == 2 and "--resume takes no value, or 'auto'" in capsys.readouterr().err
