@@ -2,11 +2,16 @@
 
 Tune pickles its callbacks into the experiment folder and brings them back on resume, so the
 callback holds only a key; the live objects (MLflow client, console) sit in `SESSIONS` in the
-driver process and are looked up by that key.
+driver process and are looked up by that key. The callback is also where the driver hears
+`stop SWEEP` (a tag on its parent run, read every STOP_POLL_S): it then interrupts itself as
+Ctrl-C would, so Tune saves the experiment and the sweep stays resumable.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 
 from ray import tune
@@ -22,6 +27,7 @@ from orchestrator.tracking import tags as T
 from orchestrator.tracking.pending import pending_path
 
 SESSIONS: dict[str, Session] = {}
+STOP_POLL_S = 5.0  # how often the driver reads its parent run for a stop request (one MLflow read)
 # Tune internals DriverCallback relies on: it sets trial.max_failures = 0, which Trial.should_recover
 # reads at the next failure, and reads trial.error_file; tests/test_ray_internals.py checks them.
 RAY_INTERNALS = (
@@ -99,12 +105,30 @@ class Session:
         self.spec, self.plan, self.view, self.tracker = spec, plan, view, tracker
         self.seen: set[str] = set()
         self.orphans_checked = not resumed
+        self.stop_by: str | None = None  # who asked this driver to stop (tag STOP_REQUESTED)
+        self.stop_polled = time.monotonic()
         if tracker is not None:  # writes a dead store refused wait on disk; an earlier driver's are delivered
             tracker.keep_pending(pending_file(spec), say=lambda msg: view.note(f"[yellow]{escape(msg)}[/]"))
 
     def flush(self) -> None:
-        """Retry the MLflow writes waiting for the store (at most one short attempt per retry interval)."""
+        """Retry the MLflow writes waiting for the store (at most one short attempt per retry
+        interval), and look for a stop asked by `stop SWEEP` (every STOP_POLL_S)."""
         self._safe("retry", self.tracker and self.tracker.outbox.flush)
+        now = time.monotonic()
+        if self.tracker is None or self.stop_by or now - self.stop_polled < STOP_POLL_S:
+            return
+        self.stop_polled = now
+        try:
+            asked = self.tracker.stop_requested()
+        except Exception:  # the store is down: the outbox says so; look again later
+            return
+        if asked:
+            self.stop_by = asked
+            self.view.note(
+                f"[yellow]stop requested ({escape(asked)})[/]: the trials keep their checkpoints; resume with --resume"
+            )
+            # what Ctrl-C does: Tune ends its loop, saves the experiment and returns (ray.tune.tune)
+            os.kill(os.getpid(), signal.SIGINT)
 
     def _safe(self, what: str, fn, *args) -> None:
         if self.tracker is None:

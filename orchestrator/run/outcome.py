@@ -53,6 +53,7 @@ def parent_tags(spec: SweepSpec, teacher) -> dict:
     data = spec.train.data
     return {
         **git_info(),
+        T.RESULTS: spec.results,
         T.DATASET: data.kind,
         T.DATA_ROOT: data.root,
         T.CLASSES: ",".join(class_names(data.model_dump())),

@@ -29,11 +29,15 @@ TRIAL_DIR = "xgd.trial_dir"
 GIT_COMMIT, GIT_DIRTY = "xgd.git_commit", "xgd.git_dirty"
 DATASET, DATA_ROOT, CLASSES = "xgd.dataset", "xgd.data_root", "xgd.classes"
 EXPERIMENT_DIR = "xgd.experiment_dir"  # the sweep's Tune experiment folder
+RESULTS = "xgd.results"  # the sweep's results folder (its driver lock, pending MLflow writes)
 TEACHER_CHECKPOINT, TEACHER_HASH, TEACHER_RUN_ID = "xgd.teacher_checkpoint", "xgd.teacher_hash", "xgd.teacher_run"
 BEST_TRIAL_ID, BEST_RUN_ID = "xgd.best_trial_id", "xgd.best_run_id"
 BEST_CHECKPOINT, BEST_PARAMS = "xgd.best_checkpoint", "xgd.best_params"
 PARETO_TRIALS = "xgd.pareto_trials"  # on the parent: the front's trial ids, comma-separated
 PARETO = "xgd.pareto"  # on a trial of the front: "true"
+# the driver running the sweep now ("host pid started"), and a stop asked of it by `stop SWEEP`
+# ("who at when"): the driver polls its parent run for it, from any shell that sees the store
+DRIVER, STOP_REQUESTED = "xgd.driver", "xgd.stop_requested"
 LEAKED_PGS_RELEASED = "xgd.leaked_pgs_released"  # placement groups the reaper had to remove
 # where a trial ran, as its trainer reports it (trainables.setup.placement): result key -> tag
 HOST, RAY_NODE, DEVICE = "xgd.host", "xgd.ray_node", "xgd.device"

@@ -152,7 +152,16 @@ class Tracker:
         self.parent_id = run.info.run_id
         self._log_params(run, params)
         self._tags(self.parent_id, tags)
+        self.client.set_tag(self.parent_id, T.DRIVER, driver_line())  # `status` names it
+        if T.STOP_REQUESTED in run.data.tags:  # a stop asked of an earlier driver is done with
+            self.client.delete_tag(self.parent_id, T.STOP_REQUESTED)
         return self.parent_id
+
+    def stop_requested(self) -> str | None:
+        """The parent run's STOP_REQUESTED tag (set by `stop SWEEP`), or None; one read of the run."""
+        if self.parent_id is None:
+            return None
+        return self.client.get_run(self.parent_id).data.tags.get(T.STOP_REQUESTED)
 
     def _tags(self, run_id: str, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -348,6 +357,13 @@ class Tracker:
         if n:
             self.outbox.say(f"MLflow: delivering {n} write(s) an earlier driver of this sweep kept in {path}")
             self.outbox.flush(force=True)
+
+
+def driver_line() -> str:
+    """This driver as `status` shows it: host, pid and since when (UTC)."""
+    import socket
+
+    return f"{socket.gethostname()} pid {os.getpid()} since {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC"
 
 
 def strings(tags: dict[str, Any]) -> dict[str, str]:
