@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import warnings
 from dataclasses import dataclass
@@ -77,17 +78,35 @@ class Head:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-n:]}" for p in logs)
 
 
+def token_header() -> dict[str, str]:
+    """The test session's Ray token (conftest) as Ray's HTTP API takes it."""
+    return {"Authorization": "Bearer " + Path(os.environ["RAY_AUTH_TOKEN_PATH"]).read_text().strip()}
+
+
+def dashboard_status(head: Head, headers: dict[str, str]) -> int:
+    try:
+        req = urllib.request.Request(f"http://127.0.0.1:{head.dashboard}/api/version", headers=headers)
+        with urllib.request.urlopen(req, timeout=2) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
 def wait_ready(head: Head, timeout: float = 120) -> None:
-    """Until the dashboard answers (job submission) and the Ray Client server accepts connections."""
+    """Until the dashboard answers (job submission; with the token: the head runs with token
+    authentication, as the README's Clusters section sets it up) and the Ray Client server accepts
+    connections. Then: the job API refuses a request without the token."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         assert head.proc.poll() is None, f"ray start exited with {head.proc.returncode}:\n{head.tail()}"
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{head.dashboard}/api/version", timeout=2).close()
-            socket.create_connection(("127.0.0.1", head.client), timeout=2).close()
-            return
+            if dashboard_status(head, token_header()) == 200:
+                socket.create_connection(("127.0.0.1", head.client), timeout=2).close()
+                assert dashboard_status(head, {}) == 401  # no token: refused
+                return
         except OSError:
-            time.sleep(1)
+            pass
+        time.sleep(1)
     raise AssertionError(f"the head did not come up in {timeout:.0f} s:\n{head.tail()}")
 
 

@@ -23,6 +23,7 @@ from test_sweep import mlflow_runs, poll_trials, resumable_in_snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 400
+AUTO = ("--resume", "auto")
 
 
 def raw_spec(tmp_path: Path) -> dict:
@@ -43,11 +44,11 @@ def raw_spec(tmp_path: Path) -> dict:
     }
 
 
-def start(spec_file: Path, tmp_path: Path) -> subprocess.Popen:
-    """`python -m orchestrator sweep SPEC --resume auto`, in its own session: a kill takes the
-    driver and the local Ray it started, as a node loss would."""
+def start(spec_file: Path, *args: str) -> subprocess.Popen:
+    """`python -m orchestrator sweep SPEC ARGS`, in its own session: a kill takes the driver and
+    the local Ray it started, as a node loss would."""
     return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "sweep", str(spec_file), "--resume", "auto"],
+        [sys.executable, "-m", "orchestrator", "sweep", str(spec_file), *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,
@@ -84,16 +85,16 @@ def test_killed_twice_and_rerun_with_resume_auto_finishes_every_trial_once(tmp_p
     spec_file.write_text(yaml.safe_dump(raw))
     db = Path(spec.results) / "mlflow.db"
 
-    first = start(spec_file, tmp_path)  # nothing exists yet: --resume auto starts it
+    first = start(spec_file, *AUTO)  # nothing exists yet: --resume auto starts it
     kill_when(first, lambda: epochs_logged(db) >= 2 and resumable_in_snapshot(spec.experiment_dir))
     at_first = epochs_logged(db)
     assert main(["status", spec.name, "--tracking-uri", spec.mlflow.tracking_uri]) == 0
     assert f"sweep {spec.name} (sweep): driver gone" in capsys.readouterr().out  # killed: no one holds its lock
 
-    second = start(spec_file, tmp_path)  # continues it
+    second = start(spec_file, *AUTO)  # continues it
     kill_when(second, lambda: epochs_logged(db) >= at_first + 2 and resumable_in_snapshot(spec.experiment_dir))
 
-    third = start(spec_file, tmp_path)
+    third = start(spec_file, *AUTO)
     out, _ = third.communicate(timeout=TIMEOUT_S)
     assert third.returncode == 0, out[-3000:]
     assert f"--resume auto: continuing sweep {spec.name!r}" in out

@@ -5,9 +5,6 @@ interrupted, not failed), and the same command with --resume then finishes it, e
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,35 +15,25 @@ from orchestrator.cli import main
 from orchestrator.run.status import SweepState, objective
 from orchestrator.spec.sweep import parse_sweep_spec
 from orchestrator.tracking import tags as T
-from test_resume_auto import raw_spec
+from test_resume_auto import raw_spec, start
 from test_sweep import mlflow_runs, poll_trials
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 400
-
-
-def sweep(spec_file: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "sweep", str(spec_file), *extra],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+EPOCHS = 10
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(3 * TIMEOUT_S)
 def test_ls_status_and_stop_a_running_sweep_then_resume_it(tmp_path, capsys):
     raw = raw_spec(tmp_path)
+    raw["train"]["optim"]["epochs"] = EPOCHS  # long enough that the stop lands mid-sweep
     spec = parse_sweep_spec(raw)
     spec_file = tmp_path / "sweep.yaml"
     spec_file.write_text(yaml.safe_dump(raw))
     db = Path(spec.results) / "mlflow.db"
     uri = ["--tracking-uri", spec.mlflow.tracking_uri]
-    proc = sweep(spec_file)
+    proc = start(spec_file)
     try:
         deadline = time.monotonic() + TIMEOUT_S
         while time.monotonic() < deadline and proc.poll() is None:
@@ -85,7 +72,7 @@ def test_ls_status_and_stop_a_running_sweep_then_resume_it(tmp_path, capsys):
     assert {c.data.tags.get(T.STATUS) for c in children} <= {"completed", "interrupted"}
     assert "interrupted" in {c.data.tags.get(T.STATUS) for c in children}  # stopped mid-trial, not failed
 
-    again = sweep(spec_file, "--resume")
+    again = start(spec_file, "--resume")
     out, _ = again.communicate(timeout=TIMEOUT_S)
     assert again.returncode == 0, out[-3000:]
     client, parents, children = mlflow_runs(spec)
@@ -94,7 +81,7 @@ def test_ls_status_and_stop_a_running_sweep_then_resume_it(tmp_path, capsys):
     assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
     for c in children:
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_miou")]
-        assert steps == [0, 1, 2], steps
+        assert steps == list(range(EPOCHS)), steps
 
 
 def test_stop_of_an_unknown_or_ended_sweep_is_one_line(tmp_path, capsys):
