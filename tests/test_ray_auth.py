@@ -71,3 +71,26 @@ def test_the_project_never_turns_token_auth_off():
     assert not said, said
     assert opt_out.search('os.environ.setdefault("RAY_AUTH_MODE", "disabled")')  # what it would catch
     assert opt_out.search("export RAY_AUTH_MODE=disabled")
+
+
+SECOND_LOCAL_SWEEP = """
+import ray, ray.tune  # Ray's config is read here, before the command connects (as in the CLI)
+from orchestrator.run import cluster
+cluster.connect(None, verbose=False)
+print("RESULT", ray.get(ray.remote(lambda: 41 + 1).remote()), flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_local_ray_starts_with_the_token_a_first_one_left(tmp_path):
+    """The first local Ray writes ~/.ray/auth_token; the next command, with no mode set, finds it and
+    must start its own local Ray with it (it failed to, before use_token_auth re-read Ray's config)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
+    env["HOME"] = str(tmp_path)
+    for attempt in ("first", "second"):
+        r = subprocess.run(
+            [sys.executable, "-c", SECOND_LOCAL_SWEEP], env=env, capture_output=True, text=True, timeout=240
+        )
+        assert r.returncode == 0 and "RESULT 42" in r.stdout, (attempt, (r.stdout + r.stderr)[-3000:])
+        assert (tmp_path / ".ray" / "auth_token").is_file()

@@ -29,11 +29,19 @@ def token_available() -> bool:
     return os.path.isfile(path)
 
 
+# Ray's own switch: it sets RAY_AUTH_MODE=token and re-reads Ray's config, which this process read
+# when it first imported Ray (setting the variable alone left the driver's GCS client without its
+# token: a second local sweep failed to start, "Authentication token is missing or incorrect")
+RAY_INTERNALS = (("ray._private.authentication.authentication_token_setup:_enable_token_auth", "params", ()),)
+
+
 def use_token_auth() -> None:
-    """RAY_AUTH_MODE=token for this process and its children when the user has a Ray token and
-    chose no mode; without a token it stays unset (a new local Ray then makes one)."""
+    """Token mode for this process and its children when the user has a Ray token and chose no
+    mode; without a token it stays unset (a new local Ray then makes one)."""
     if os.environ.get(AUTH_MODE) is None and token_available():
-        os.environ[AUTH_MODE] = "token"
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+        _enable_token_auth()
 
 
 def is_client(address: str | None) -> bool:
