@@ -33,6 +33,7 @@ def render(spec: SweepSpec) -> Group:
             + (" (Pareto front)" if len(spec.objectives) > 1 else ""),
         ),
         ("search", f"{spec.search.algorithm} (Optuna, seed {spec.search.seed}), {spec.num_samples} trials"),
+        ("sampler", _sampler(spec)),
         ("early stopping", _early(spec)),
         (
             "executor",
@@ -117,3 +118,15 @@ def _per_trial(r, gpu: str, per: dict) -> str:
         f"{r.num_workers} Ray Train worker(s) x ({r.cpus_per_worker:g} CPU{gpu}) = {total}; the Tune trial "
         "itself reserves no CPU" + ("; DDP over the workers" if r.num_workers > 1 else "")
     )
+
+
+def _sampler(spec) -> str:
+    """The Optuna sampler with its options, what it hands to its fall-back, and the points enqueued first."""
+    if spec.search.algorithm == "grid":
+        return f"GridSampler over {spec.num_samples} grid points"
+    from orchestrator.spec.samplers import sampler_plan
+
+    plan = sampler_plan(spec)
+    text = "; ".join([plan.line(), *plan.notes])
+    n = len(spec.search.initial_points)
+    return text + (f"; {n} initial point(s) run first" if n else "")

@@ -127,6 +127,19 @@ def _load(storage_file: Path, spec: SweepSpec):
     )
 
 
+def enqueue_initial(spec: SweepSpec) -> int:
+    """Put `search.initial_points` in the sweep's new study as waiting trials: Optuna's `ask` hands
+    them out before its sampler proposes anything (Tune's points_to_evaluate is not used: it is
+    ignored with a define-by-run space). Returns how many were enqueued."""
+    points = spec.search.initial_points
+    if not points:
+        return 0
+    study = _load(study_path(spec.results, spec.name), spec)
+    for point in points:
+        study.enqueue_trial(dict(point), skip_if_exists=True)
+    return len(points)
+
+
 def seed_study(spec: SweepSpec, rows, define) -> int:
     """A sweep grows but its study holds no trial (it started before studies were persisted here,
     or the file was lost): tell the study each ended trial of the earlier stages again, from the

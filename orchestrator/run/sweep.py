@@ -307,6 +307,8 @@ def _run(spec, resume, worker, verbose, console, t0) -> SweepOutcome:
     last_restored = max((i for i, (_, r) in enumerate(runs) if r), default=-1)
     if not resume:
         study.set_aside_stale(spec, lambda line: console.print(line, highlight=False))
+        if study.enqueue_initial(spec):
+            console.print(f"{len(spec.search.initial_points)} initial point(s) run first", highlight=False)
     status, keys = "completed", []
     try:
         with view:

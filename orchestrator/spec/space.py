@@ -95,6 +95,13 @@ class Param(Strict):
         step = f" step {self.q:g}" if self.q is not None else ""
         return f"[{self.low:g}, {self.high:g}]{step}"
 
+    def admits(self, value: Any) -> bool:
+        """Whether `value` is a point of this entry (an initial point's value, say)."""
+        listed = self.discrete_values()
+        if listed is not None:
+            return any(value == v and type(value) is not bool for v in listed) or value in (self.values or [])
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+
     def active(self, point: dict[str, Any]) -> bool:
         """Whether the entry exists for a (partial) point: every `when` condition holds."""
         for key, want in self.when.items():

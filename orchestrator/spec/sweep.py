@@ -83,10 +83,14 @@ class Objective(Strict):
 
 
 class SearchSpec(Strict):
-    algorithm: Literal["tpe", "random", "grid"] = "tpe"
-    num_samples: int | None = Field(None, ge=1)  # tpe/random: default 10; grid: the grid size
+    # Optuna's samplers (orchestrator.spec.samplers); grid walks the space's grid
+    algorithm: Literal["tpe", "random", "grid", "qmc", "gp", "cmaes", "nsga2", "nsga3", "auto"] = "tpe"
+    num_samples: int | None = Field(None, ge=1)  # default 10; grid: the grid size
     seed: int = 0
-    n_startup_trials: int | None = Field(None, ge=1)  # TPE's random warm-up (Optuna default 10)
+    n_startup_trials: int | None = Field(None, ge=1)  # random start-up of tpe, gp, cmaes (Optuna's defaults)
+    sampler_options: dict[str, Any] = Field(default_factory=dict)  # passed to the Optuna sampler, checked
+    # points the study runs first (enqueued before the sampler's own), each a {space key: value}
+    initial_points: list[dict[str, S.Scalar]] = Field(default_factory=list)
 
 
 class EarlyStopping(Strict):
@@ -340,6 +344,9 @@ def _check_space(spec: SweepSpec) -> None:
         elif name == S.GRID_KEY or name == "name" or name.split(".")[0] == "teacher":
             raise SpecError(f"space.{name}: this key cannot be searched")
     _check_cells(spec)
+    from orchestrator.spec import samplers
+
+    samplers.check_search(spec)
     if spec.search.algorithm == "grid" and spec.search.num_samples not in (None, spec.num_samples):
         raise SpecError(
             f"search.num_samples: a grid runs each of its {spec.num_samples} points once; leave num_samples out"
@@ -429,10 +436,9 @@ def sampler(spec: SweepSpec):
     listed cells with the space's grid."""
     if spec.search.algorithm == "grid":
         return S.grid_sampler(spec.grid(), spec.search.seed)
-    found, define, _ = S.space_sampler(
-        spec.search.algorithm, spec.search.seed, spec.space, spec.search.n_startup_trials
-    )
-    return found, define
+    from orchestrator.spec.samplers import sampler_plan
+
+    return sampler_plan(spec).build(), S.DefineByRun(spec.space)
 
 
 def _resolved(spec: SweepSpec) -> SweepSpec:

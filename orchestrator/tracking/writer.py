@@ -32,7 +32,7 @@ from typing import Any
 
 from orchestrator.tracking import tags as T
 from orchestrator.tracking.environment import log_environment
-from orchestrator.tracking.pending import TRIAL_KINDS, Outbox, Write
+from orchestrator.tracking.pending import TRIAL_KINDS, Outbox, Write, short_http
 from orchestrator.tracking.store import artifact_root
 from trainables.reporting import FILES
 
@@ -158,10 +158,13 @@ class Tracker:
         return self.parent_id
 
     def stop_requested(self) -> str | None:
-        """The parent run's STOP_REQUESTED tag (set by `stop SWEEP`), or None; one read of the run."""
-        if self.parent_id is None:
+        """The parent run's STOP_REQUESTED tag (set by `stop SWEEP`), or None; one short read of the
+        run (the outbox's HTTP limits), none while the store is known to be down (MLflow's own
+        retries of a dead server would stall the driver for minutes)."""
+        if self.parent_id is None or self.outbox.down is not None:
             return None
-        return self.client.get_run(self.parent_id).data.tags.get(T.STOP_REQUESTED)
+        with short_http():
+            return self.client.get_run(self.parent_id).data.tags.get(T.STOP_REQUESTED)
 
     def _tags(self, run_id: str, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
