@@ -75,6 +75,8 @@ def test_ls_status_and_stop_a_running_sweep_then_resume_it(tmp_path, capsys):
     again = start(spec_file, "--resume")
     out, _ = again.communicate(timeout=TIMEOUT_S)
     assert again.returncode == 0, out[-3000:]
+    shown = " ".join(out.split())
+    assert "best checkpoint: None" not in shown and "best.pt" in shown, out[-2000:]  # also a trial done before
     client, parents, children = mlflow_runs(spec)
     assert parents[0].info.status == "FINISHED" and T.STOP_REQUESTED not in parents[0].data.tags
     children = [c for c in children if c.data.tags.get(T.STATUS) != "orphaned"]

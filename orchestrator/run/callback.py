@@ -161,6 +161,9 @@ class Session:
             self.view.trial_started(t.trial_id, t.config)
             if t.last_result:
                 self.view.trial_result(t.trial_id, t.last_result)
+            ckpt = getattr(t, "checkpoint", None)  # a one-process trial's last (a Train run's is in its result)
+            if ckpt is not None and not self.view.row(t.trial_id).checkpoint:
+                self.view.row(t.trial_id).checkpoint = as_uri(ckpt.path, self.spec.storage_path)
             status = "failed" if t.status == "ERROR" else self._status(t)
             self.view.trial_ended(t.trial_id, status, error_line(t) if status == "failed" else None)
             self._safe("reconcile", self._reconcile, t, status)
