@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import ray  # noqa: F401 (puts its bundled psutil on sys.path: kill_its_ray uses it)
 import yaml
 
 from orchestrator.cli import main
@@ -63,6 +64,7 @@ def epochs_logged(db: Path) -> int:
 
 
 def kill_when(proc: subprocess.Popen, ready) -> None:
+    started = started_at(proc.pid)  # every process of its Ray is younger
     deadline = time.monotonic() + TIMEOUT_S
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -74,6 +76,51 @@ def kill_when(proc: subprocess.Popen, ready) -> None:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        kill_its_ray(started)
+
+
+def started_at(pid: int) -> float:
+    import psutil  # Ray's bundled copy
+
+    return psutil.Process(pid).create_time()
+
+
+def kill_its_ray(since: float, settle_s: float = 1.0) -> None:
+    """A lost node takes every process with it; a killed driver's local Ray does not all die at once
+    with its process group: its services and trial processes, orphaned (parent 1), live until they
+    notice. Kill every orphaned Ray process started since the driver, and wait until none is left,
+    so no orphan trial writes a checkpoint under the next driver."""
+    import psutil  # Ray's bundled copy
+
+    def orphans() -> list:
+        found = []
+        for p in psutil.process_iter(["ppid", "create_time", "status", "name", "cmdline"]):
+            info = p.info
+            text = f"{info['name']} {' '.join(info['cmdline'] or [])}"
+            if (
+                info["ppid"] == 1
+                and (info["create_time"] or 0) >= since - 1
+                and info["status"] != psutil.STATUS_ZOMBIE
+                and ("ray" in text or "gcs_server" in text)
+            ):
+                found.append(p)
+        return found
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        left = orphans()
+        if not left:
+            time.sleep(settle_s)
+            if not orphans():
+                return
+            continue
+        for p in left:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        time.sleep(0.5)
+    raise AssertionError(f"the killed driver's Ray processes did not go: {[p.pid for p in orphans()]}")
 
 
 @pytest.mark.slow
@@ -104,7 +151,7 @@ def test_killed_twice_and_rerun_with_resume_auto_finishes_every_trial_once(tmp_p
     children = [c for c in children if c.data.tags.get(T.STATUS) != "orphaned"]
     assert sorted(float(c.data.params["optim.lr"]) for c in children) == [0.01, 0.02, 0.05]  # each trial once
     for c in children:
-        assert c.info.status == "FINISHED", c.data.tags
+        assert c.info.status == "FINISHED", (c.data.tags.get(T.ERROR), c.data.tags.get(T.STATUS), out[-3000:])
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_miou")]
         assert steps == [0, 1, 2], steps  # every epoch logged once
 

@@ -122,8 +122,12 @@ def test_killed_teacher_training_resumes_exactly(tmp_path):
             break
         time.sleep(0.1)
     assert log is not None, "the training never wrote its first checkpoint"
+    from test_resume_auto import kill_its_ray, started_at
+
+    started = started_at(killed.pid)
     os.killpg(killed.pid, signal.SIGKILL)  # the sweep and the Ray it started
     killed.wait()
+    kill_its_ray(started)  # and its orphans: none may train on under the resumed run
     done = len(log.read_text().splitlines())
     assert done < epochs, "killed too late to test a resume"
 
