@@ -21,6 +21,7 @@ from orchestrator.run.sweep import driver_lock
 from orchestrator.spec.sweep import parse_sweep_spec
 from orchestrator.tracking import tags as T
 from test_sweep import mlflow_runs, poll_trials, resumable_in_snapshot
+from test_teacher_cache import held_elsewhere
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 400
@@ -161,20 +162,7 @@ def test_a_second_driver_while_one_runs_is_refused_naming_it(tmp_path, capsys, n
     spec = parse_sweep_spec(raw)
     spec_file = tmp_path / "sweep.yaml"
     spec_file.write_text(yaml.safe_dump(raw))
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time\nfrom pathlib import Path\nfrom orchestrator.run.lock import exclusive\n"
-            "with exclusive(Path(sys.argv[1]), \"sweep 'unattended'\"):\n    print('held', flush=True)\n"
-            "    time.sleep(600)\n",
-            str(driver_lock(spec)),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = held_elsewhere("""exclusive(folder, "sweep 'unattended'")""", driver_lock(spec))
     try:
         assert holder.stdout.readline().strip() == "held"
         assert main(["sweep", str(spec_file), "--resume", "auto"]) == 2

@@ -52,23 +52,24 @@ def result(out: str) -> dict:
     return json.loads(line.removeprefix("RESULT "))
 
 
-def test_lock_names_its_holder_and_dies_with_it(tmp_path):
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            (
-                "import sys, time\nfrom pathlib import Path\nfrom orchestrator.run.lock import hold\n"
-                "with hold(Path(sys.argv[1]), 'sweep demo', print):\n"
-                "    print('held', flush=True)\n    time.sleep(600)\n"
-            ),
-            str(tmp_path),
-        ],
+def held_elsewhere(context: str, folder: Path) -> subprocess.Popen:
+    """Another process holding `folder`'s lock (`context`: a call of orchestrator.run.lock on
+    `folder`) until killed; it prints 'held' once it has it."""
+    code = (
+        "import sys, time\nfrom pathlib import Path\nfrom orchestrator.run.lock import exclusive, hold\n"
+        f"folder = Path(sys.argv[1])\nwith {context}:\n    print('held', flush=True)\n    time.sleep(600)\n"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(folder)],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,
         text=True,
     )
+
+
+def test_lock_names_its_holder_and_dies_with_it(tmp_path):
+    holder = held_elsewhere("hold(folder, 'sweep demo', print)", tmp_path)
     try:
         assert holder.stdout.readline().strip() == "held"
         waited: list[str] = []

@@ -3,7 +3,7 @@ and, on CUDA, the GPU's mean utilisation over the epoch.
 
 Peak memory: on CUDA `torch.cuda.max_memory_allocated`, reset at each epoch's start; on the CPU the
 process's peak resident set (VmHWM), reset at each epoch's start through /proc/self/clear_refs
-(Linux 4.0+), else the process's lifetime peak (`resource.getrusage`, reported as such).
+(Linux 4.0+); where /proc is missing, the process's lifetime peak (`resource.getrusage`).
 Utilisation: NVML's `nvmlDeviceGetUtilizationRates` sampled every `period_s` by a daemon thread
 during the epoch (the percent of time a kernel ran), averaged at its end; absent without NVML.
 """

@@ -141,9 +141,7 @@ def all_sweeps(client) -> list[SweepState]:
         if not name or name in seen:
             continue
         seen.add(name)
-        trials = reader.search_all(client, T.equals(T.PARENT, parent.info.run_id), [parent.info.experiment_id])
-        runs = [t for t in trials if t.data.tags.get(T.KIND, T.TRIAL_RUN) == T.TRIAL_RUN]
-        out.append(sweep_state(parent, runs, default_results(client)))
+        out.append(sweep_state(parent, _trial_runs(client, parent), default_results(client)))
     return out
 
 
@@ -159,9 +157,14 @@ def _find(client, name: str):
             f"unknown sweep {name!r}; "
             + (f"known sweeps: {', '.join(known[:20])}" if known else "the store has no sweeps")
         )
-    parent = parents[0]
-    trials = reader.search_all(client, T.equals(T.PARENT, parent.info.run_id), [parent.info.experiment_id])
-    return parent, [t for t in trials if t.data.tags.get(T.KIND, T.TRIAL_RUN) == T.TRIAL_RUN]
+    return parents[0], _trial_runs(client, parents[0])
+
+
+def _trial_runs(client, parent) -> list:
+    from orchestrator.tracking import reader
+
+    runs = reader.search_all(client, T.equals(T.PARENT, parent.info.run_id), [parent.info.experiment_id])
+    return [r for r in runs if r.data.tags.get(T.KIND, T.TRIAL_RUN) == T.TRIAL_RUN]
 
 
 def one_sweep(client, name: str) -> SweepState:

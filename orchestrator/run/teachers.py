@@ -66,14 +66,24 @@ def recipe_hash(recipe: dict) -> str:
     dataset as the fingerprint of its train and val files (trainables.data.fingerprint): equal
     teachers, equal key. A dataset that cannot be read here (a dry run on a machine without it) is
     named by its root instead."""
-    full = TrainSpec.model_validate({**recipe, "name": RUN_NAME}).model_dump()
+    full = _filled(recipe)
     data = dict(full["data"])
     for section, keys in NOT_THE_TEACHER.items():
         for key in keys:
             full[section].pop(key, None)
+    full["data"]["fingerprint"] = _fingerprint(canonical(data))
+    return _digest(full)
+
+
+def _filled(recipe: dict) -> dict:
+    """The recipe with its defaults, without its name and `distill` (a teacher trains without it)."""
+    full = TrainSpec.model_validate({**recipe, "name": RUN_NAME}).model_dump()
     full.pop("distill", None)
     full.pop("name", None)
-    full["data"]["fingerprint"] = _fingerprint(canonical(data))
+    return full
+
+
+def _digest(full: dict) -> str:
     return hashlib.sha256(canonical(full).encode()).hexdigest()[:16]
 
 
@@ -93,12 +103,10 @@ def _fingerprint(data_json: str) -> str | None:
 def legacy_hash(recipe: dict) -> str:
     """The key of cache entries made before NOT_THE_TEACHER and the fingerprint: `cached` still
     finds them, so an upgrade never retrains a teacher it has."""
-    full = TrainSpec.model_validate({**recipe, "name": RUN_NAME}).model_dump()
+    full = _filled(recipe)
     full["run"].pop("out_dir", None)
     full["data"].pop("test_split", None)
-    full.pop("distill", None)
-    full.pop("name", None)
-    return hashlib.sha256(canonical(full).encode()).hexdigest()[:16]
+    return _digest(full)
 
 
 def cached(spec: SweepSpec) -> Teacher | None:
