@@ -160,8 +160,9 @@ def told(spec) -> list:
 @pytest.mark.parametrize("algorithm", ["tpe", "random", "qmc", "gp", "cmaes", "nsga2", "nsga3", "auto"])
 def test_each_sampler_runs_a_sweep_on_the_quickstart_space(ray_cluster, tmp_path, algorithm):
     raw = sweep_raw(tmp_path, algorithm)
-    if algorithm == "nsga2":  # a Pareto sweep: accuracy against the stub's latency
-        raw["objective"] = [{"metric": "val_miou", "mode": "max"}, {"metric": "latency_ms", "mode": "min"}]
+    if algorithm == "nsga2":  # a Pareto sweep of accuracy against size, under a latency constraint
+        raw["objective"] = [{"metric": "val_miou", "mode": "max"}, {"metric": "gflops", "mode": "min"}]
+        raw["constraints"] = [{"metric": "latency_ms", "max": 15}]
     spec = parse_sweep_spec(raw)
     out = run_sweep(spec, worker=stub_worker)
     assert sorted(r.state for r in out.rows) == ["completed"] * 4
@@ -169,6 +170,9 @@ def test_each_sampler_runs_a_sweep_on_the_quickstart_space(ray_cluster, tmp_path
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 4
     if algorithm == "nsga2":
         assert all(len(t.values) == 2 for t in trials)
+        assert all(t.system_attrs["constraints"] == [t.user_attrs["latency_ms"] - 15] for t in trials)
+        front = {r.trial_id: r for r in out.rows if r.trial_id in out.pareto}
+        assert front and all(r.result["latency_ms"] <= 15 for r in front.values()), out.pareto
 
 
 @pytest.mark.slow

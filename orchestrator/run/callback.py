@@ -3,8 +3,9 @@
 Tune pickles its callbacks into the experiment folder and brings them back on resume, so the
 callback holds only a key; the live objects (MLflow client, console) sit in `SESSIONS` in the
 driver process and are looked up by that key. The callback is also where the driver hears
-`stop SWEEP` (a tag on its parent run, read every STOP_POLL_S): it then interrupts itself as
-Ctrl-C would, so Tune saves the experiment and the sweep stays resumable.
+`stop SWEEP` (a tag on its parent run, read every STOP_POLL_S) and where the sweep's budgets are
+applied (orchestrator.run.budgets): it then interrupts itself as Ctrl-C would, so Tune saves the
+experiment and the sweep stays resumable.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from ray import tune
 from rich.markup import escape
 
+from orchestrator.run.budgets import Budgets
 from orchestrator.run.failures import fatal_cause, summarize_error
 from orchestrator.run.live import SweepView
 from orchestrator.run.trial import EPOCHS_DONE, TrialPlan, trial_config
@@ -101,21 +103,25 @@ def error_line(trial) -> str:
 class Session:
     """The driver-side state of one sweep run: view + MLflow, fed by DriverCallback."""
 
-    def __init__(self, spec: SweepSpec, plan: TrialPlan, view: SweepView, tracker, resumed: bool = False):
+    def __init__(self, spec: SweepSpec, plan: TrialPlan, view: SweepView, tracker, resumed: bool = False, budgets=None):
         self.spec, self.plan, self.view, self.tracker = spec, plan, view, tracker
         self.seen: set[str] = set()
         self.orphans_checked = not resumed
+        self.budgets: Budgets = budgets or Budgets(spec.search)
         self.stop_by: str | None = None  # who asked this driver to stop (tag STOP_REQUESTED)
+        self.stop_reason: str | None = None  # why this driver stopped the sweep early, if it did
         self.stop_polled = time.monotonic()
         if tracker is not None:  # writes a dead store refused wait on disk; an earlier driver's are delivered
             tracker.keep_pending(pending_file(spec), say=lambda msg: view.note(f"[yellow]{escape(msg)}[/]"))
 
     def flush(self) -> None:
         """Retry the MLflow writes waiting for the store (at most one short attempt per retry
-        interval), and look for a stop asked by `stop SWEEP` (every STOP_POLL_S)."""
+        interval), stop when the time budget is spent, and look for a stop asked by `stop SWEEP`
+        (every STOP_POLL_S)."""
         self._safe("retry", self.tracker and self.tracker.outbox.flush)
+        self.halt(self.budgets.clock())
         now = time.monotonic()
-        if self.tracker is None or self.stop_by or now - self.stop_polled < STOP_POLL_S:
+        if self.tracker is None or self.stop_reason or now - self.stop_polled < STOP_POLL_S:
             return
         self.stop_polled = now
         try:
@@ -124,11 +130,18 @@ class Session:
             return
         if asked:
             self.stop_by = asked
-            self.view.note(
-                f"[yellow]stop requested ({escape(asked)})[/]: the trials keep their checkpoints; resume with --resume"
-            )
-            # what Ctrl-C does: Tune ends its loop, saves the experiment and returns (ray.tune.tune)
-            os.kill(os.getpid(), signal.SIGINT)
+            self.halt(f"stop requested ({asked})")
+
+    def halt(self, reason: str | None) -> None:
+        """Stop the sweep for `reason` (once; None: nothing to stop for)."""
+        if not reason or self.stop_reason:
+            return
+        self.stop_reason = reason
+        self.view.note(
+            f"[yellow]stopping: {escape(reason)}[/]; the trials keep their checkpoints; continue with --resume"
+        )
+        # what Ctrl-C does: Tune ends its loop, saves the experiment and returns (ray.tune.tune)
+        os.kill(os.getpid(), signal.SIGINT)
 
     def _safe(self, what: str, fn, *args) -> None:
         if self.tracker is None:
@@ -193,6 +206,7 @@ class Session:
         return "completed" if done >= self._epochs(trial) else "stopped"
 
     def started(self, trial) -> None:
+        self.budgets.started(trial.trial_id, trial.last_result)
         self.seen.add(trial.trial_id)
         self.view.trial_started(trial.trial_id, trial.config)
         self._safe(
@@ -208,6 +222,7 @@ class Session:
             result = {**result, "checkpoint_path": as_uri(result["checkpoint_path"], self.spec.storage_path)}
         self.view.trial_result(trial.trial_id, result)
         self._safe("metrics", self.tracker and self.tracker.trial_result, trial.trial_id, result)
+        self.halt(self.budgets.result(trial.trial_id, trial.config, result))
 
     def checkpointed(self, trial, path: str) -> None:
         path = as_uri(path, self.spec.storage_path)  # Tune's checkpoint path drops the URI's scheme
@@ -217,5 +232,10 @@ class Session:
     def ended(self, trial, error: str | None) -> None:
         status = "failed" if error else self._status(trial)
         self.view.trial_ended(trial.trial_id, status, error)
-        tags = {T.EPOCHS_DONE: self.view.row(trial.trial_id).epoch, T.ERROR: error}
+        row = self.view.row(trial.trial_id)
+        tags = {T.EPOCHS_DONE: row.epoch, T.ERROR: error}
+        if self.spec.constraints:
+            tags[T.FEASIBLE] = str(self.view.feasible(row)).lower()
         self._safe("trial end", self.tracker and self.tracker.trial_ended, trial.trial_id, status, tags)
+        if error:
+            self.halt(self.budgets.failure())

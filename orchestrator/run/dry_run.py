@@ -8,6 +8,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.run.budgets import Budgets
 from orchestrator.spec import space as S
 from orchestrator.spec.sweep import SweepSpec
 
@@ -34,6 +35,8 @@ def render(spec: SweepSpec) -> Group:
         ),
         ("search", f"{spec.search.algorithm} (Optuna, seed {spec.search.seed}), {spec.num_samples} trials"),
         ("sampler", _sampler(spec)),
+        ("constraints", "; ".join(c.describe() for c in spec.constraints) or "none"),
+        ("budgets", "; ".join(Budgets(spec.search).lines()) or f"none: the sweep runs its {spec.num_samples} trials"),
         ("early stopping", _early(spec)),
         (
             "executor",
@@ -129,4 +132,6 @@ def _sampler(spec) -> str:
     plan = sampler_plan(spec)
     text = "; ".join([plan.line(), *plan.notes])
     n = len(spec.search.initial_points)
-    return text + (f"; {n} initial point(s) run first" if n else "")
+    text += f"; {n} initial point(s) run first" if n else ""
+    warm = spec.search.warm_start_from
+    return text + (f"; starts from the finished trials of sweep {warm!r}" if warm else "")

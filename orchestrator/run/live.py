@@ -60,8 +60,10 @@ class SweepView:
         max_epochs: int,
         console: Console | None = None,
         extra_metrics: tuple[str, ...] = (),
+        constraints: tuple = (),
     ):
         self.name, self.num_samples, self.metric, self.mode = name, num_samples, metric, mode
+        self.constraints = tuple(constraints)  # orchestrator.spec.search.Constraint
         self.max_epochs, self.extra = max(1, max_epochs), extra_metrics
         self.console = console or Console()
         self.rows: dict[str, Row] = {}
@@ -127,8 +129,13 @@ class SweepView:
         if self._live is None:
             self.console.print(msg, highlight=False)
 
+    def feasible(self, r: Row) -> bool:
+        """Whether the trial's last reported metrics meet every constraint of the sweep."""
+        return all(c.violation(r.result.get(c.metric)) <= 0 for c in self.constraints)
+
     def best_row(self) -> Row | None:
-        scored = [r for r in self.rows.values() if r.best is not None]
+        """The best trial among those that meet the constraints."""
+        scored = [r for r in self.rows.values() if r.best is not None and self.feasible(r)]
         if not scored:
             return None
         return (max if self.mode == "max" else min)(scored, key=lambda r: r.best)

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from rich.console import Console
+from rich.markup import escape
 
 from orchestrator.results.pareto import pareto_front
 from orchestrator.run.live import Row, SweepView
@@ -27,6 +28,7 @@ class SweepOutcome:
     wall_s: float = 0.0
     leaks_fixed: int = 0
     status: str = "completed"
+    stop_reason: str | None = None  # why it stopped before its last trial (a budget, `stop`)
 
 
 def parent_params(spec: SweepSpec) -> dict:
@@ -39,6 +41,7 @@ def parent_params(spec: SweepSpec) -> dict:
             "students": {k: f"{m.arch}/{m.encoder}" for k, m in spec.students.items()},
             "objective": ", ".join(f"{o.mode} {o.metric}" for o in spec.objectives),
             "search": spec.search.model_dump(),
+            "constraints": "; ".join(c.describe() for c in spec.constraints) or None,
             "early_stopping": spec.early_stopping.model_dump(),
             "resources": spec.resources.model_dump(),
             "num_samples": spec.num_samples,
@@ -64,21 +67,23 @@ def parent_tags(spec: SweepSpec, teacher) -> dict:
     }
 
 
-def pareto_trials(rows: list[Row], objectives) -> list[str]:
+def pareto_trials(rows: list[Row], objectives, feasible=lambda r: True) -> list[str]:
     """Trials no other trial beats on every objective (last reported values; failed trials, trials
-    missing an objective and trials stopped early are left out: a stopped trial reports its static
-    costs with every epoch, but its val metrics are of fewer epochs than the others')."""
+    missing an objective, trials that miss a constraint and trials stopped early are left out: a
+    stopped trial reports its static costs with every epoch, but its val metrics are of fewer
+    epochs than the others')."""
     kept = [
         r
         for r in rows
         if r.state not in ("failed", "stopped")
+        and feasible(r)
         and all(isinstance(r.result.get(o.metric), (int, float)) for o in objectives)
     ]
     front = pareto_front([[r.result[o.metric] for o in objectives] for r in kept], [o.mode for o in objectives])
     return [kept[i].trial_id for i in front]
 
 
-def finish(spec, view: SweepView, tracker, parent, status, fixed, t0) -> SweepOutcome:
+def finish(spec, view: SweepView, tracker, parent, status, fixed, t0, stop_reason=None) -> SweepOutcome:
     for r in list(view.rows.values()):
         if r.state in ("pending", "running"):  # Ctrl-C: Tune saved the experiment; --resume continues it
             view.trial_ended(r.trial_id, "interrupted")
@@ -93,13 +98,15 @@ def finish(spec, view: SweepView, tracker, parent, status, fixed, t0) -> SweepOu
         status = "interrupted"
     best = view.best_row()
     multi = len(spec.objectives) > 1
-    pareto = pareto_trials(rows, spec.objectives) if multi else []
-    if rows and all(r.state == "failed" for r in rows):
+    pareto = pareto_trials(rows, spec.objectives, view.feasible) if multi else []
+    if rows and all(r.state == "failed" for r in rows) and not stop_reason:  # stopped early: resumable
         status = "failed"
     if tracker is not None and parent is not None:
         from orchestrator.tracking.writer import best_checkpoint
 
-        tags = {T.LEAKED_PGS_RELEASED: fixed}
+        tags = {T.LEAKED_PGS_RELEASED: fixed, T.STOP_REASON: stop_reason}
+        if spec.constraints:
+            tags[T.CONSTRAINTS] = "; ".join(c.describe() for c in spec.constraints)
         metrics = {}
         if best is not None:
             tags.update(
@@ -121,7 +128,7 @@ def finish(spec, view: SweepView, tracker, parent, status, fixed, t0) -> SweepOu
         except Exception as e:
             view.console.print(f"[yellow]MLflow: could not close the sweep run: {e}[/]")
     return SweepOutcome(
-        spec.name, spec.experiment_dir, parent, rows, best, pareto, time.monotonic() - t0, fixed, status
+        spec.name, spec.experiment_dir, parent, rows, best, pareto, time.monotonic() - t0, fixed, status, stop_reason
     )
 
 
@@ -129,8 +136,16 @@ def print_best(console: Console, outcome: SweepOutcome, metric: str) -> None:
     from orchestrator.tracking.writer import best_checkpoint
 
     b = outcome.best
+    if outcome.stop_reason:
+        console.print(f"[yellow]stopped[/]: {escape(outcome.stop_reason)}")
     if b is None:
-        console.print("[red]no trial reported a result[/]")
+        console.print(
+            "[red]no trial reported a result[/]"
+            if not any(r.result for r in outcome.rows)
+            else "[red]no trial meets the constraints[/]"
+        )
+        if outcome.status == "interrupted":
+            console.print("[yellow]interrupted[/]: continue with the same command and --resume")
         return
     console.print(f"[bold]best[/]: {b.trial_id} {metric} {b.best:.4f}  {json.dumps(_point(b), sort_keys=True)}")
     console.print(f"best checkpoint: {best_checkpoint(b.checkpoint)}")

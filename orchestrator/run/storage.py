@@ -11,6 +11,7 @@ from pathlib import Path
 from orchestrator.errors import UserError
 from orchestrator.spec.load import canonical
 from orchestrator.spec.paths import is_uri, join
+from orchestrator.spec.search import BUDGET_KEYS
 from orchestrator.spec.sweep import SweepSpec
 
 SPEC_FILE = "xgd_sweep.json"
@@ -44,13 +45,15 @@ def save_spec(spec: SweepSpec) -> None:
     write_text(join(spec.experiment_dir, SPEC_FILE), canonical(spec.model_dump()))
 
 
-KEPT = ("space", "objective", "search", "students", "cells")  # what the searcher was built on
+KEPT = ("space", "objective", "search", "students", "cells", "constraints")  # what the searcher was built on
 
 
 def saved_spec(spec: SweepSpec, console) -> SweepSpec:
     """Resume with the spec the sweep started with, except a larger search.num_samples, which grows
-    the sweep (orchestrator.run.study). A changed space, objective, search or students would mislead
-    the searcher: refused in one line. Other changes are noted and the saved values kept."""
+    the sweep (orchestrator.run.study), and the budgets (search.time_budget, stop_when,
+    max_failed_trials), which this run applies as given. A changed space, objective, search,
+    constraints or students would mislead the searcher: refused in one line. Other changes are
+    noted and the saved values kept."""
     try:
         saved = SweepSpec.model_validate(json.loads(read_text(join(spec.experiment_dir, SPEC_FILE))))
     except (OSError, ValueError):
@@ -59,7 +62,12 @@ def saved_spec(spec: SweepSpec, console) -> SweepSpec:
     from orchestrator.spec.space import flatten
 
     old, new = flatten(json.loads(canonical(saved.model_dump()))), flatten(json.loads(canonical(spec.model_dump())))
-    changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k) and k != "search.num_samples"]
+    budget = tuple(f"search.{k}" for k in BUDGET_KEYS)
+    changed = [
+        k
+        for k in sorted(old.keys() | new.keys())
+        if old.get(k) != new.get(k) and k != "search.num_samples" and not k.startswith(budget)
+    ]
     for key in changed:
         if key.split(".")[0] in KEPT:
             raise UserError(
@@ -76,12 +84,29 @@ def saved_spec(spec: SweepSpec, console) -> SweepSpec:
         saved = saved.model_copy(update={"search": saved.search.model_copy(update={"num_samples": spec.num_samples})})
     elif spec.num_samples < saved.num_samples:
         changed.append("search.num_samples")
+    budgets = {k: getattr(spec.search, k) for k in BUDGET_KEYS}
+    if budgets != {k: getattr(saved.search, k) for k in BUDGET_KEYS}:
+        console.print("the sweep's budgets for this run are the ones given now", highlight=False)
+        saved = saved.model_copy(update={"search": saved.search.model_copy(update=budgets)})
     if changed:
         console.print(
             f"[yellow]the spec changed since the sweep started ({', '.join(changed[:5])}"
             f"{', ...' if len(changed) > 5 else ''}); resuming with the saved one[/]"
         )
     return saved
+
+
+def saved_objectives(spec: SweepSpec):
+    """name -> [(metric, mode)] of a sweep in this storage, from its saved spec (None if it has none)."""
+
+    def of(name: str) -> list[tuple[str, str]] | None:
+        try:
+            saved = SweepSpec.model_validate(json.loads(read_text(join(spec.storage_path or "", name, SPEC_FILE))))
+        except (OSError, ValueError):
+            return None
+        return [(o.metric, o.mode) for o in saved.objectives]
+
+    return of
 
 
 def check_object_store(key: str, uri: str) -> None:

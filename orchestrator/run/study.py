@@ -17,6 +17,7 @@ re-show their trials). Each stage's trials are children of the sweep's one MLflo
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,3 +178,114 @@ def fail_stale(spec: SweepSpec) -> list[int]:
     for t in stale:
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
     return [t.number for t in stale]
+
+
+WARM_SOURCE = "xgd.warm_start_from"  # user attribute of a trial added from an earlier sweep: its name
+WARM_TRIAL = "xgd.warm_start_trial"  # ... and that trial's number in the earlier sweep's study
+
+
+@dataclass
+class WarmStart:
+    source: str
+    added: int
+    skipped: dict[str, int]  # why -> how many
+
+    def line(self) -> str:
+        text = f"warm start: {self.added} finished trial(s) of sweep {self.source!r} added to the study"
+        if self.skipped:
+            why = "; ".join(f"{n} {reason}" for reason, n in self.skipped.items())
+            text += f"; {sum(self.skipped.values())} skipped ({why})"
+        return text
+
+
+def warm_source(spec: SweepSpec, objectives_of=None):
+    """The earlier sweep's study `search.warm_start_from` names (None when it names none), or a
+    one-line UserError: no such study here, or other objectives than this sweep's
+    (`objectives_of(name)` gives its saved [(metric, mode)], None when unknown: then the study's
+    directions must match). Checked before Ray starts."""
+    import optuna
+
+    from orchestrator.errors import UserError
+
+    source = spec.search.warm_start_from
+    if not source:
+        return None
+    path = study_path(spec.results, source)
+    if not path.exists():
+        names = sorted(p.stem for p in path.parent.glob("*.log")) if path.parent.is_dir() else []
+        raise UserError(
+            f"search.warm_start_from: no study of sweep {source!r} at {path}; "
+            f"studies in {path.parent}: {', '.join(names) or 'none'}"
+        )
+    try:
+        old = optuna.load_study(study_name=source, storage=open_storage(path))
+    except KeyError:
+        raise UserError(f"search.warm_start_from: {path} holds no study named {source!r}") from None
+    ours = [(o.metric, o.mode) for o in spec.objectives]
+    theirs = objectives_of(source) if objectives_of else None
+    directions = ["max" if d == optuna.study.StudyDirection.MAXIMIZE else "min" for d in old.directions]
+    if (theirs is not None and theirs != ours) or directions != [m for _, m in ours]:
+        said = ", ".join(f"{m} {k}" for m, k in theirs) if theirs else f"directions {', '.join(directions)}"
+        raise UserError(
+            f"search.warm_start_from: sweep {source!r} optimised {said}, this one "
+            f"{', '.join(f'{m} {k}' for m, k in ours)}; warm-start from a sweep with the same objectives"
+        )
+    return old
+
+
+def warm_start(spec: SweepSpec, define, objectives_of=None) -> WarmStart | None:
+    """`search.warm_start_from`: add the COMPLETE trials of an earlier sweep's study (in this results
+    folder, checked by warm_source) to the new sweep's study, as finished trials with their values,
+    so the sampler starts from what that sweep learned. A trial is skipped (and counted, by reason)
+    when a parameter is not a key of the new space, is outside it or inactive there, or an active
+    key of the new space is missing from it. Its distributions are the new space's (define-by-run on
+    a FixedTrial), so the sampler sees one space."""
+    import optuna
+
+    from orchestrator.spec.samplers import CONSTRAINTS_ATTR, Feasibility, outside
+
+    old = warm_source(spec, objectives_of)
+    if old is None:
+        return None
+    source = spec.search.warm_start_from
+    new = _load(study_path(spec.results, spec.name), spec)
+    feasible = Feasibility.of(spec.constraints) if spec.constraints else None
+    added, skipped = 0, {}
+    for t in old.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        reason = outside(spec.space, t.params)
+        fixed = optuna.trial.FixedTrial(t.params)
+        if reason is None:
+            try:
+                define(fixed)
+            except ValueError as e:  # an active key of the new space the old trial never drew
+                key = re.search(r"parameter '([^']+)'", str(e))
+                reason = f"{key.group(1) if key else '?'}: missing"
+        if reason is not None:
+            why = _why(reason)
+            skipped[why] = skipped.get(why, 0) + 1
+            continue
+        system = {CONSTRAINTS_ATTR: tuple(feasible.values(t.user_attrs))} if feasible else {}
+        new.add_trial(
+            optuna.trial.create_trial(
+                params={k: t.params[k] for k in fixed.distributions},
+                distributions=fixed.distributions,
+                values=t.values,
+                user_attrs={**t.user_attrs, WARM_SOURCE: source, WARM_TRIAL: t.number},
+                system_attrs=system,
+            )
+        )
+        added += 1
+    return WarmStart(source, added, skipped)
+
+
+def _why(reason: str) -> str:
+    """'<key>: <why ...>' (samplers.outside) -> a short count label."""
+    key, _, why = reason.partition(":")
+    for word, label in (
+        ("not a key", "not in this space"),
+        ("outside", "outside this space"),
+        ("inactive", "inactive here"),
+    ):
+        if word in why:
+            return f"{key} {label}"
+    return f"{key} missing (a key of this space)"

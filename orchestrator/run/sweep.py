@@ -23,16 +23,17 @@ from rich.console import Console
 
 from orchestrator.errors import UserError
 from orchestrator.run import lock, study
+from orchestrator.run.budgets import Budgets
 from orchestrator.run.callback import SESSIONS, DriverCallback, Session
 from orchestrator.run.live import SweepView
 from orchestrator.run.outcome import SweepOutcome, finish, parent_params, parent_tags, print_best
-from orchestrator.run.storage import check_object_store, save_spec, saved_spec
+from orchestrator.run.storage import check_object_store, save_spec, saved_objectives, saved_spec
 from orchestrator.run.trial import TrialPlan, make_trainable
 from orchestrator.run.tuner import new_tuner, quiet
 from orchestrator.spec import space as S
 from orchestrator.spec.load import canonical
 from orchestrator.spec.paths import is_uri, join
-from orchestrator.spec.sweep import SweepSpec
+from orchestrator.spec.sweep import SweepSpec, sampler
 from orchestrator.spec.train import TrainSpec
 from orchestrator.tracking.store import check_reachable, open_client, sqlite_path
 
@@ -225,6 +226,8 @@ def _drive(spec, resume, address, worker, verbose, console, t0) -> SweepOutcome:
         raise UserError(f"no sweep {spec.name!r} to resume at {spec.experiment_dir}; start it without --resume")
     if resume:
         spec = saved_spec(spec, console)
+    else:
+        study.warm_source(spec, saved_objectives(spec))
     from orchestrator.run.train import precheck
 
     precheck(_base_spec(spec, teacher=spec.teacher.checkpoint if spec.teacher and spec.teacher.checkpoint else None))
@@ -293,6 +296,7 @@ def _run(spec, resume, worker, verbose, console, t0) -> SweepOutcome:
         spec.max_epochs,
         console,
         extra_metrics=tuple(o.metric for o in obj[1:]) + held_out,
+        constraints=spec.constraints,
     )
     parent = None
     if tracker is not None:
@@ -306,16 +310,23 @@ def _run(spec, resume, worker, verbose, console, t0) -> SweepOutcome:
     runs = [(s, resume and tune.Tuner.can_restore(s.experiment_dir)) for s in study.stages(spec, totals)]
     last_restored = max((i for i, (_, r) in enumerate(runs) if r), default=-1)
     if not resume:
-        study.set_aside_stale(spec, lambda line: console.print(line, highlight=False))
+        say = lambda line: console.print(line, highlight=False)  # noqa: E731
+        study.set_aside_stale(spec, say)
+        warm = study.warm_start(spec, sampler(spec)[1], saved_objectives(spec))
+        if warm is not None:
+            say(warm.line())
         if study.enqueue_initial(spec):
-            console.print(f"{len(spec.search.initial_points)} initial point(s) run first", highlight=False)
-    status, keys = "completed", []
+            say(f"{len(spec.search.initial_points)} initial point(s) run first")
+    budgets = Budgets(spec.search, time.monotonic())
+    for line in budgets.lines():
+        console.print(f"budget: {line}", highlight=False)
+    status, keys, stop_reason = "completed", [], None
     try:
         with view:
             for i, (stage, restored) in enumerate(runs):
                 keys.append(f"{spec.name}@{stage.experiment_dir}")
                 # orphaned MLflow runs are looked for once, against the stage the killed driver ran last
-                SESSIONS[keys[-1]] = Session(spec, plan, view, tracker, resumed=i == last_restored)
+                SESSIONS[keys[-1]] = Session(spec, plan, view, tracker, resumed=i == last_restored, budgets=budgets)
                 if restored:
                     tuner = tune.Tuner.restore(
                         stage.experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=True
@@ -327,7 +338,8 @@ def _run(spec, resume, worker, verbose, console, t0) -> SweepOutcome:
                     save_spec(spec)
                     study.record_totals(spec, totals)
                 tuner.fit()
-                if SESSIONS[keys[-1]].stop_by:  # `stop SWEEP`: no next stage; running trials stay resumable
+                stop_reason = SESSIONS[keys[-1]].stop_reason
+                if stop_reason:  # a budget or `stop SWEEP`: no next stage; running trials stay resumable
                     status = "interrupted"
                     break
             else:
@@ -339,15 +351,13 @@ def _run(spec, resume, worker, verbose, console, t0) -> SweepOutcome:
         for key in keys:
             SESSIONS.pop(key, None)
         fixed = _release(reaper)
-        outcome = finish(spec, view, tracker, parent, status, fixed, t0)
+        outcome = finish(spec, view, tracker, parent, status, fixed, t0, stop_reason)
         console.print(view.summary(tuple(outcome.pareto)))
         print_best(console, outcome, obj[0].metric)
     return outcome
 
 
 def _seed_study(spec, view, console) -> None:
-    from orchestrator.spec.sweep import sampler
-
     told = study.seed_study(spec, list(view.rows.values()), sampler(spec)[1])
     if told:
         console.print(f"the sweep's Optuna study was empty: told it the {told} earlier trials", highlight=False)

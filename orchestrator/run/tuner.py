@@ -14,8 +14,11 @@ from orchestrator.spec.sweep import SweepSpec, sampler
 # tests/test_ray_internals.py
 RAY_INTERNALS = (
     ("ray.tune.search.optuna:OptunaSearch.on_trial_result", "reads", ("_completed_trials",)),
-    ("ray.tune.search.optuna:OptunaSearch.on_trial_complete", "reads", ("_completed_trials",)),
+    ("ray.tune.search.optuna:OptunaSearch.on_trial_complete", "reads", ("_completed_trials", "_ot_trials")),
 )
+# stored on each Optuna trial as user attributes when reported (with the constrained metrics), so
+# the constraints of a later sweep started from this one (search.warm_start_from) can be evaluated
+COSTS = ("params", "gflops", "latency_ms")
 
 
 def _searcher_class():
@@ -29,11 +32,27 @@ def _searcher_class():
         this, and Optuna's report then raised and stopped the sweep). That trial's end is in the
         study already: its later results and its completion are not told again."""
 
+        stored: tuple[str, ...] = COSTS  # metrics kept on the Optuna trial (see COSTS)
+
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             try:
                 super().on_trial_result(trial_id, result)
             except UpdateFinishedTrialError:
                 self._completed_trials.add(trial_id)
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            """The last result's constrained metrics go on the Optuna trial before it is told:
+            the sampler's constraints_func reads them there (orchestrator.spec.samplers.Feasibility)."""
+            ot_trial = self._ot_trials.get(trial_id)
+            if result and ot_trial is not None and trial_id not in self._completed_trials:
+                for metric in self.stored:
+                    value = result.get(metric)
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        try:
+                            ot_trial.set_user_attr(metric, float(value))
+                        except UpdateFinishedTrialError:
+                            break
+            super().on_trial_complete(trial_id, result, error)
 
     return PersistedStudySearch
 
@@ -57,6 +76,7 @@ def new_tuner(spec: SweepSpec, stage: study.Stage, trainable, concurrent: int, c
         storage=study.open_storage(study.study_path(spec.results, spec.name)),
         study_name=spec.name,
     )
+    searcher.stored = tuple(dict.fromkeys(COSTS + tuple(c.metric for c in spec.constraints)))
     es = spec.early_stopping
     scheduler = None
     if es.kind == "asha":

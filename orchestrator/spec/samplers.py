@@ -13,6 +13,9 @@ spec sets on it, and what it does with the space it is given.
   and the dry run prints it.
 - `auto`: several objectives -> NSGA-II; a space with categorical or conditional keys -> TPE;
   otherwise (numeric keys only) -> GP.
+- `constraints:` reach the samplers that take a `constraints_func` (TPE, GP, NSGA-II/III) as
+  `Feasibility`, which reads the constrained metrics the searcher stores on each Optuna trial as
+  user attributes (orchestrator.run.tuner); the others refuse them.
 - `grid` is not here: it walks the grid points (orchestrator.spec.space.grid_sampler).
 """
 
@@ -35,7 +38,8 @@ CLASSES = {
     "nsga3": "NSGAIIISampler",
 }
 ALGORITHMS = ("tpe", "random", "grid", "qmc", "gp", "cmaes", "nsga2", "nsga3", "auto")
-SET_BY_SPEC = ("seed", "constraints_func")  # search.seed; callables have no YAML form
+SET_BY_SPEC = ("seed", "constraints_func")  # search.seed; `constraints:` (callables have no YAML form)
+CONSTRAINTS_ATTR = "constraints"  # the system attribute Optuna keeps a trial's constraint values in
 STARTUP = "n_startup_trials"
 # what each one hands to its independent sampler: categorical keys, keys under `when:`
 FALLS_BACK = {"cmaes": ("categorical", "conditional"), "qmc": ("categorical", "conditional"), "gp": ("conditional",)}
@@ -100,6 +104,45 @@ def picklable_class(cls: type) -> type:
     return _PICKLABLE[cls]
 
 
+@dataclass(frozen=True)
+class Feasibility:
+    """Optuna's constraints_func for the spec's `constraints:` (<= 0 feasible), from the metrics
+    stored on the trial as user attributes; a metric the trial never reported counts as infeasible.
+    Plain data, so Tune can pickle it with the sampler."""
+
+    bounds: tuple[tuple[str, float | None, float | None], ...]  # (metric, max, min)
+
+    @classmethod
+    def of(cls, constraints) -> Feasibility:
+        return cls(tuple((c.metric, c.max, c.min) for c in constraints))
+
+    @property
+    def metrics(self) -> list[str]:
+        return [m for m, _, _ in self.bounds]
+
+    def values(self, metrics: dict) -> list[float]:
+        out = []
+        for metric, hi, lo in self.bounds:
+            v = metrics.get(metric)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
+                out.append(float("inf"))
+            else:
+                out.append(float(v - hi) if hi is not None else float(lo - v))
+        return out
+
+    def __call__(self, trial) -> list[float]:
+        return self.values(trial.user_attrs)
+
+    def __repr__(self) -> str:
+        return (
+            "Feasibility("
+            + ", ".join(
+                f"{m} {'<=' if hi is not None else '>='} {hi if hi is not None else lo:g}" for m, hi, lo in self.bounds
+            )
+            + ")"
+        )
+
+
 def own_options(cls: str) -> list[str]:
     import optuna
 
@@ -125,6 +168,7 @@ def plan(
     concurrent: int = 1,
     n_objectives: int = 1,
     n_startup_trials: int | None = None,
+    constraints=(),
 ) -> Plan:
     """The sampler a sweep of `space` runs with (see the module doc); SpecError naming the key when
     an option or the start-up count does not fit the sampler."""
@@ -148,6 +192,15 @@ def plan(
                 "(tpe, gp and cmaes have one)"
             )
         kwargs[STARTUP] = n_startup_trials
+    if constraints:
+        import optuna
+
+        if "constraints_func" not in inspect.signature(getattr(optuna.samplers, cls)).parameters:
+            raise SpecError(
+                f"constraints: search.algorithm {algorithm} ({cls}) takes no constraints; use tpe, gp, nsga2 "
+                "or nsga3, or leave constraints out"
+            )
+        kwargs["constraints_func"] = Feasibility.of(constraints)
     conditional = any(p.when for p in space.values())
     if algorithm == "tpe":
         if concurrent > 1:
@@ -183,29 +236,43 @@ def sampler_plan(spec) -> Plan:
         spec.resources.max_concurrent,
         len(spec.objectives),
         s.n_startup_trials,
+        spec.constraints,
     )
 
 
 def check_search(spec) -> None:
-    """The sampler's options and start-up count fit it (orchestrator.spec.samplers), and each
-    initial point names active space keys with values inside the space."""
+    """The sampler's options, start-up count and constraints fit it (orchestrator.spec.samplers),
+    and each initial point names active space keys with values inside the space."""
     search, space = spec.search, spec.space
     if search.algorithm == "grid":
-        for key in ("sampler_options", "initial_points"):
+        for key in ("sampler_options", "initial_points", "warm_start_from"):
             if getattr(search, key):
                 raise SpecError(f"search.{key}: a grid runs its own points; use it with another search.algorithm")
+        if spec.constraints:
+            raise SpecError("constraints: a grid runs every point whatever they say; use tpe, gp, nsga2 or nsga3")
     else:
         sampler_plan(spec)
+    if search.warm_start_from == spec.name:
+        raise SpecError(
+            f"search.warm_start_from: {spec.name!r} is this sweep; name an earlier one (resume this one with --resume)"
+        )
     for i, point in enumerate(search.initial_points):
-        where = f"search.initial_points[{i}]"
-        for key, value in point.items():
-            if key not in space:
-                raise SpecError(f"{where}.{key}: not a key of the space ({', '.join(space)})")
-            p = space[key]
-            if not p.active(point):
-                raise SpecError(f"{where}.{key}: inactive at this point (its when: {p.when}); leave it out")
-            if not p.admits(value):
-                raise SpecError(f"{where}.{key}: {value!r} is outside the space ({p.type} {p.describe()})")
+        problem = outside(space, point)
+        if problem:
+            raise SpecError(f"search.initial_points[{i}].{problem}")
+
+
+def outside(space: dict, point: dict) -> str | None:
+    """Why `point` is not a point of `space` ("<key>: <reason>"), or None when it is one."""
+    for key, value in point.items():
+        if key not in space:
+            return f"{key}: not a key of the space ({', '.join(space)})"
+        p = space[key]
+        if not p.active(point):
+            return f"{key}: inactive at this point (its when: {p.when}); leave it out"
+        if not p.admits(value):
+            return f"{key}: {value!r} is outside the space ({p.type} {p.describe()})"
+    return None
 
 
 def __getattr__(name: str):

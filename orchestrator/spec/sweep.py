@@ -9,7 +9,6 @@ of every entry, so a sweep never fails hours in because a sampled value is out o
 from __future__ import annotations
 
 import copy
-import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,27 +20,11 @@ from orchestrator.spec import space as S
 from orchestrator.spec.compare import CompareSpec
 from orchestrator.spec.load import Strict, apply_overrides, canonical, read_yaml, validate
 from orchestrator.spec.paths import absolute, join
+from orchestrator.spec.search import HELD_OUT_PREFIX, METRIC_PREFIXES, METRICS, Constraint, SearchSpec, check_metric
 from orchestrator.spec.train import ModelSpec, TrainSpec
 from orchestrator.tracking import tags as T
 from orchestrator.tracking.store import absolute_uri, results_store
 
-# Metrics the trainer reports (trainables.loop); per-class IoUs and per-term losses by prefix.
-METRICS = (
-    "val_miou",
-    "best_val_miou",
-    "val_pixel_acc",
-    "train_loss",
-    "lr",
-    "params",
-    "gflops",
-    "latency_ms",
-    "step_time_s",
-    "saliency_time_s",
-    "epoch_time_s",
-)
-METRIC_PREFIXES = ("val_iou_", "train_")
-# Reported once, at the end of a finished trial, for the tables; never something to select on.
-HELD_OUT_PREFIX = "test_"
 DEFAULT_SAMPLES = 10
 
 
@@ -66,31 +49,8 @@ class Objective(Strict):
 
     @model_validator(mode="after")
     def _known(self):
-        if self.metric.startswith(HELD_OUT_PREFIX):
-            raise ValueError(
-                f"objective metric {self.metric!r} is measured on the held-out test split, which search "
-                f"and early stopping never see; select on val (e.g. {'val_' + self.metric[5:]!r})"
-            )
-        if self.metric not in METRICS and not self.metric.startswith(METRIC_PREFIXES):
-            close = difflib.get_close_matches(self.metric, METRICS, n=1)
-            hint = (
-                f"did you mean {close[0]!r}?"
-                if close
-                else f"allowed: {', '.join(METRICS)}, val_iou_<class>, train_<term>"
-            )
-            raise ValueError(f"objective metric {self.metric!r} is not reported by the trainer; {hint}")
+        check_metric(self.metric, "objective")
         return self
-
-
-class SearchSpec(Strict):
-    # Optuna's samplers (orchestrator.spec.samplers); grid walks the space's grid
-    algorithm: Literal["tpe", "random", "grid", "qmc", "gp", "cmaes", "nsga2", "nsga3", "auto"] = "tpe"
-    num_samples: int | None = Field(None, ge=1)  # default 10; grid: the grid size
-    seed: int = 0
-    n_startup_trials: int | None = Field(None, ge=1)  # random start-up of tpe, gp, cmaes (Optuna's defaults)
-    sampler_options: dict[str, Any] = Field(default_factory=dict)  # passed to the Optuna sampler, checked
-    # points the study runs first (enqueued before the sampler's own), each a {space key: value}
-    initial_points: list[dict[str, S.Scalar]] = Field(default_factory=list)
 
 
 class EarlyStopping(Strict):
@@ -145,6 +105,9 @@ class SweepSpec(Strict):
     space: dict[str, S.Param]
     objective: Objective | list[Objective] = Field(default_factory=Objective)
     search: SearchSpec = Field(default_factory=SearchSpec)
+    # feasibility bounds on reported metrics (orchestrator.spec.search.Constraint): the sampler is told
+    # them, and the best trial, the Pareto front and export choose among the trials that meet them
+    constraints: list[Constraint] = Field(default_factory=list)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     resources: Resources = Field(default_factory=Resources)
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
@@ -489,3 +452,6 @@ def _check_labels(cells: list[dict]) -> None:
             raise SpecError(f"cells[{i}].label: give every cell a label (text) or none (got {v!r})")
         if labels.index(v) != i:
             raise SpecError(f"cells[{i}].label: {v!r} is also the label of cells[{labels.index(v)}]")
+
+
+__all__ = ["HELD_OUT_PREFIX", "METRICS", "METRIC_PREFIXES", "SearchSpec", "SweepSpec", "load_sweep_spec"]

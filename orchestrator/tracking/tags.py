@@ -5,7 +5,7 @@ a second run or logs an epoch twice, and `report`/`export` need nothing but the 
   parent run   KIND=sweep, SWEEP; the dataset, teacher and git commit; the best trial at the end;
                an ablation's LAYOUTS, ABLATION, SEEDS and LABELS (which tables `report` prints);
                a confirmation's CONFIRM_SOURCE, CONFIRM_SOURCE_RUN, CONFIRM_CELLS, CONFIRM_SEEDS
-  child run    PARENT, KIND=trial, SWEEP, TRIAL_ID, STATUS, CHECKPOINT, ERROR, EPOCHS_DONE; HOST,
+  child run    PARENT, KIND=trial, SWEEP, TRIAL_ID, STATUS, CHECKPOINT, ERROR, EPOCHS_DONE, FEASIBLE; HOST,
                RAY_NODE and DEVICE (where it ran)
   teacher run  KIND=teacher, TEACHER_HASH (a recipe the sweep trained), CHECKPOINT
   model version (export) SWEEP, RANK, SELECTION
@@ -38,6 +38,9 @@ PARETO = "xgd.pareto"  # on a trial of the front: "true"
 # the driver running the sweep now ("host pid started"), and a stop asked of it by `stop SWEEP`
 # ("who at when"): the driver polls its parent run for it, from any shell that sees the store
 DRIVER, STOP_REQUESTED = "xgd.driver", "xgd.stop_requested"
+STOP_REASON = "xgd.stop_reason"  # on the parent: why the sweep stopped before its last trial (a budget, `stop`)
+CONSTRAINTS = "xgd.constraints"  # on the parent: the spec's constraints, e.g. "latency_ms <= 15; params <= 2e+07"
+FEASIBLE = "xgd.feasible"  # on a trial of a sweep with constraints: "true" | "false" (its last result)
 LEAKED_PGS_RELEASED = "xgd.leaked_pgs_released"  # placement groups the reaper had to remove
 # where a trial ran, as its trainer reports it (trainables.setup.placement): result key -> tag
 HOST, RAY_NODE, DEVICE = "xgd.host", "xgd.ray_node", "xgd.device"

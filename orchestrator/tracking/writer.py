@@ -153,8 +153,9 @@ class Tracker:
         self._log_params(run, params)
         self._tags(self.parent_id, tags)
         self.client.set_tag(self.parent_id, T.DRIVER, driver_line())  # `status` names it
-        if T.STOP_REQUESTED in run.data.tags:  # a stop asked of an earlier driver is done with
-            self.client.delete_tag(self.parent_id, T.STOP_REQUESTED)
+        for tag in (T.STOP_REQUESTED, T.STOP_REASON):  # an earlier driver's stop is done with
+            if tag in run.data.tags:
+                self.client.delete_tag(self.parent_id, tag)
         return self.parent_id
 
     def stop_requested(self) -> str | None:
