@@ -138,7 +138,7 @@ def store_with_sweep(root: Path, name: str) -> str:
     return uri
 
 
-@pytest.mark.slow  # 6-8 s each on an idle 2-core machine (a fresh interpreter importing torch, Ray, ...)
+@pytest.mark.slow  # each a fresh interpreter importing torch, Ray, MLflow: 6-8 s here at low load, up to 39 s at load 7
 @pytest.mark.parametrize("where, args", EXAMPLES, ids=[w.split(",")[0] for w, _ in EXAMPLES])
 def test_dry_run_example_runs(tmp_path, where, args):
     """The command exactly as the docs show it, from the repo root, on an MLflow store of its own
