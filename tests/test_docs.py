@@ -2,7 +2,8 @@
 every page under docs/ is in mkdocs.yml's nav, and what the README and the pages show is real:
 every `python -m orchestrator ... --dry-run` example in their fenced code blocks runs with exit 0,
 and every file of this repo they name (`search_spaces/*.yaml`, `tests/*.py`, ...) exists.
-Links and anchors between the pages are checked by `make docs` (`mkdocs build --strict`, in .ci/run)."""
+Links and anchors between the pages are checked by `make docs` (`mkdocs build --strict`), which .ci/run
+runs beside the README's test command."""
 
 from __future__ import annotations
 
@@ -109,6 +110,12 @@ def test_the_readme_is_a_front_page_that_links_every_page():
     missing = sorted(f"docs/{p}" for p in pages() if f"docs/{p}" not in linked)
     assert not missing, f"README.md does not link {missing}"
     assert not [p for p in linked if not (ROOT / p).is_file()], "README.md links a page that does not exist"
+
+
+def test_ci_builds_the_docs_and_runs_the_readmes_test_command():
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert "make docs" in ci and "make test" in ci
+    assert "make test " in README.read_text()  # the set-up block: `make test   # ... the whole test suite`
 
 
 def test_every_repo_file_the_docs_name_exists():
