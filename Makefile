@@ -30,10 +30,15 @@ test-fast: $(VENV)/.installed
 gpu-check: $(VENV)/.installed
 	$(PY) scripts/gpu_check.py
 
+# The docs site (mkdocs.yml) into results/site; --strict: a broken link, anchor or snippet, or a page
+# left out of the nav, fails it (not with -q: mkdocs 1.6 then drops the warnings strict counts)
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d results/site
+
 # Format, lint and the import contracts (pyproject.toml: [tool.ruff], [tool.importlinter])
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-.PHONY: install quickstart test test-fast lint chromium gpu-check
+.PHONY: install quickstart test test-fast lint docs chromium gpu-check

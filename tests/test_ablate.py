@@ -169,7 +169,7 @@ def test_paper_and_quickstart_specs_load_with_their_designs():
     methods = next(ab for ab in quick if ab.sweep.name == "quickstart-methods").factors["distill.method"]
     assert {"none", "pi", "skd", "cwd", "at", "cat", "attnfd", "xgd"} <= set(methods) <= set(METHODS)
 
-    beta = load_ablation(ABLATIONS / "quickstart_beta.yaml")  # longer: students must learn (README table)
+    beta = load_ablation(ABLATIONS / "quickstart_beta.yaml")  # longer: students must learn (docs table)
     assert beta.seeds >= 3 and sorted({c["distill"]["beta"] for c in configs(beta)}) == [0.0, 1.0]
     assert beta.sweep.train.optim.epochs >= 12 and beta.sweep.teacher.recipe["optim"]["epochs"] >= 12
 

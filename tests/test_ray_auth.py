@@ -60,7 +60,7 @@ def test_a_token_turns_the_mode_on_and_a_chosen_mode_is_kept(tmp_path, monkeypat
 
 
 def test_the_project_never_turns_token_auth_off():
-    """The opt-out is the user's (README, Clusters): no module, script or deploy file sets it."""
+    """The opt-out is the user's (docs/guide/clusters.md): no module, script or deploy file sets it."""
     import re
     from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Ray's own command line, as the README's Clusters section runs it: a head started with
+"""Ray's own command line, as docs/guide/clusters.md runs it: a head started with
 `ray start --head --block` (the venv's bin first on PATH, as after `source .venv/bin/activate`),
 a tiny quickstart sweep submitted with `ray job submit --working-dir .`, the same sweep through Ray
 Client (`--address ray://...`), then the head stopped by stopping its `ray start --block` process.
@@ -94,7 +94,7 @@ def dashboard_status(head: Head, headers: dict[str, str]) -> int:
 
 def wait_ready(head: Head, timeout: float = 120) -> None:
     """Until the dashboard answers (job submission; with the token: the head runs with token
-    authentication, as the README's Clusters section sets it up) and the Ray Client server accepts
+    authentication, as docs/guide/clusters.md sets it up) and the Ray Client server accepts
     connections. Then: the job API refuses a request without the token."""
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -83,7 +83,7 @@ def _foreground(num_classes: int, background: int | None) -> Tensor:
 
 # which classes enter the CAM target: a (K,) weight per class, 0 drops a class, from (K, background
 # index or None). Default foreground: with all classes the target is mostly background pixels and
-# so is the map (README, "cam_classes").
+# so is the map (docs/guide/specs.md, "cam_classes").
 DEFAULT_CAM_CLASSES = "foreground"
 CAM_CLASSES: dict[str, Callable[[int, int | None], Tensor]] = {
     "all": lambda k, background: torch.ones(k),
