@@ -178,3 +178,13 @@ def test_shipped_specs_validate(name):
         assert spec.teacher.recipe["model"]["encoder"] == "resnet101"
         for k in ("distill.alpha", "distill.beta", "distill.tau"):
             assert (spec.space[k].low, spec.space[k].high) == (0.05, 2.0)
+
+
+def test_the_shipped_pareto_spec_is_ttpla_under_nsga2_with_a_latency_constraint():
+    pareto = load_sweep_spec(ROOT / "search_spaces" / "ttpla_pareto.yaml")
+    ttpla = load_sweep_spec(ROOT / "search_spaces" / "ttpla.yaml")
+    assert pareto.space == ttpla.space and pareto.train == ttpla.train and pareto.teacher == ttpla.teacher
+    assert pareto.search.algorithm == "nsga2" and [o.metric for o in pareto.objectives] == ["val_miou", "gflops"]
+    assert [(c.metric, c.max) for c in pareto.constraints] == [("latency_ms", 15.0)]
+    assert pareto.search.time_budget_s == 48 * 3600 and pareto.search.max_failed_trials == 5
+    assert len(pareto.search.initial_points) == 3
