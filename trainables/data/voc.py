@@ -11,6 +11,7 @@ from torchvision.datasets import VOCSegmentation
 
 from trainables.data.base import PairedFiles, require_dir
 from trainables.data.errors import DataError
+from trainables.data.labels import Convention
 
 CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -18,6 +19,7 @@ CLASSES = [
 ]  # fmt: skip
 BACKGROUND = "background"  # VOC's class 0: every pixel of none of the 20 object classes
 SPLITS = ("train", "trainval", "val")
+LABELS = Convention()  # mask value = class index, 255 = the 'void' object outlines
 LAYOUT = "VOCdevkit/VOC2012/{JPEGImages/<id>.jpg, SegmentationClass/<id>.png, ImageSets/Segmentation/<split>.txt}"
 
 
@@ -35,6 +37,7 @@ class VOCSource(PairedFiles):
 
     def __init__(self, cfg: dict, split: str):
         root = _devkit_parent(require_dir(Path(cfg["root"]).expanduser(), "data.root"))
+        self.lut = LABELS.lookup(cfg)
         if split not in SPLITS:
             raise DataError(f"VOC split {split!r} is not one of {list(SPLITS)}")
         voc = root / "VOCdevkit" / "VOC2012"
