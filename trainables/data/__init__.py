@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from trainables.constants import IGNORE_INDEX
-from trainables.data import folder, synthetic, ttpla, voc
+from trainables.data import ade20k, camvid, cityscapes, folder, synthetic, ttpla, voc, voc_aug
 from trainables.data.base import SegDataset, Source
 from trainables.data.errors import DataError
 from trainables.data.labels import KEYS as LABEL_KEYS
@@ -47,6 +47,28 @@ KINDS: dict[str, Kind] = {
     "ttpla": Kind(lambda cfg: list(ttpla.CLASSES), ttpla.build, lambda cfg: "test", lambda cfg: ttpla.BACKGROUND),
     # VOC2012 test masks are not public
     "voc": Kind(lambda cfg: list(voc.CLASSES), voc.build, lambda cfg: None, lambda cfg: voc.BACKGROUND, voc.LABELS),
+    # SBD's train_aug for train, VOC 2012 val for val; no test masks
+    "voc_aug": Kind(
+        lambda cfg: list(voc_aug.CLASSES),
+        voc_aug.build,
+        lambda cfg: None,
+        lambda cfg: voc_aug.BACKGROUND,
+        voc_aug.LABELS,
+    ),
+    # Cityscapes and ADE20K test masks are not public
+    "cityscapes": Kind(
+        lambda cfg: list(cityscapes.CLASSES),
+        cityscapes.build,
+        lambda cfg: None,
+        lambda cfg: cityscapes.BACKGROUND,
+        cityscapes.LABELS,
+    ),
+    "ade20k": Kind(
+        lambda cfg: list(ade20k.CLASSES), ade20k.build, lambda cfg: None, lambda cfg: ade20k.BACKGROUND, ade20k.LABELS
+    ),
+    "camvid": Kind(
+        lambda cfg: list(camvid.CLASSES), camvid.build, lambda cfg: "test", lambda cfg: camvid.BACKGROUND, camvid.LABELS
+    ),
     "folder": Kind(folder.classes, folder.build, folder.test_split, folder.background, folder.LABELS),
 }
 

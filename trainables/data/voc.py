@@ -23,7 +23,7 @@ LABELS = Convention()  # mask value = class index, 255 = the 'void' object outli
 LAYOUT = "VOCdevkit/VOC2012/{JPEGImages/<id>.jpg, SegmentationClass/<id>.png, ImageSets/Segmentation/<split>.txt}"
 
 
-def _devkit_parent(root: Path) -> Path:
+def devkit_parent(root: Path) -> Path:
     """The folder that holds VOCdevkit/, accepting the devkit or year folder as well."""
     if root.name == "VOC2012" and root.parent.name == "VOCdevkit":
         return root.parent.parent
@@ -36,7 +36,7 @@ class VOCSource(PairedFiles):
     classes = CLASSES
 
     def __init__(self, cfg: dict, split: str):
-        root = _devkit_parent(require_dir(Path(cfg["root"]).expanduser(), "data.root"))
+        root = devkit_parent(require_dir(Path(cfg["root"]).expanduser(), "data.root"))
         self.lut = LABELS.lookup(cfg)
         if split not in SPLITS:
             raise DataError(f"VOC split {split!r} is not one of {list(SPLITS)}")
