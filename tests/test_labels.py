@@ -177,3 +177,17 @@ def test_a_folder_with_ignore_ids_11_trains(tmp_path):
     }  # fmt: skip
     result = train_loop(validate(TrainSpec, raw).model_dump())
     assert math.isfinite(result["train_loss"]) and 0.0 <= result["val_miou"] <= 1.0
+
+
+def test_the_docs_examples_validate():
+    """Every YAML block of docs/datasets.md is a valid data spec (its root need not exist)."""
+    import re
+
+    import yaml
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "datasets.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    assert len(blocks) == 4
+    for block in blocks:
+        spec = validate(TrainSpec, yaml.safe_load(block))
+        assert spec.data.label_map or spec.data.ignore_ids or spec.data.reduce_zero_label, block
