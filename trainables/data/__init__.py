@@ -5,8 +5,8 @@ Items are (image FloatTensor 3xHxW, ImageNet-normalised; mask LongTensor HxW, 25
 Each kind is a `Kind` in `KINDS`: its class names, its background class (the one no object is,
 which `distill.cam_classes: foreground` leaves out of the CAM target; a folder names it, or has
 none), a builder of a raw-array source and, for kinds that read mask files, its label convention
-(trainables.data.labels: the stored ids -> class indices); the transforms and the Dataset wrapper are shared
-(trainables.data.base / .transforms).
+(trainables.data.labels: the stored ids -> class indices); the transforms and the Dataset
+wrapper are shared (trainables.data.base / .transforms).
 """
 
 from __future__ import annotations
