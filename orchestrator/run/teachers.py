@@ -59,6 +59,9 @@ NOT_THE_TEACHER = {
     "data": ("root", "workers", "test_split"),
     "run": ("out_dir", "resume", "checkpoint_every", "explain"),
 }
+# Keys added after teachers were cached, left out of the key while at these defaults: a recipe that
+# does not use them keeps the key it had, and its cached teacher (tests/test_labels.py pins one).
+ADDED_LATER = {"data": {"label_map": {}, "ignore_ids": [], "reduce_zero_label": None}}
 
 
 def recipe_hash(recipe: dict) -> str:
@@ -80,6 +83,10 @@ def _filled(recipe: dict) -> dict:
     full = TrainSpec.model_validate({**recipe, "name": RUN_NAME}).model_dump()
     full.pop("distill", None)
     full.pop("name", None)
+    for section, defaults in ADDED_LATER.items():
+        for key, default in defaults.items():
+            if full[section].get(key) == default:
+                full[section].pop(key)
     return full
 
 

@@ -18,12 +18,17 @@ from orchestrator.spec.load import Strict, apply_overrides, read_yaml, validate
 
 
 class DataSpec(Strict):
-    kind: Literal["synthetic", "ttpla", "voc", "folder"] = "synthetic"
+    kind: Literal["synthetic", "ttpla", "voc", "voc_aug", "cityscapes", "ade20k", "camvid", "folder"] = "synthetic"
     root: str | None = None  # dataset folder; not used by `synthetic`
     classes: list[str] | None = None  # `folder` only: class names, index = mask value
     # `folder` only: the class that is no object (cam_classes 'foreground' leaves it out), or null for
     # none (e.g. sky, road, car); the other kinds declare theirs (trainables.data.KINDS)
     background: str | None = None
+    # label conventions, for kinds that read mask files (trainables.data.labels; docs/datasets.md):
+    # mask id -> class index or 255 (ignore); ids to ignore; 0 -> ignore and k -> k-1 (null: the kind's)
+    label_map: dict[int, int] = Field(default_factory=dict)
+    ignore_ids: list[int] = Field(default_factory=list)
+    reduce_zero_label: bool | None = None
     train_split: str = "train"
     val_split: str = "val"
     # held-out split, evaluated once with the best-on-val weights; auto: the kind's (trainables.data.held_out_split)
@@ -53,10 +58,11 @@ class DataSpec(Strict):
             raise ValueError(
                 f"data.background is for data.kind='folder' only; data.kind={self.kind!r} declares its own"
             )
-        from trainables.data import DataError, background_index
+        from trainables.data import DataError, background_index, check_labels
 
         try:
             background_index(self.model_dump())
+            check_labels(self.model_dump())
         except DataError as e:
             raise ValueError(str(e)) from None
         if self.test_split is not None and self.test_split in (self.train_split, self.val_split):

@@ -1,10 +1,12 @@
-"""Datasets by kind (synthetic, ttpla, voc, folder) behind one `build_dataset`.
+"""Datasets by kind (synthetic, ttpla, voc, voc_aug, cityscapes, ade20k, camvid, folder) behind one
+`build_dataset`.
 
 Items are (image FloatTensor 3xHxW, ImageNet-normalised; mask LongTensor HxW, 255 = ignore).
 Each kind is a `Kind` in `KINDS`: its class names, its background class (the one no object is,
 which `distill.cam_classes: foreground` leaves out of the CAM target; a folder names it, or has
-none) and a builder of a raw-array source; the transforms and the Dataset wrapper are shared
-(trainables.data.base / .transforms).
+none), a builder of a raw-array source and, for kinds that read mask files, its label convention
+(trainables.data.labels: the stored ids -> class indices); the transforms and the Dataset
+wrapper are shared (trainables.data.base / .transforms).
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import torch
 from torch.utils.data import Dataset
 
 from trainables.constants import IGNORE_INDEX
-from trainables.data import folder, synthetic, ttpla, voc
+from trainables.data import ade20k, camvid, cityscapes, folder, synthetic, ttpla, voc, voc_aug
 from trainables.data.base import SegDataset, Source
 from trainables.data.errors import DataError
+from trainables.data.labels import KEYS as LABEL_KEYS
+from trainables.data.labels import Convention
 from trainables.data.transforms import eval_transform, train_transform
 
 PAD_MULTIPLE = 32  # smp encoders downsample by 32: inputs must be divisible by it
@@ -33,6 +37,7 @@ class Kind:
     source: Callable[[dict, str], Source]
     test_split: Callable[[dict], str | None]  # the held-out split `data.test_split: auto` means
     background: Callable[[dict], str | None]  # name of the background class, None: the dataset has none
+    labels: Convention | None = None  # None: no mask files (generated or drawn from polygons)
 
 
 KINDS: dict[str, Kind] = {
@@ -41,8 +46,30 @@ KINDS: dict[str, Kind] = {
     ),
     "ttpla": Kind(lambda cfg: list(ttpla.CLASSES), ttpla.build, lambda cfg: "test", lambda cfg: ttpla.BACKGROUND),
     # VOC2012 test masks are not public
-    "voc": Kind(lambda cfg: list(voc.CLASSES), voc.build, lambda cfg: None, lambda cfg: voc.BACKGROUND),
-    "folder": Kind(folder.classes, folder.build, folder.test_split, folder.background),
+    "voc": Kind(lambda cfg: list(voc.CLASSES), voc.build, lambda cfg: None, lambda cfg: voc.BACKGROUND, voc.LABELS),
+    # SBD's train_aug for train, VOC 2012 val for val; no test masks
+    "voc_aug": Kind(
+        lambda cfg: list(voc_aug.CLASSES),
+        voc_aug.build,
+        lambda cfg: None,
+        lambda cfg: voc_aug.BACKGROUND,
+        voc_aug.LABELS,
+    ),
+    # Cityscapes and ADE20K test masks are not public
+    "cityscapes": Kind(
+        lambda cfg: list(cityscapes.CLASSES),
+        cityscapes.build,
+        lambda cfg: None,
+        lambda cfg: cityscapes.BACKGROUND,
+        cityscapes.LABELS,
+    ),
+    "ade20k": Kind(
+        lambda cfg: list(ade20k.CLASSES), ade20k.build, lambda cfg: None, lambda cfg: ade20k.BACKGROUND, ade20k.LABELS
+    ),
+    "camvid": Kind(
+        lambda cfg: list(camvid.CLASSES), camvid.build, lambda cfg: "test", lambda cfg: camvid.BACKGROUND, camvid.LABELS
+    ),
+    "folder": Kind(folder.classes, folder.build, folder.test_split, folder.background, folder.LABELS),
 }
 
 
@@ -70,6 +97,22 @@ def background_index(data_cfg: dict) -> int | None:
             "name one of them or null (none)"
         )
     return classes.index(name)
+
+
+def check_labels(data_cfg: dict) -> None:
+    """The spec's label keys (data.label_map, ignore_ids, reduce_zero_label) against the kind's
+    convention and class list: a one-line DataError naming the key when they cannot hold."""
+    kind = _kind(data_cfg)
+    given = [k for k in LABEL_KEYS if data_cfg.get(k) not in (None, [], {})]
+    if kind.labels is None:
+        if given:
+            readers = sorted(name for name, k in KINDS.items() if k.labels is not None)
+            raise DataError(
+                f"data.{given[0]} is for kinds that read mask files ({', '.join(readers)}); "
+                f"data.kind={data_cfg.get('kind')!r} has none"
+            )
+        return
+    kind.labels.check(data_cfg, len(class_names(data_cfg)))
 
 
 def held_out_split(data_cfg: dict) -> str | None:
@@ -131,6 +174,7 @@ __all__ = [
     "Kind",
     "background_index",
     "build_dataset",
+    "check_labels",
     "class_names",
     "pad_collate",
     "held_out_split",

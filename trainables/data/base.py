@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from torchvision import tv_tensors
 
 from trainables.constants import IGNORE_INDEX
+from trainables.data import labels
 from trainables.data.errors import DataError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -123,8 +124,9 @@ def read_image(path: Path, exif: bool = False) -> np.ndarray:
         raise DataError(f"image {str(path)!r} cannot be read ({type(e).__name__}: {e})") from None
 
 
-def read_index_mask(path: Path, num_classes: int) -> np.ndarray:
-    """A PNG of class indices (mode P, L or I) as uint8; ids must be < num_classes or 255."""
+def read_index_mask(path: Path, num_classes: int, lut: np.ndarray | None = None) -> np.ndarray:
+    """A PNG of class indices (mode P, L or I) as uint8, its ids mapped through `lut` (the kind's
+    and the spec's label convention, trainables.data.labels); then ids must be < num_classes or 255."""
     try:
         with Image.open(path) as im:
             if im.mode not in ("P", "L", "I", "I;16"):
@@ -137,18 +139,22 @@ def read_index_mask(path: Path, num_classes: int) -> np.ndarray:
         raise DataError(f"mask {str(path)!r} does not exist") from None
     except _PIL_ERRORS as e:
         raise DataError(f"mask {str(path)!r} cannot be read ({type(e).__name__}: {e})") from None
+    arr = labels.apply(lut, arr, str(path))
     ids = np.unique(arr)
     bad = ids[(ids >= num_classes) & (ids != IGNORE_INDEX)]
     if bad.size:
         raise DataError(
-            f"mask {str(path)!r} holds class id {int(bad[0])}; allowed 0..{num_classes - 1} or {IGNORE_INDEX} (ignore)"
+            f"mask {str(path)!r} holds class id {int(bad[0])}; allowed 0..{num_classes - 1} or {IGNORE_INDEX} "
+            "(ignore); data.label_map or data.ignore_ids map other ids"
         )
     return arr.astype(np.uint8, copy=False)
 
 
-def read_pair(image: Path, mask: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """An image and its index mask, which must have the same size."""
-    img, lab = read_image(image), read_index_mask(mask, num_classes)
+def read_pair(
+    image: Path, mask: Path, num_classes: int, lut: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its index mask (mapped through `lut`), which must have the same size."""
+    img, lab = read_image(image), read_index_mask(mask, num_classes, lut)
     if img.shape[:2] != lab.shape:
         raise DataError(
             f"mask {str(mask)!r} is {lab.shape[1]}x{lab.shape[0]} but its image is {img.shape[1]}x{img.shape[0]}"
@@ -157,12 +163,14 @@ def read_pair(image: Path, mask: Path, num_classes: int) -> tuple[np.ndarray, np
 
 
 class PairedFiles:
-    """A source of image files each with an index-mask PNG (VOC, folder): subclasses fill
-    `images`, `masks` and `classes` in their constructor, after checking the layout."""
+    """A source of image files each with an index-mask PNG (VOC, folder, ...): subclasses fill
+    `images`, `masks` and `classes` in their constructor, after checking the layout, and `lut`
+    from their label convention (`labels.Convention.lookup`; None: ids are class indices)."""
 
     images: list[Path]
     masks: list[Path]
     classes: list[str]
+    lut: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -171,7 +179,7 @@ class PairedFiles:
         return str(self.images[i])
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        return read_pair(self.images[i], self.masks[i], len(self.classes))
+        return read_pair(self.images[i], self.masks[i], len(self.classes), self.lut)
 
     def files(self, i: int) -> tuple[Path, ...]:
         return self.images[i], self.masks[i]

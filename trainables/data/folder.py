@@ -6,6 +6,10 @@ from pathlib import Path
 
 from trainables.data.base import PairedFiles, list_images, require_dir
 from trainables.data.errors import DataError
+from trainables.data.labels import Convention
+
+# mask value = index into data.classes; data.reduce_zero_label: true shifts them (0 = ignore)
+LABELS = Convention(reduce_zero_label=None)
 
 
 def classes(cfg: dict) -> list[str]:
@@ -23,6 +27,7 @@ def background(cfg: dict) -> str | None:
 class FolderSource(PairedFiles):
     def __init__(self, cfg: dict, split: str):
         self.classes = classes(cfg)
+        self.lut = LABELS.lookup(cfg)
         root = require_dir(Path(cfg["root"]).expanduser(), "data.root")
         img_dir = require_dir(root / split / "images", f"split {split!r} image folder")
         mask_dir = root / split / "masks"

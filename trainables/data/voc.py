@@ -11,6 +11,7 @@ from torchvision.datasets import VOCSegmentation
 
 from trainables.data.base import PairedFiles, require_dir
 from trainables.data.errors import DataError
+from trainables.data.labels import Convention
 
 CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -18,10 +19,11 @@ CLASSES = [
 ]  # fmt: skip
 BACKGROUND = "background"  # VOC's class 0: every pixel of none of the 20 object classes
 SPLITS = ("train", "trainval", "val")
+LABELS = Convention()  # mask value = class index, 255 = the 'void' object outlines
 LAYOUT = "VOCdevkit/VOC2012/{JPEGImages/<id>.jpg, SegmentationClass/<id>.png, ImageSets/Segmentation/<split>.txt}"
 
 
-def _devkit_parent(root: Path) -> Path:
+def devkit_parent(root: Path) -> Path:
     """The folder that holds VOCdevkit/, accepting the devkit or year folder as well."""
     if root.name == "VOC2012" and root.parent.name == "VOCdevkit":
         return root.parent.parent
@@ -34,7 +36,8 @@ class VOCSource(PairedFiles):
     classes = CLASSES
 
     def __init__(self, cfg: dict, split: str):
-        root = _devkit_parent(require_dir(Path(cfg["root"]).expanduser(), "data.root"))
+        root = devkit_parent(require_dir(Path(cfg["root"]).expanduser(), "data.root"))
+        self.lut = LABELS.lookup(cfg)
         if split not in SPLITS:
             raise DataError(f"VOC split {split!r} is not one of {list(SPLITS)}")
         voc = root / "VOCdevkit" / "VOC2012"
