@@ -233,6 +233,19 @@ def test_constraints_reach_the_sampler_and_the_best_trial_is_feasible(ray_cluste
     assert sorted(feasible.values()).count("false") >= 1 and feasible[out.best.trial_id] == "true", feasible
     assert parent_tags(spec)[T.CONSTRAINTS] == "latency_ms <= 15"
 
+    # the report marks them: infeasible.csv lists the slow trial, the fronts hold feasible trials only
+    from mlflow import MlflowClient
+
+    from orchestrator.results.report import make_report
+
+    rep = make_report(MlflowClient(spec.mlflow.tracking_uri), spec.name, tmp_path / "report", log=False, galleries=0)
+    bad = {k for k, v in feasible.items() if v == "false"}
+    listed = (rep.dir / "infeasible.csv").read_text()
+    assert all(t in listed for t in bad) and out.best.trial_id not in listed, listed
+    front = (rep.dir / "pareto.csv").read_text()
+    assert out.best.trial_id in front and not any(t in front for t in bad), front
+    assert "## Constraints: latency_ms <= 15" in (rep.dir / "report.md").read_text()
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)

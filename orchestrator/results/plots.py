@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from orchestrator.results.pareto import pareto_front
 from orchestrator.results.tables import _label, col, factors, short_names
+from orchestrator.tracking import reader
 
 HYPERS = ("params.distill.alpha", "params.distill.beta", "params.distill.tau")
 COSTS = ("latency_ms", "gflops", "params")
@@ -138,16 +139,18 @@ def hyper_plot(t: pa.Table, metric: str, path: Path) -> Path | None:
 
 def fronts(t: pa.Table, metric: str, maximize: bool = True) -> dict[str, tuple[list[dict], list[dict]]]:
     """Per logged cost that varies (latency, FLOPs, params): (the trials holding it and the metric,
-    the Pareto front of metric against that cost, cheapest first)."""
+    the Pareto front of metric against that cost, cheapest first). The front is drawn from the
+    trials that meet the sweep's constraints (`feasible` not False)."""
     if metric not in t.column_names:
         return {}
     rows = [r for r in t.to_pylist() if _finite(r.get(metric))]
     out = {}
     for cost in (k for k in COSTS if k in t.column_names):
         have = [r for r in rows if _finite(r.get(cost))]
+        ok = [r for r in have if not reader.misses(r)]
         if len({r[cost] for r in have}) > 1:
-            front = pareto_front([(r[metric], r[cost]) for r in have], ("max" if maximize else "min", "min"))
-            out[cost] = (have, sorted((have[i] for i in front), key=lambda r: r[cost]))
+            front = pareto_front([(r[metric], r[cost]) for r in ok], ("max" if maximize else "min", "min"))
+            out[cost] = (have, sorted((ok[i] for i in front), key=lambda r: r[cost]))
     return out
 
 
@@ -169,6 +172,16 @@ def pareto_plot(t: pa.Table, metric: str, path: Path, maximize: bool = True) -> 
             color="tab:gray",
             label="trials",
         )
+        bad = [r for r in have if reader.misses(r)]
+        if bad:
+            ax.scatter(
+                [r[cost] * cc.scale for r in bad],
+                [r[metric] * mc.scale for r in bad],
+                s=24,
+                marker="x",
+                color="tab:orange",
+                label="infeasible (misses a constraint)",
+            )
         fx, fy = [r[cost] * cc.scale for r in front], [r[metric] * mc.scale for r in front]
         ax.plot(fx, fy, "-o", color="tab:red", drawstyle="steps-post", label="Pareto front")
         for i, (r, x, y) in enumerate(zip(front, fx, fy)):  # labels alternate below/above: neighbours stay apart

@@ -97,6 +97,7 @@ def make_report(
     rep.files, md = rep.files + budget_files, md + budget_md
 
     md += _stopped_table(stopped, tables.factors(reader.done(table)), epochs, sweep.name, out, console, rep)
+    md += _infeasible(counted, sweep, metric, out, rep)
 
     made = _plots(client, counted, stopped, space, metric, maximize, out, rep)
     ids = set(counted.column("run_id").to_pylist())
@@ -137,6 +138,41 @@ def _stopped_table(stopped, by: list[str], metric: str, sweep: str, out: Path, c
         "plots or Pareto fronts)"
     )
     return [tables.to_markdown(grid)]
+
+
+def _infeasible(counted, sweep, metric: str, out: Path, rep: Report) -> list[str]:
+    """infeasible.csv and a report.md section: the counted trials that miss the sweep's
+    constraints (tag xgd.constraints); they stay in the tables, are marked x in the Pareto plot and
+    left out of the fronts, the sweep's best trial and export."""
+    import pyarrow.csv as pcsv
+
+    from orchestrator.tracking import reader
+
+    bad = reader.infeasible(counted)
+    said = sweep.parent.data.tags.get(T.CONSTRAINTS)
+    if not said:
+        return []
+    costs = [m.split(" ")[0] for m in said.split("; ")]
+    keep = [c for c in ("trial_id", "run_name", metric, *costs) if c in bad.column_names]
+    rep.notes.append(f"{len(bad)} of {len(counted)} counted trials miss the constraints ({said}): infeasible.csv")
+    md = [
+        f"## Constraints: {said}",
+        "",
+        f"{len(bad)} of {len(counted)} counted trials miss them "
+        "(kept in the tables above; marked x in the Pareto plot; left out of the fronts, the best trial and export).",
+        "",
+    ]
+    if len(bad):
+        pcsv.write_csv(bad.select(keep), out / "infeasible.csv")
+        rep.files.append(out / "infeasible.csv")
+        md += ["| " + " | ".join(keep) + " |", "|" + "---|" * len(keep)]
+        md += ["| " + " | ".join(_cell(r[k]) for k in keep) + " |" for r in bad.select(keep).to_pylist()]
+        md.append("")
+    return md
+
+
+def _cell(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def _plots(client, counted, stopped, space, metric: str, maximize: bool, out: Path, rep: Report) -> list:

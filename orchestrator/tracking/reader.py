@@ -35,6 +35,7 @@ META = (
     "status",
     "state",  # the sweep's word for how the trial ended (tag xgd.status): completed, stopped, ...
     "epochs_done",
+    "feasible",  # tag xgd.feasible: False when the trial misses a constraint of its sweep, None without any
     "checkpoint",
     "experiment_id",
     "start_time_ms",
@@ -153,6 +154,7 @@ def trials_table(client, sweep: Sweep) -> pa.Table:
             "status": info.status,
             "state": data.tags.get(T.STATUS),
             "epochs_done": parse_value(data.tags.get(T.EPOCHS_DONE)),
+            "feasible": {"true": True, "false": False}.get(data.tags.get(T.FEASIBLE, "")),
             "checkpoint": data.tags.get(T.CHECKPOINT),
             "experiment_id": info.experiment_id,
             "start_time_ms": info.start_time,
@@ -183,6 +185,20 @@ def completed(table: pa.Table, metric: str) -> pa.Table:
     """Trials that ran every epoch (FINISHED) and hold a finite `metric`: what tables, importances,
     plots and Pareto fronts count."""
     return _status_is(done(table, metric), COMPLETED)
+
+
+def misses(row: dict) -> bool:
+    """Whether a trial row misses a constraint of its sweep (its `feasible` is false, or 0 once the
+    column went through a numeric cast); None: the sweep has none."""
+    f = row.get("feasible")
+    return f is not None and not f
+
+
+def infeasible(table: pa.Table) -> pa.Table:
+    """The trials that miss their sweep's constraints (none when it has none)."""
+    if "feasible" not in table.column_names:
+        return table.slice(0, 0)
+    return table.filter(pa.array([misses({"feasible": f}) for f in table.column("feasible").to_pylist()], pa.bool_()))
 
 
 def stopped(table: pa.Table) -> pa.Table:
