@@ -109,6 +109,7 @@ def test_export_writes_loadable_checked_students_and_registers_them(store, tmp_p
     readme = (d / "README.md").read_text()  # smp's card, with where the weights came from
     assert "smp.from_pretrained" in readme and "sweep `demo`, rank 1" in readme
     assert card["source"]["run_id"] in readme and '"best_val_miou"' in readme
+    assert f"Dataset name: {card['config']['data.kind']}" in readme
     assert card["checks"]["smp_max_abs_diff"] <= 1e-5 and "Load with smp" in md
 
     # the files are logged to the trial's run; the student is an MLflow model (PyTorch flavour as

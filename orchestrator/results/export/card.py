@@ -169,7 +169,9 @@ def smp_readme(model: nn.Module, card: dict, d: Path) -> Path:
         f"Exported by xgd-orchestrator from sweep `{card['sweep']}`, rank {card['rank']} "
         f"({card['selection']['text']}).",
         "",
-        f"- trial: {s['trial_id']} (MLflow run `{s['run_id']}`, {s['run_name']}), epoch {s['epoch']}",
+        f"- MLflow run `{s['run_id']}` ({s['run_name']}"
+        + (f", trial {s['trial_id']}" if s["trial_id"] else "")
+        + f"), epoch {s['epoch']}",
         f"- classes ({card['model']['num_classes']}): {', '.join(card['model']['classes'])}",
         f"- input: {i['preprocess']}; mean {i['mean']}, std {i['std']}",
         "- model_card.json beside this file: the full card, with the sha256 of every file",

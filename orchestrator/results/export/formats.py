@@ -161,7 +161,7 @@ def write_smp(model: nn.Module, state: dict, d: Path, size) -> tuple[Path, dict]
     path = d / "config.json"
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     write_safetensors(model, state, d, size)  # the same file the safetensors format writes
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # huggingface_hub prints
         warnings.simplefilter("ignore")
         loaded = smp.from_pretrained(str(d)).eval()
     x = _example(size, batch=2, seed=1)
