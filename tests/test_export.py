@@ -198,6 +198,24 @@ def test_writers_check_their_output_and_fail_loudly(tmp_path, monkeypatch):
     assert not (tmp_path / "config.json").exists()
 
 
+def test_the_smp_layout_holds_the_student_alone(tmp_path):
+    """smp.from_pretrained loads strictly: a module beyond smp's model fails the check, one line."""
+    import segmentation_models_pytorch as smp
+
+    from orchestrator.errors import UserError
+    from orchestrator.results.export import formats as ex
+
+    state = {"model_cfg": {"arch": "unet", "encoder": "resnet18"}, "classes": ["a", "b"]}
+    student = smp.Unet("resnet18", encoder_depth=3, encoder_weights=None, decoder_channels=(16, 8, 4), classes=2)
+    student = student.eval()
+    path, check = ex.write_smp(student, state, tmp_path, (32, 32))
+    assert path.name == "config.json" and check == {"smp_max_abs_diff": 0.0, "smp_class": "Unet"}
+    student.connector = nn.Conv2d(3, 3, 1)  # a training-only module left on the student
+    with pytest.raises(UserError, match=r"smp.from_pretrained cannot load.*Unexpected key.*connector\.weight"):
+        ex.write_smp(student, state, tmp_path, (32, 32))
+    assert not path.exists()
+
+
 @pytest.mark.slow
 def test_a_student_smp_cannot_rebuild_is_exported_without_its_layout_and_says_why(tmp_path, capsys, monkeypatch):
     """A wrapper of an smp model (connectors kept on it, say) would load in smp as the bare model, or

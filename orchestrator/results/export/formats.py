@@ -131,7 +131,8 @@ def write_onnx(model: nn.Module, state: dict, d: Path, size) -> tuple[Path, dict
 
 def not_smp(model: nn.Module) -> str | None:
     """Why smp.from_pretrained could not rebuild `model` from its config, or None when it can: a
-    model of one of smp's own classes, with the init config smp records, and no modules beyond it."""
+    model of one of smp's own classes (not a subclass or a wrapper, with connectors say), with the
+    init config smp records. Modules added to such a model later fail write_smp's strict load."""
     import segmentation_models_pytorch as smp
     from segmentation_models_pytorch.base import SegmentationModel
 
@@ -161,9 +162,16 @@ def write_smp(model: nn.Module, state: dict, d: Path, size) -> tuple[Path, dict]
     path = d / "config.json"
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     write_safetensors(model, state, d, size)  # the same file the safetensors format writes
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # huggingface_hub prints
-        warnings.simplefilter("ignore")
-        loaded = smp.from_pretrained(str(d)).eval()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # huggingface_hub prints
+            warnings.simplefilter("ignore")
+            loaded = smp.from_pretrained(str(d)).eval()  # strict: a key smp's model lacks fails here
+    except (RuntimeError, ValueError, TypeError) as e:
+        path.unlink()
+        raise UserError(
+            f"smp check failed for {d}: smp.from_pretrained cannot load the student: {' '.join(str(e).split())[:300]}; "
+            "config.json removed"
+        ) from None
     x = _example(size, batch=2, seed=1)
     with torch.no_grad():
         diff = float((loaded(x) - model(x)).abs().max())
