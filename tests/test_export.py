@@ -67,7 +67,8 @@ def test_export_writes_loadable_checked_students_and_registers_them(store, tmp_p
     assert os.environ.get("MLFLOW_TRACKING_URI") == env_before
     d = out / "demo" / "1"
     card = json.loads((d / "model_card.json").read_text())
-    assert set(card["files"]) == {"model.safetensors", "model.torchscript.pt", "model.onnx"}
+    # smp's save_pretrained layout (config.json, README.md) shares model.safetensors
+    assert set(card["files"]) == {"model.safetensors", "model.torchscript.pt", "model.onnx", "config.json", "README.md"}
     for name, f in card["files"].items():
         assert hashlib.sha256((d / name).read_bytes()).hexdigest() == f["sha256"]
     assert card["source"]["run_name"] == "demo_xgd_a1.0_s1" and card["source"]["run_id"] in store["trials"]
@@ -98,6 +99,19 @@ def test_export_writes_loadable_checked_students_and_registers_them(store, tmp_p
     got = torch.from_numpy(sess.run(None, {"image": x.numpy()})[0])
     assert (got - want).abs().max() < 1e-3
 
+    # smp.from_pretrained(folder) in a process that cannot import this project gets the same logits
+    got = _smp_logits_without_this_project(d, x, tmp_path / "smp_check")
+    assert (got - want).abs().max() <= 1e-5  # same weights, same ops, same CPU: SMP_ATOL
+    config = json.loads((d / "config.json").read_text())
+    assert config["_model_class"] == "DeepLabV3Plus" and config["encoder_name"] == "mobilenet_v2"
+    assert config["classes"] == len(CLASSES) and config["encoder_weights"] is None
+    assert set(load_file(str(d / "model.safetensors"))) == set(model.state_dict())  # the student's own keys only
+    readme = (d / "README.md").read_text()  # smp's card, with where the weights came from
+    assert "smp.from_pretrained" in readme and "sweep `demo`, rank 1" in readme
+    assert card["source"]["run_id"] in readme and '"best_val_miou"' in readme
+    assert f"Dataset name: {card['config']['data.kind']}" in readme
+    assert card["checks"]["smp_max_abs_diff"] <= 1e-5 and "Load with smp" in md
+
     # the files are logged to the trial's run; the student is an MLflow model (PyTorch flavour as
     # xgd-demo, ONNX as xgd-demo-onnx), registered from that run, rank 1 aliased champion
     import mlflow
@@ -121,9 +135,49 @@ def test_export_writes_loadable_checked_students_and_registers_them(store, tmp_p
     assert index["exports"][0]["registered"] == {"xgd-demo": "1", "xgd-demo-onnx": "1"}
 
 
+SMP_LOAD = """
+import sys
+sys.path += sys.argv[4:]  # the venv's site-packages, its .pth files (the editable install) not run
+for name in ("orchestrator", "trainables"):
+    try:
+        __import__(name)
+    except ImportError:
+        continue
+    raise SystemExit(f"{name} is importable: the check would not show that smp alone loads the export")
+import segmentation_models_pytorch as smp
+import torch
+from safetensors.torch import load_file, save_file
+
+model = smp.from_pretrained(sys.argv[1]).eval()
+with torch.no_grad():
+    save_file({"logits": model(load_file(sys.argv[2])["x"])}, sys.argv[3])
+"""
+
+
+def _smp_logits_without_this_project(folder: Path, x: torch.Tensor, scratch: Path) -> torch.Tensor:
+    """Logits of smp.from_pretrained(folder) from `python -I -S`: no current folder, no
+    PYTHONPATH, no .pth files, so neither this repo nor its editable install is importable."""
+    import subprocess
+    import sys
+    import sysconfig
+
+    from safetensors.torch import load_file, save_file
+
+    scratch.mkdir()
+    save_file({"x": x.contiguous()}, str(scratch / "x.safetensors"))
+    sites = sorted({sysconfig.get_path("purelib"), sysconfig.get_path("platlib")})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    args = [str(folder), str(scratch / "x.safetensors"), str(scratch / "y.safetensors"), *sites]
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", SMP_LOAD, *args], cwd=scratch, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return load_file(str(scratch / "y.safetensors"))["logits"]
+
+
 def test_writers_check_their_output_and_fail_loudly(tmp_path, monkeypatch):
     from orchestrator.errors import UserError
-    from orchestrator.results import export as ex
+    from orchestrator.results.export import formats as ex
 
     torch.manual_seed(0)
     tiny = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 2, 1)).eval()
@@ -139,6 +193,71 @@ def test_writers_check_their_output_and_fail_loudly(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="unknown export format 'tflite'"):
         ex.parse_formats("pt,tflite")
     assert ex.parse_formats("pt, ts,onnx,pt") == ["safetensors", "torchscript", "onnx"]
+    with pytest.raises(ex.Skipped, match="not an smp SegmentationModel"):
+        ex.write_smp(tiny, state, tmp_path, (32, 32))
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_the_smp_layout_holds_the_student_alone(tmp_path):
+    """smp.from_pretrained loads strictly: a module beyond smp's model fails the check, one line."""
+    import segmentation_models_pytorch as smp
+
+    from orchestrator.errors import UserError
+    from orchestrator.results.export import formats as ex
+
+    state = {"model_cfg": {"arch": "unet", "encoder": "resnet18"}, "classes": ["a", "b"]}
+    student = smp.Unet("resnet18", encoder_depth=3, encoder_weights=None, decoder_channels=(16, 8, 4), classes=2)
+    student = student.eval()
+    path, check = ex.write_smp(student, state, tmp_path, (32, 32))
+    assert path.name == "config.json" and check == {"smp_max_abs_diff": 0.0, "smp_class": "Unet"}
+    student.connector = nn.Conv2d(3, 3, 1)  # a training-only module left on the student
+    with pytest.raises(UserError, match=r"smp.from_pretrained cannot load.*Unexpected key.*connector\.weight"):
+        ex.write_smp(student, state, tmp_path, (32, 32))
+    assert not path.exists()
+
+
+@pytest.mark.slow
+def test_a_student_smp_cannot_rebuild_is_exported_without_its_layout_and_says_why(tmp_path, capsys, monkeypatch):
+    """A wrapper of an smp model (connectors kept on it, say) would load in smp as the bare model, or
+    not at all: the smp layout is left out with one line, and the card records why."""
+    import segmentation_models_pytorch as smp
+
+    import orchestrator.results.export as ex
+    from test_report import write_checkpoint
+
+    class WithConnector(smp.DeepLabV3Plus):  # not a class smp.from_pretrained can name
+        pass
+
+    real = ex.load_student
+    monkeypatch.setattr(
+        ex, "load_student", lambda path: (WithConnector(encoder_name="resnet18", encoder_weights=None), real(path)[1])
+    )
+    ckpt = write_checkpoint(tmp_path / "ck" / "best.pt")
+    uri = _one_trial_store(tmp_path / "s", "wrapped", checkpoint=str(ckpt))
+    capsys.readouterr()
+    rc = main(
+        [
+            "export",
+            "wrapped",
+            "--tracking-uri",
+            uri,
+            "--out",
+            str(tmp_path / "o"),
+            "--format",
+            "pt,smp",
+            "--no-register",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    skipped = [line for line in out.splitlines() if "skipped" in line]
+    assert skipped == [
+        "rank 1: format smp skipped: WithConnector is not a class smp exports (a subclass or wrapper of smp's model)"
+    ]
+    d = tmp_path / "o" / "wrapped" / "1"
+    card = json.loads((d / "model_card.json").read_text())
+    assert card["checks"]["smp_skipped"].startswith("WithConnector is not a class smp exports")
+    assert set(card["files"]) == {"model.safetensors"} and not (d / "config.json").exists()
 
 
 def _one_trial_store(root: Path, sweep: str, status: str = "FINISHED", checkpoint: str = "") -> str:

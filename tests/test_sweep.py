@@ -332,3 +332,70 @@ def test_resume_after_the_driver_is_killed_continues_without_duplicates(ray_clus
     assert marks, "the interrupted trial restarted from scratch instead of its checkpoint"
     avail, total = wait_all_resources_free(ray)
     assert avail == total
+
+
+LOGGED_SCRIPT = """
+import json, sys
+import ray.cloudpickle, sweep_stubs
+ray.cloudpickle.register_pickle_by_value(sweep_stubs)
+from orchestrator.run.sweep import run_sweep
+from orchestrator.spec.sweep import parse_sweep_spec
+run_sweep(parse_sweep_spec(json.loads(sys.argv[1])), address=sys.argv[2], worker=sweep_stubs.stub_worker)
+"""
+LONG_STUDENTS = {
+    "dlv3p_r18_with_a_long_student_name": {"arch": "deeplabv3plus", "encoder": "resnet18"},
+    "unet_mobilenet_v2_student": {"arch": "unet", "encoder": "mobilenet_v2"},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_sweep_logged_to_a_file_closes_with_a_table_that_splits_no_value(ray_cluster, tmp_path):
+    """stdout redirected to a file (a log, `ray job logs`, CI): the driver's default console is
+    no terminal, and rich folded its closing table into 80 columns, splitting values mid-word."""
+    raw = stub_raw(
+        tmp_path,
+        "logged_to_a_file",
+        search={"num_samples": 3},
+        early_stopping={"kind": "none"},
+        train={"optim": {"epochs": 2}, "run": {"max_steps_per_epoch": 1}},
+        students=LONG_STUDENTS,
+        space={
+            "student": {"type": "choice", "values": list(LONG_STUDENTS)},
+            "optim.lr": {"type": "loguniform", "low": 1e-5, "high": 1e-2},
+            "distill.beta": {"type": "uniform", "low": 0.0, "high": 1.0},
+        },
+    )
+    spec = parse_sweep_spec(raw)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}  # for sweep_stubs
+    env.pop("COLUMNS", None)  # rich's width off a terminal: 80 unless COLUMNS says otherwise
+    log = tmp_path / "sweep.log"
+    with open(log, "w") as f:
+        proc = subprocess.run(
+            [sys.executable, "-c", LOGGED_SCRIPT, json.dumps(raw), ray_cluster.get_runtime_context().gcs_address],
+            cwd=str(tmp_path),
+            env=env,
+            stdout=f,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=240,
+        )
+    text = log.read_text()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = text.splitlines()
+    title = f"sweep {spec.name}: 3 trials"
+    assert title in lines, f"no plain closing table (a rich table folded to 80 columns?):\n{text[-3000:]}"
+    start = lines.index(title)
+    head, rows = lines[start + 1], lines[start + 2 : start + 5]
+    assert head.split()[:2] == ["trial", "status"]
+    assert all(key in head.split() for key in ("student", "alpha", "tau", "lr", "beta")), head
+    _, _, children = mlflow_runs(spec)
+    assert len(children) == 3
+    for run in children:  # each trial's sampled values, whole, on its own row of the table
+        trial = run.data.tags[T.TRIAL_ID]
+        (row,) = [r for r in rows if r.startswith(trial + " ")]
+        cells = row.split()
+        assert cells[1] == "completed" and run.data.params["student"] in cells, row
+        for key in ("optim.lr", "distill.beta", "distill.alpha"):
+            assert f"{float(run.data.params[key]):.4g}" in cells, (key, row)
+    assert any(len(r) > 80 for r in rows)  # the table is wider than rich's 80 columns, yet not folded

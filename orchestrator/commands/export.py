@@ -1,6 +1,8 @@
 """`export [SWEEP]`: write a sweep's best students (top K by a metric, or the Pareto front of the
-metric against a cost) to results/exports/<sweep>/<rank>/ as safetensors, TorchScript and
-ONNX (checked with onnxruntime), each with a model card; log them to the trial's MLflow run and as
+metric against a cost) to results/exports/<sweep>/<rank>/ as safetensors, TorchScript, ONNX
+(checked with onnxruntime) and smp's save_pretrained layout (config.json + README.md beside
+model.safetensors: smp.from_pretrained(folder) loads it without this tool), each with a model card
+(docs/export.md); log them to the trial's MLflow run and as
 MLflow models (PyTorch flavour as xgd-<sweep>, ONNX flavour as xgd-<sweep>-onnx), registered, with
 the alias `champion` on the best (rank 1): mlflow.pytorch.load_model("models:/xgd-<sweep>@champion").
 """
@@ -19,7 +21,7 @@ DEFAULT_OUT = "results/exports"
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "export",
-        help="write the best students (safetensors, TorchScript, ONNX + model card)",
+        help="write the best students (safetensors, TorchScript, ONNX, smp layout + model card)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -41,8 +43,8 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--format",
-        default="pt,torchscript,onnx",
-        help="comma list of pt (=safetensors), torchscript, onnx (default all three)",
+        default="pt,torchscript,onnx,smp",
+        help="comma list of pt (=safetensors), torchscript, onnx, smp (smp.from_pretrained's layout; default all)",
     )
     p.add_argument(
         "--size",

@@ -1,6 +1,8 @@
 """The sweep's terminal view: one row per trial, a progress bar with ETA, the best so far, and a
 summary at the end. Fed by the driver's Tune callback (Ray's own tables are off unless --verbose).
-Without a terminal (CI, `ray job submit` logs) it prints one line per trial event instead.
+Without a terminal (CI, `ray job submit` logs, stdout to a file) it prints one line per trial
+event instead (started, each epoch's report, ended), never wrapped, and a closing table in plain
+columns, one per searched key, as wide as their widest value.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class SweepView:
         r = self.row(trial_id)
         r.state = "running" if r.state in ("pending", "running") else r.state
         r.result = {**r.result, **result}
+        before = r.epoch
         if isinstance(result.get("epochs_done"), (int, float)):
             r.epoch = int(result["epochs_done"])
         value = result.get(self.metric)
@@ -93,6 +96,10 @@ class SweepView:
             r.best = value if r.best is None else (max if self.mode == "max" else min)(r.best, value)
         if result.get("checkpoint_path"):
             r.checkpoint = result["checkpoint_path"]
+        if r.epoch is not None and r.epoch != before:  # one line per epoch reported
+            self._line(
+                f"epoch {r.epoch}/{self.max_epochs} {trial_id} {self.metric} {fmt(r.latest)} (best {fmt(r.best)})"
+            )
 
     def trial_ended(self, trial_id: str, status: str, error: str | None = None) -> None:
         r = self.row(trial_id)
@@ -126,8 +133,8 @@ class SweepView:
             self._live = None
 
     def _line(self, msg: str) -> None:
-        if self._live is None:
-            self.console.print(msg, highlight=False)
+        if self._live is None:  # soft_wrap: a log line is never folded at the console's width
+            self.console.print(msg, highlight=False, soft_wrap=True)
 
     def feasible(self, r: Row) -> bool:
         """Whether the trial's last reported metrics meet every constraint of the sweep."""
@@ -218,3 +225,33 @@ class SweepView:
 def _hms(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def print_summary(view: SweepView, pareto: tuple[str, ...] = ()) -> None:
+    """The closing table: rich's table on a terminal; elsewhere plain columns, because rich fits
+    a table to the console's width (80 columns off a terminal) by splitting values across lines."""
+    if view.console.is_terminal:
+        view.console.print(view.summary(pareto))
+        return
+    for line in plain_summary(view, pareto):
+        view.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def plain_summary(view: SweepView, pareto: tuple[str, ...] = ()) -> list[str]:
+    """One column per searched key (its last part, or the whole key where two last parts clash),
+    then the epochs and metrics; each column as wide as its widest cell, lines as long as needed."""
+    rows = sorted(view.rows.values(), key=view._rank)
+    keys = list(dict.fromkeys(k for r in rows for k in r.point if k != "grid_index"))
+    names = [short(k) for k in keys]
+    names = [n if names.count(n) == 1 else k for n, k in zip(names, keys)]
+    head = ["trial", "status", *names, "epochs", view.metric, f"best {view.metric}", *view.extra]
+    head += ["pareto"] if pareto else []
+    body = []
+    for r in rows:
+        cells = [r.trial_id, r.state, *[fmt(r.point.get(k)) for k in keys], str(r.epoch or 0)]
+        cells += [fmt(r.latest), fmt(r.best), *[fmt(r.result.get(m)) for m in view.extra]]
+        cells += (["*" if r.trial_id in pareto else ""]) if pareto else []
+        body.append([" ".join(c.split()) for c in cells])  # a cell is one line
+    widths = [max(len(c) for c in col) for col in zip(head, *body)]
+    lines = [f"sweep {view.name}: {len(rows)} trials"]
+    return lines + ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in (head, *body)]

@@ -3,6 +3,7 @@ run's params/tags, and the closing summary."""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -136,26 +137,28 @@ def print_best(console: Console, outcome: SweepOutcome, metric: str) -> None:
     from orchestrator.tracking.writer import best_checkpoint
 
     b = outcome.best
+    say = functools.partial(console.print, soft_wrap=True)  # a log file gets whole lines, never folded
     if outcome.stop_reason:
-        console.print(f"[yellow]stopped[/]: {escape(outcome.stop_reason)}")
+        say(f"[yellow]stopped[/]: {escape(outcome.stop_reason)}", highlight=False)
     if b is None:
-        console.print(
+        say(
             "[red]no trial reported a result[/]"
             if not any(r.result for r in outcome.rows)
             else "[red]no trial meets the constraints[/]"
         )
         if outcome.status == "interrupted":
-            console.print("[yellow]interrupted[/]: continue with the same command and --resume")
+            say("[yellow]interrupted[/]: continue with the same command and --resume")
         return
-    console.print(f"[bold]best[/]: {b.trial_id} {metric} {b.best:.4f}  {json.dumps(_point(b), sort_keys=True)}")
-    console.print(f"best checkpoint: {best_checkpoint(b.checkpoint)}")
+    say(f"[bold]best[/]: {b.trial_id} {metric} {b.best:.4f}  {json.dumps(_point(b), sort_keys=True)}")
+    say(f"best checkpoint: {best_checkpoint(b.checkpoint)}", highlight=False)
     if outcome.pareto:
-        console.print(f"Pareto front: {', '.join(outcome.pareto)}")
+        say(f"Pareto front: {', '.join(outcome.pareto)}")
     if outcome.status == "interrupted":
-        console.print("[yellow]interrupted[/]: continue with the same command and --resume")
-    console.print(
+        say("[yellow]interrupted[/]: continue with the same command and --resume")
+    say(
         f"wall time {outcome.wall_s:.0f} s; MLflow parent run {outcome.parent_run_id}; "
-        f"results in {outcome.experiment_dir}"
+        f"results in {outcome.experiment_dir}",
+        highlight=False,
     )
 
 

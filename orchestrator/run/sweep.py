@@ -25,7 +25,7 @@ from orchestrator.errors import UserError
 from orchestrator.run import lock, study
 from orchestrator.run.budgets import Budgets
 from orchestrator.run.callback import SESSIONS, DriverCallback, Session
-from orchestrator.run.live import SweepView
+from orchestrator.run.live import SweepView, print_summary
 from orchestrator.run.outcome import SweepOutcome, finish, parent_params, parent_tags, print_best
 from orchestrator.run.storage import check_object_store, save_spec, saved_objectives, saved_spec
 from orchestrator.run.trial import TrialPlan, make_trainable
@@ -373,7 +373,7 @@ def _run(spec, resume, worker, verbose, console, t0) -> SweepOutcome:
             SESSIONS.pop(key, None)
         fixed = _release(reaper)
         outcome = finish(spec, view, tracker, parent, status, fixed, t0, stop_reason)
-        console.print(view.summary(tuple(outcome.pareto)))
+        print_summary(view, tuple(outcome.pareto))
         print_best(console, outcome, obj[0].metric)
     return outcome
 
