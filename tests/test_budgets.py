@@ -246,6 +246,22 @@ def test_constraints_reach_the_sampler_and_the_best_trial_is_feasible(ray_cluste
     assert out.best.trial_id in front and not any(t in front for t in bad), front
     assert "## Constraints: latency_ms <= 15" in (rep.dir / "report.md").read_text()
 
+    # export chooses among the feasible trials: the most accurate trial misses the latency bound
+    import pyarrow as pa
+
+    from orchestrator.results.export import choose
+    from orchestrator.tracking import reader
+
+    client = MlflowClient(spec.mlflow.tracking_uri)
+    table = reader.trials_table(client, reader.find_sweep(client, spec.name))
+    top = max(table.to_pylist(), key=lambda r: r["best_val_miou"])
+    assert top["feasible"] is False or top["feasible"] == 0, top  # the alpha 1.9, tau 2 point
+    picked = [c.row["trial_id"] for c in choose(table, "val_miou", top=3)]
+    assert top["trial_id"] not in picked and picked[0] == out.best.trial_id, picked
+    nobody = table.set_column(table.column_names.index("feasible"), "feasible", pa.array([False] * len(table)))
+    with pytest.raises(UserError, match="meets the sweep's constraints"):
+        choose(nobody, "val_miou")
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)

@@ -31,8 +31,9 @@ def choose(
 ) -> list[Choice]:
     """Ranked trials: the top `top` by `metric`, or the Pareto front against `pareto_cost`, among the
     trials that ran every epoch (a trial ASHA stopped is a partly trained model; the report keeps it
-    out of its fronts and tables too). A val metric ranks by its best-on-val epoch's value
-    (`figures.finished`: val_miou -> best_val_miou), the epoch of the exported best.pt."""
+    out of its fronts and tables too) and meet the sweep's constraints (tag xgd.feasible). A val
+    metric ranks by its best-on-val epoch's value (`figures.finished`: val_miou -> best_val_miou),
+    the epoch of the exported best.pt."""
     metric = finished(metric, table.column_names)
     counted = reader.completed(table, metric)
     if not len(counted):
@@ -40,7 +41,12 @@ def choose(
             f"no trial that ran every epoch holds metric {metric!r} to export "
             f"({len(table)} trial runs; statuses: {', '.join(sorted(set(table.column('status').to_pylist())))})"
         )
-    rows = counted.to_pylist()
+    rows = [r for r in counted.to_pylist() if not reader.misses(r)]
+    if not rows:
+        raise UserError(
+            f"none of the {len(counted)} trials that ran every epoch meets the sweep's constraints "
+            "(MLflow tag xgd.feasible=false on each): nothing to export; see the report's infeasible.csv"
+        )
     sign = -1.0 if maximize else 1.0
     if pareto_cost:
         if pareto_cost not in counted.column_names:
