@@ -110,12 +110,19 @@ def test_auto_rule():
     ],
 )
 def test_bad_search_settings_are_one_line_errors(sets, says, tmp_path, capsys, no_ray):
+    err = refused(sets, tmp_path, capsys)
+    assert says in err, err
+
+
+def refused(sets: list[str], tmp_path: Path, capsys) -> str:
+    """The one-line error of the quickstart's dry run with these `--set`s (exit 2 asserted)."""
     args = ["sweep", str(QUICKSTART), "--dry-run", "--set", f"results={tmp_path}"]
     for s in sets:
         args += ["--set", s]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and says in err, err
+    assert err.count("\n") == 0, err
+    return err
 
 
 def test_dry_run_prints_the_sampler_its_fall_backs_and_the_initial_points(tmp_path, capsys, no_ray):

@@ -121,14 +121,9 @@ class Feasibility:
         return [m for m, _, _ in self.bounds]
 
     def values(self, metrics: dict) -> list[float]:
-        out = []
-        for metric, hi, lo in self.bounds:
-            v = metrics.get(metric)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v:
-                out.append(float("inf"))
-            else:
-                out.append(float(v - hi) if hi is not None else float(lo - v))
-        return out
+        from orchestrator.spec.search import violation
+
+        return [violation(metrics.get(metric), hi, lo) for metric, hi, lo in self.bounds]
 
     def __call__(self, trial) -> list[float]:
         return self.values(trial.user_attrs)

@@ -70,6 +70,19 @@ def seconds(text: str | float) -> float:
     return value
 
 
+def real(value: Any) -> bool:
+    """A reported value one can compare: a number, not a bool, not NaN."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def violation(value: Any, at_most: float | None, at_least: float | None) -> float:
+    """Optuna's constraint convention: <= 0 feasible, > 0 by how much not; a value never reported is
+    infeasible (inf)."""
+    if not real(value):
+        return float("inf")
+    return float(value - at_most) if at_most is not None else float(at_least - value)
+
+
 class StopWhen(Strict):
     """Stop the sweep once a trial reports `metric` at or past the bound: `{metric: val_miou, ">=": 0.6}`."""
 
@@ -86,7 +99,7 @@ class StopWhen(Strict):
         return self
 
     def met(self, value: Any) -> bool:
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+        if not real(value):
             return False
         return value >= self.at_least if self.at_least is not None else value <= self.at_most
 
@@ -113,10 +126,7 @@ class Constraint(Strict):
         return self
 
     def violation(self, value: Any) -> float:
-        """Optuna's convention: <= 0 feasible, > 0 by how much it is not; a missing value is infeasible."""
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
-            return float("inf")
-        return float(value - self.max) if self.max is not None else float(self.min - value)
+        return violation(value, self.max, self.min)
 
     def describe(self) -> str:
         bound = self.max if self.max is not None else self.min
