@@ -27,6 +27,12 @@ class SweepOutcome:
     wall_s: float = 0.0
     leaks_fixed: int = 0
     status: str = "completed"
+    teacher: dict = field(default_factory=dict)  # tags.TEACHER_COUNTS summed over every trial's epochs
+
+
+def teacher_totals(rows: list[Row]) -> dict:
+    """The frozen teacher's forwards and its output cache's hits, misses and bytes over the sweep."""
+    return {k: sum(r.teacher.get(k, 0) for r in rows) for k in T.TEACHER_COUNTS if any(k in r.teacher for r in rows)}
 
 
 def parent_params(spec: SweepSpec) -> dict:
@@ -100,7 +106,7 @@ def finish(spec, view: SweepView, tracker, parent, status, fixed, t0) -> SweepOu
         from orchestrator.tracking.writer import best_checkpoint
 
         tags = {T.LEAKED_PGS_RELEASED: fixed}
-        metrics = {}
+        metrics = {k: float(v) for k, v in teacher_totals(rows).items()}
         if best is not None:
             tags.update(
                 {
@@ -121,7 +127,16 @@ def finish(spec, view: SweepView, tracker, parent, status, fixed, t0) -> SweepOu
         except Exception as e:
             view.console.print(f"[yellow]MLflow: could not close the sweep run: {e}[/]")
     return SweepOutcome(
-        spec.name, spec.experiment_dir, parent, rows, best, pareto, time.monotonic() - t0, fixed, status
+        spec.name,
+        spec.experiment_dir,
+        parent,
+        rows,
+        best,
+        pareto,
+        time.monotonic() - t0,
+        fixed,
+        status,
+        teacher_totals(rows),
     )
 
 
@@ -136,6 +151,13 @@ def print_best(console: Console, outcome: SweepOutcome, metric: str) -> None:
     console.print(f"best checkpoint: {best_checkpoint(b.checkpoint)}")
     if outcome.pareto:
         console.print(f"Pareto front: {', '.join(outcome.pareto)}")
+    t = outcome.teacher
+    if t.get("teacher_forwards") is not None:
+        console.print(
+            f"teacher: {t['teacher_forwards']:.0f} item forwards; output cache "
+            f"{t.get('teacher_cache_hits', 0):.0f} hits, {t.get('teacher_cache_misses', 0):.0f} misses, "
+            f"{t.get('teacher_cache_bytes', 0) / 1e6:.1f} MB written"
+        )
     if outcome.status == "interrupted":
         console.print("[yellow]interrupted[/]: continue with the same command and --resume")
     console.print(
