@@ -27,13 +27,14 @@ from orchestrator.run.callback import SESSIONS, DriverCallback, Session
 from orchestrator.run.live import SweepView
 from orchestrator.run.outcome import SweepOutcome, finish, parent_params, parent_tags, print_best
 from orchestrator.run.storage import check_object_store, save_spec, saved_spec
+from orchestrator.run.teacher_plan import teacher_cache
 from orchestrator.run.trial import TrialPlan, make_trainable
 from orchestrator.run.tuner import new_tuner, quiet
 from orchestrator.spec import space as S
 from orchestrator.spec.load import canonical
 from orchestrator.spec.paths import is_uri, join
 from orchestrator.spec.sweep import SweepSpec
-from orchestrator.spec.train import TeacherCacheSpec, TrainSpec
+from orchestrator.spec.train import TrainSpec
 from orchestrator.tracking.store import check_reachable, open_client, sqlite_path
 
 # kind -> (what, where to get it, how it must sit under data.root)
@@ -386,17 +387,6 @@ def _base_spec(spec: SweepSpec, teacher: str | None) -> TrainSpec:
     base = spec.train.model_dump()
     base["teacher"] = {"checkpoint": teacher, "cache": teacher_cache(spec)} if teacher else None
     return TrainSpec.model_validate(base)
-
-
-def teacher_cache(spec: SweepSpec) -> dict:
-    """The trials' `teacher.cache`: on unless the spec turns it off or has no local folder for it,
-    in an absolute folder (trials run in folders of their own), <results>/teacher_outputs unless
-    the spec names one."""
-    cache = spec.teacher.cache if spec.teacher else TeacherCacheSpec()
-    path = cache.path or os.path.join(spec.results, "teacher_outputs")
-    if is_uri(path):
-        return {**cache.model_dump(), "enabled": False, "path": None}
-    return {**cache.model_dump(), "enabled": cache.enabled is not False, "path": os.path.abspath(path)}
 
 
 def _tracker(spec: SweepSpec):
