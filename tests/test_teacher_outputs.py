@@ -182,6 +182,9 @@ def test_eviction_removes_the_oldest_entries_past_max_gb(tmp_path):
     left = sorted(int(p.split(".")[0]) for p in os.listdir(store.path(0, 0, "logits").parent))
     assert left == list(range(10 - len(left), 10)) and 0 < len(left) < 10
     assert sum(os.path.getsize(store.path(0, i, "logits")) for i in left) <= 2500
+    store.put(0, 10, "logits", t)  # a tenth of max_gb written since the last walk: the next one walks
+    os.utime(store.path(0, 10, "logits"), (2000, 2000))
+    assert store.evict() > 0 and store.path(0, 10, "logits").exists() and not store.path(0, left[0], "logits").exists()
 
 
 def full_disk(monkeypatch):

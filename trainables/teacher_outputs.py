@@ -137,6 +137,7 @@ class OutputStore:
         self.dtype, self.max_bytes, self.say = DTYPES[dtype], int(max_gb * 1e9), say
         self.enabled = True
         self.hits = self.misses = self.bytes_written = self.bytes_read = 0
+        self.known = None  # (bytes in the cache at the last walk, bytes_written then)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -184,11 +185,19 @@ class OutputStore:
                     pass
             self.off(e)
 
-    def evict(self) -> int:
+    def evict(self, force: bool = False) -> int:
         """Delete the oldest entries (by write time, any setup key) until the cache holds at most
-        `max_gb`, and temporary files of dead writers; returns the bytes removed."""
+        `max_gb`, and temporary files of dead writers; returns the bytes removed. Walking a large
+        cache takes seconds, so after the first walk it walks again only once the last count plus
+        this process's writes since pass `max_gb`, or those writes pass a tenth of it (other
+        trials' writes are not seen until then: N trials sharing a cache can overshoot by N tenths)."""
         if not self.enabled:
             return 0
+        if not force and self.known is not None:
+            total, at = self.known
+            since = self.bytes_written - at
+            if total + since <= self.max_bytes and since <= self.max_bytes // 10:
+                return 0
         files, now = [], time.time()
         for dirpath, _, names in os.walk(self.root):
             for n in names:
@@ -209,6 +218,7 @@ class OutputStore:
                 break
             if _unlink(p):
                 removed += size
+        self.known = (total - removed, self.bytes_written)
         return removed
 
 
