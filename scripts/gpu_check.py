@@ -4,7 +4,7 @@ Each step runs `python -m orchestrator ...` as a user would, logs it under
 `results/gpu-check/<timestamp>/<step>.log`, and has its figures read back from what the command
 wrote (the bench's JSON, the sweep's MLflow runs):
 
-- bench-eager: `bench --device cuda` (every variant, the cached-teacher ones (`+cache`: the teacher's
+- bench-eager: `bench --device cuda` (every variant, the cached-teacher ones (`@cache`: the teacher's
   outputs from a warm teacher-output cache) included; crop 512, batch 8 by default, no orchestration sweeps);
 - bench-compile: the same with `--compile`, for PI, XGD(GradCAM) and XGD(GradCAM) with a warm cache;
 - shared-gpu: a 4-trial sweep of search_spaces/quickstart.yaml on CUDA with
@@ -192,7 +192,7 @@ def check_oom(f: dict) -> str:
 def check_bench(f: dict) -> str:
     if not f["variants"]:
         return "no variant was measured"
-    return "" if any(v.endswith("+cache") for v in f["variants"]) else "no cached-teacher variant was measured"
+    return "" if any(v.endswith("@cache") for v in f["variants"]) else "no cached-teacher variant was measured"
 
 
 # ------------------------------------------------------------------ the plan
@@ -244,7 +244,7 @@ def plan(n_gpus: int, work: Path, crop: int = 512, batch: int = 8) -> list[Step]
             "bench-compile",
             "--compile",
             "--variants",
-            "pi,xgd_gradcam,xgd_gradcam+cache",
+            "pi,xgd_gradcam,xgd_gradcam@cache",
             expect="PI and XGD compiled, XGD cached too",
         ),
         sweep_step(

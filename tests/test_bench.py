@@ -90,7 +90,7 @@ def test_bench_smoke_writes_every_variant_and_ratio(tmp_path, capsys):
 
 def test_bench_rejects_unknown_variant_and_bad_sweep_sizes(capsys):
     assert main(["bench", "--variants", "pi,xgd_scorecam"]) == 2
-    assert main(["bench", "--variants", "pi,at+cache"]) == 2  # AT reads teacher features: no cached form
+    assert main(["bench", "--variants", "pi,at@cache"]) == 2  # AT reads teacher features: no cached form
     assert main(["bench", "--sweep-trials", "1"]) == 2
     assert "--sweep-trials must be >= 2" in capsys.readouterr().err
 

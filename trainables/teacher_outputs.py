@@ -128,7 +128,7 @@ def decode(blob: bytes) -> torch.Tensor | None:
 
 
 class OutputStore:
-    """Per-item teacher outputs under one setup key; counts what it reads and writes."""
+    """Per-item teacher outputs under one setup key; counts the bytes it writes."""
 
     def __init__(self, root: str | os.PathLike, key: str, dtype: str = "float32", max_gb: float = 20.0, say=print):
         if dtype not in DTYPES:
@@ -136,7 +136,7 @@ class OutputStore:
         self.root, self.dir = Path(root), Path(root) / key
         self.dtype, self.max_bytes, self.say = DTYPES[dtype], int(max_gb * 1e9), say
         self.enabled = True
-        self.hits = self.misses = self.bytes_written = self.bytes_read = 0
+        self.bytes_written = 0
         self.known = None  # (bytes in the cache at the last walk, bytes_written then)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -158,10 +158,7 @@ class OutputStore:
             blob = self.path(epoch, index, what).read_bytes()
         except OSError:
             return None
-        t = decode(blob)
-        if t is not None:
-            self.bytes_read += len(blob)
-        return t
+        return decode(blob)
 
     def put(self, epoch: int, index: int, what: str, t: torch.Tensor) -> None:
         """Write one entry atomically; an OSError turns the cache off (never fails the trial)."""

@@ -89,14 +89,13 @@ def teacher_outputs(tr, x: Tensor, y: Tensor, items: tuple[int, list[int]] | Non
         cams.append(c)
     if miss:
         z_live, c_live = _run_missing(tr, cache, x, y, miss)
+        z_host, c_host = z_live.cpu(), None if c_live is None else c_live.cpu()  # one copy each
         for j, k in enumerate(miss):
             stored[k] = z_live[j]
-            store.put(epoch, index[k], "logits", z_live[j])
+            store.put(epoch, index[k], "logits", z_host[j])
             if cache.cam_what:
                 cams[k] = c_live[j]
-                store.put(epoch, index[k], cache.cam_what, c_live[j])
-    store.misses += len(miss)
-    store.hits += len(index) - len(miss)
+                store.put(epoch, index[k], cache.cam_what, c_host[j])
     tr.counts["teacher_cache_misses"] += len(miss)
     tr.counts["teacher_cache_bytes"] += store.bytes_written - written
     tr.counts["teacher_forwards"] += len(miss)

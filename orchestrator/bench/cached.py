@@ -1,4 +1,4 @@
-"""The step bench's cached-teacher variants (`<variant>+cache`): PI and XGD with each CAM method,
+"""The step bench's cached-teacher variants (`<variant>@cache`): PI and XGD with each CAM method,
 their teacher outputs read from a warm teacher-output cache (trainables.teacher_outputs) instead
 of running the teacher; timed in the same round-robin as the live variants, so their ratio to the
 live PI step is what a sweep's trials after the first pay.
@@ -16,7 +16,7 @@ import torch
 
 from trainables.cams import CAMS
 
-CACHED = "+cache"
+CACHED = "@cache"
 CACHEABLE = ("pi", *(f"xgd_{cam}" for cam in CAMS))  # the live variants with a cached twin
 
 
@@ -25,7 +25,7 @@ def cached_variants(variants) -> list[str]:
 
 
 def check_cached(variants) -> list[str]:
-    """The `+cache` variants whose live twin has no cached form (they read teacher features)."""
+    """The `@cache` variants whose live twin has no cached form (they read teacher features)."""
     return [v for v in variants if v.endswith(CACHED) and v.removesuffix(CACHED) not in CACHEABLE]
 
 

@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
         default="",
         help="comma-separated subset of: ce, pi, xgd_<CAM method> for each of "
         "the trainer's CAM methods (xgd_gradcam, ...), xgd_gradcam_exact_bn (distill.cam_bn_grad: exact), "
-        "each baseline method (skd, ...), and pi+cache, xgd_<CAM method>+cache (the teacher's outputs "
+        "each baseline method (skd, ...), and pi@cache, xgd_<CAM method>@cache (the teacher's outputs "
         "from a warm teacher-output cache); default: all",
     )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
