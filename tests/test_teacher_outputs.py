@@ -104,7 +104,7 @@ def test_another_seed_or_cam_method_misses(tmp_path, teacher):
     kw = {"optim__epochs": 1}
     run(tmp_path, "a", teacher, cache, **kw)
     assert run(tmp_path, "b", teacher, cache, seed=1, **kw)[0]["teacher_cache_hits"] == 0
-    c = run(tmp_path, "c", teacher, cache, distill__cam="gradcampp", **kw)[0]
+    c = run(tmp_path, "c", teacher, cache, distill__cam="gradcam++", **kw)[0]
     assert (c["teacher_cache_hits"], c["teacher_forwards"]) == (0, 8)  # logits hit, its CAMs do not: live
 
 
@@ -219,3 +219,24 @@ def test_a_full_disk_or_unwritable_folder_turns_the_cache_off_with_one_line(
         assert "No space left on device" in lines[0]
         leftovers = [n for _, _, names in os.walk(path) for n in names]
         assert leftovers == []  # the failed write's temporary file is gone too
+
+
+def test_dry_run_says_which_methods_the_cache_serves_and_its_size():
+    from orchestrator.errors import SpecError
+    from orchestrator.run.teacher_plan import describe, teacher_cache
+    from orchestrator.spec.sweep import load_sweep_spec
+
+    spec = load_sweep_spec("search_spaces/quickstart.yaml", ["space.distill.method.values=[xgd, pi, at]"])
+    cache = teacher_cache(spec)
+    assert cache["enabled"] is True and os.path.isabs(cache["path"])  # on by default in a sweep
+    line = describe(spec, cache)
+    assert "xgd: cached logits and CAMs; pi: cached logits; at: live teacher (at read its features)" in line
+    # DeepLabV3+ R34 teacher, 5 classes, crop 64: logits stored at 16x16, CAM at decoder.block1 (16x16)
+    logits, cam = 100 + 4 * 5 * 16 * 16, 100 + 4 * 16 * 16
+    per_item = logits + 3 * cam  # three CAM methods in the space
+    assert f"48 items x 12 epochs x {per_item / 1e3:.1f} kB" in line
+    assert f"= {48 * 12 * per_item / 1e9:.3f} GB" in line
+    off = load_sweep_spec("search_spaces/quickstart.yaml", ["teacher.cache.enabled=false"])
+    assert describe(off, teacher_cache(off)).startswith("off")
+    with pytest.raises(SpecError, match="teacher.cache.path"):
+        load_sweep_spec("search_spaces/quickstart.yaml", ["teacher.cache.path=s3://bucket/cache"])
