@@ -4,8 +4,9 @@ Each step runs `python -m orchestrator ...` as a user would, logs it under
 `results/gpu-check/<timestamp>/<step>.log`, and has its figures read back from what the command
 wrote (the bench's JSON, the sweep's MLflow runs):
 
-- bench-eager: `bench --device cuda` (every variant; crop 512, batch 8 by default, no orchestration sweeps);
-- bench-compile: the same with `--compile`, for PI and XGD(GradCAM);
+- bench-eager: `bench --device cuda` (every variant, the cached-teacher ones (`@cache`: the teacher's
+  outputs from a warm teacher-output cache) included; crop 512, batch 8 by default, no orchestration sweeps);
+- bench-compile: the same with `--compile`, for PI, XGD(GradCAM) and XGD(GradCAM) with a warm cache;
 - shared-gpu: a 4-trial sweep of search_spaces/quickstart.yaml on CUDA with
   `resources.gpus_per_worker: 0.5`, so two trials share one GPU; all 4 must finish and two must
   have run at the same time on the same GPU, and each must have logged its peak GPU memory and
@@ -189,7 +190,9 @@ def check_oom(f: dict) -> str:
 
 
 def check_bench(f: dict) -> str:
-    return "" if f["variants"] else "no variant was measured"
+    if not f["variants"]:
+        return "no variant was measured"
+    return "" if any(v.endswith("@cache") for v in f["variants"]) else "no cached-teacher variant was measured"
 
 
 # ------------------------------------------------------------------ the plan
@@ -237,7 +240,13 @@ def plan(n_gpus: int, work: Path, crop: int = 512, batch: int = 8) -> list[Step]
     one_gpu = ["resources.gpus_per_worker=1", "resources.max_concurrent=1"]
     return [
         bench_step("bench-eager", expect="every variant measured on CUDA"),
-        bench_step("bench-compile", "--compile", "--variants", "pi,xgd_gradcam", expect="PI and XGD compiled"),
+        bench_step(
+            "bench-compile",
+            "--compile",
+            "--variants",
+            "pi,xgd_gradcam,xgd_gradcam@cache",
+            expect="PI and XGD compiled, XGD cached too",
+        ),
         sweep_step(
             "shared-gpu",
             sets("search.num_samples=4", "resources.gpus_per_worker=0.5", "resources.max_concurrent=4"),

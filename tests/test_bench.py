@@ -20,7 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from orchestrator.bench.steps import GRADCAM, PI, VARIANTS, BenchSettings, fixed_batch, variant_config
+from orchestrator.bench.steps import (
+    CACHED,
+    DEFAULT_VARIANTS,
+    GRADCAM,
+    PI,
+    VARIANTS,
+    BenchSettings,
+    fixed_batch,
+    variant_config,
+)
 from orchestrator.cli import main
 from trainables.cam_path import prepare_cam_path
 from trainables.convgrad import FastGradConv2d
@@ -59,13 +68,18 @@ def test_bench_smoke_writes_every_variant_and_ratio(tmp_path, capsys):
     result = json.loads((tmp_path / "smoke.json").read_text())
     assert "orchestration" not in result and result["total_wall_s"] >= result["bench_wall_s"]
     rows = result["variants"]
-    assert list(rows) == list(VARIANTS)
+    assert list(rows) == DEFAULT_VARIANTS and set(VARIANTS) < set(rows)
     for name, row in rows.items():
         assert len(row["times_s"]) == 2 and row["median_s"] > 0 and row["cpu_median_s"] > 0, name
         assert row["ratio_pi"] > 0 and row["ratio_gradcam"] > 0 and row["peak_mem_mb"] > 0, name
     assert rows[PI]["ratio_pi"] == 1.0 and rows[GRADCAM]["ratio_gradcam"] == 1.0
     assert rows[GRADCAM]["saliency_s"] > 0 and rows["ce"]["saliency_s"] == 0
-    assert set(result["targets"]) == {"xgd_gradcam_vs_pi"} | {
+    cached = [v for v in rows if v.endswith(CACHED)]
+    assert cached == [
+        f"{v}{CACHED}" for v in (PI, "xgd_gradcam", "xgd_gradcam++", "xgd_hirescam", "xgd_eigengradcam", "xgd_layercam")
+    ]
+    assert all(rows[v]["cached_teacher"] and rows[v]["saliency_s"] > 0 for v in cached[1:])
+    assert set(result["targets"]) == {"xgd_gradcam_vs_pi", "xgd_gradcam_cached_vs_pi"} | {
         f"xgd_{c}_vs_gradcam" for c in ("gradcam++", "hirescam", "eigengradcam", "layercam")
     }
     assert result["machine"]["torch_threads"] == 1 and result["load_avg_before"]
@@ -76,6 +90,7 @@ def test_bench_smoke_writes_every_variant_and_ratio(tmp_path, capsys):
 
 def test_bench_rejects_unknown_variant_and_bad_sweep_sizes(capsys):
     assert main(["bench", "--variants", "pi,xgd_scorecam"]) == 2
+    assert main(["bench", "--variants", "pi,at@cache"]) == 2  # AT reads teacher features: no cached form
     assert main(["bench", "--sweep-trials", "1"]) == 2
     assert "--sweep-trials must be >= 2" in capsys.readouterr().err
 

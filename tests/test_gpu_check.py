@@ -221,5 +221,7 @@ def test_bench_figures_read_the_bench_commands_own_json(tmp_path):
     argv[argv.index("cuda")] = "cpu"
     assert main([*argv, "--iters", "1", "--warmup", "1", "--teacher", "r18", "--threads", "1"]) == 0
     f = s.figures(s)
-    assert set(f["variants"]) == {"pi", "xgd_gradcam"} and gc_mod.check_bench(f) == ""
-    assert f["variants"]["pi"]["s_per_step"] > 0 and set(f["targets"]) == {"xgd_gradcam_vs_pi"}
+    assert set(f["variants"]) == {"pi", "xgd_gradcam", "xgd_gradcam@cache"} and gc_mod.check_bench(f) == ""
+    assert f["variants"]["pi"]["s_per_step"] > 0
+    assert set(f["targets"]) == {"xgd_gradcam_vs_pi", "xgd_gradcam_cached_vs_pi"}
+    assert "cached-teacher" in gc_mod.check_bench({**f, "variants": {"pi": f["variants"]["pi"]}})

@@ -26,8 +26,16 @@ from trainables.device_stats import DeviceStats
 from trainables.explain import explanation_metrics
 from trainables.models import count_flops, count_params, measure_latency, model_from_config
 from trainables.reporting import TEST_CONFUSION, in_ray_train, make_reporter
-from trainables.setup import load_teacher, make_loaders, make_test_loader, pick_device, placement, seed_everything
-from trainables.step import build_trainer, train_step
+from trainables.setup import (
+    load_teacher,
+    make_loaders,
+    make_test_loader,
+    pick_device,
+    placement,
+    seed_everything,
+    teacher_store,
+)
+from trainables.step import COUNTS, build_trainer, train_step
 from trainables.timing import SpanTimer
 
 
@@ -43,7 +51,8 @@ def train_loop(config: dict) -> dict:
     optim, run = config["optim"], config["run"]
     steps = min(len(train_dl), run["max_steps_per_epoch"] or len(train_dl))  # train_dl is this rank's shard
     sample = next(iter(val_dl))[0][:2].to(device)
-    tr = build_trainer(config, student, teacher, sample, device, steps * optim["epochs"])
+    store = teacher_store(config, device) if teacher is not None else None  # teacher outputs, shared
+    tr = build_trainer(config, student, teacher, sample, device, steps * optim["epochs"], store)
     static = costs(student, config["data"]) if reporter.rank == 0 else {}  # eval mode, no RNG drawn
     test_dl = make_test_loader(config, device)
     if test_dl is None and reporter.rank == 0:
@@ -69,8 +78,10 @@ def train_loop(config: dict) -> dict:
         sums = torch.zeros(len(tr.terms) + 1, device=device)
         saliency, t0, taken = SpanTimer(device), time.perf_counter(), 0
         stats.start()  # peak memory from here; GPU utilisation sampled until stop()
-        for x, y in itertools.islice(train_dl, steps):
-            out_step = train_step(tr, x, y)
+        order, bs = [i for i, _ in train_dl.sampler], train_dl.batch_size  # batch b: order[b*bs:(b+1)*bs]
+        tr.counts = dict.fromkeys(COUNTS, 0)
+        for b, (x, y) in enumerate(itertools.islice(train_dl, steps)):
+            out_step = train_step(tr, x, y, (epoch, order[b * bs : (b + 1) * bs]))
             sums += torch.cat([out_step.loss[None], out_step.losses]).float()
             saliency.add(out_step.saliency)
             taken += 1
@@ -91,6 +102,7 @@ def train_loop(config: dict) -> dict:
             "step_time_s": epoch_time / taken,
             "saliency_time_s": sal_time / taken,
             "epoch_time_s": epoch_time,
+            **tr.counts,  # this rank's teacher forwards and cache hits, misses, bytes written
             **device_figures,
             **where,
             **static,
@@ -117,6 +129,8 @@ def train_loop(config: dict) -> dict:
         if last:
             out.update(closing(student, teacher, best or reporter.best, val_dl, test_dl, classes, tr, run))
         reporter.report(out, state, best)
+        if store is not None and reporter.rank == 0:
+            store.evict()  # oldest entries past teacher.cache.max_gb
     if start == optim["epochs"]:  # resumed from the last epoch's checkpoint: killed before it finished
         out = {**restored["metrics"], **closing(student, teacher, reporter.best, val_dl, test_dl, classes, tr, run)}
     reporter.finish(out)

@@ -220,16 +220,26 @@ def saliency_maps(step, cfg: dict) -> tuple[Tensor, Tensor]:
     cfg keys (distill): cam (method), cam_target ('gt' | 'teacher'), cam_classes ('all' | 'foreground'),
     cam_reduce ('sum' | 'per_class'), background (index or None; `with_background`, needed by 'foreground').
     cam_bn_grad ('constant' | 'exact': how the CAM gradient's batch statistics are differentiated).
+    Cached teacher maps (`step.t_cams`, trainables.teacher_step) are used as they are: they are
+    constants either way.
     """
     method = cfg.get("cam") or "gradcam"
     reduce = cfg.get("cam_reduce") or "sum"
     masks = cam_masks(step.labels, step.t_logits, step.s_logits.shape[1], cfg)
+    t_maps = getattr(step, "t_cams", None)
+    if t_maps is None:
+        t_maps = teacher_maps(step.t_logits, step.t_feats["cam"], masks, cfg)
     with torch.enable_grad():
-        with record_function("cam.teacher"):
-            t_maps = cam_maps(step.t_logits, step.t_feats["cam"], masks, method, reduce, create_graph=False).detach()
         with record_function("cam.student"), constant_batch_stats(cfg.get("cam_bn_grad") or DEFAULT_CAM_BN_GRAD):
             s_maps = cam_maps(step.s_logits, step.s_feats["cam"], masks, method, reduce, create_graph=True)
     return s_maps, t_maps
+
+
+def teacher_maps(t_logits: Tensor, acts: Tensor, masks: Tensor, cfg: dict) -> Tensor:
+    """The teacher's detached CAMs at its CAM-layer leaf `acts` (per image: the teacher is in eval mode)."""
+    with torch.enable_grad(), record_function("cam.teacher"):
+        method, reduce = cfg.get("cam") or "gradcam", cfg.get("cam_reduce") or "sum"
+        return cam_maps(t_logits, acts, masks, method, reduce, create_graph=False).detach()
 
 
 def xgd_saliency_loss(step, cfg: dict) -> Tensor:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import random
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,24 @@ def load_teacher(teacher_cfg: dict | None, classes: list[str], device: torch.dev
     teacher.load_state_dict(state["model"])
     teacher.to(device).eval().requires_grad_(False)
     return teacher
+
+
+def teacher_store(config: dict, device: torch.device):
+    """The teacher-output cache of `teacher.cache` (trainables.teacher_outputs), None when it is off.
+    Its key holds the precision and memory format the teacher runs in, resolved as amp_setup and
+    build_trainer resolve them, and the checkpoint's sha256."""
+    from trainables.teacher_outputs import file_digest, open_store
+
+    t = config.get("teacher") or {}
+    if not (t.get("cache") or {}).get("enabled"):
+        return None
+    amp = config["optim"]["amp"]
+    amp = ("bf16" if device.type == "cuda" else "off") if amp == "auto" else amp
+    channels_last = bool(config["run"].get("channels_last")) and device.type == "cuda"
+    ckpt = Path(t["checkpoint"])
+    digest = file_digest(ckpt / checkpoint.FILE if ckpt.is_dir() else ckpt)
+    say = lambda line: print(f"[{config['name']}] {line}", flush=True)  # noqa: E731
+    return open_store(config, digest, amp, device.type, channels_last, say)
 
 
 def make_loaders(

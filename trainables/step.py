@@ -32,7 +32,12 @@ from trainables.losses import Step, Term, active_terms
 from trainables.saliency import with_background
 from trainables.setup import amp_setup, build_extras, collect_taps, make_optimizer
 from trainables.taps import tap
+from trainables.teacher_outputs import OutputStore
+from trainables.teacher_step import TeacherCache, make_cache, teacher_outputs
 from trainables.timing import SpanTimer
+
+# per epoch: items the teacher ran on, items the cache served, items it lacked, bytes it got written
+COUNTS = ("teacher_forwards", "teacher_cache_hits", "teacher_cache_misses", "teacher_cache_bytes")
 
 
 @dataclass
@@ -58,6 +63,8 @@ class Trainer:
     needs_teacher: bool = False
     model: nn.Module | None = None  # the student or its DDP wrapper (forward goes through this)
     sync_extras: Callable[[], None] = field(default=lambda: None)
+    cache: TeacherCache | None = None  # the teacher-output cache (trainables.teacher_step), None: live
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
 
     def __post_init__(self) -> None:
         if self.model is None:
@@ -72,9 +79,16 @@ class StepOut:
 
 
 def build_trainer(
-    config: dict, student: nn.Module, teacher: nn.Module | None, sample: Tensor, device: torch.device, total_steps: int
+    config: dict,
+    student: nn.Module,
+    teacher: nn.Module | None,
+    sample: Tensor,
+    device: torch.device,
+    total_steps: int,
+    store: OutputStore | None = None,
 ) -> Trainer:
-    """The step's state for `config` (TrainSpec dict); models already on `device`, teacher frozen."""
+    """The step's state for `config` (TrainSpec dict); models already on `device`, teacher frozen;
+    `store` (trainables.teacher_outputs) serves the teacher's outputs where the terms allow it."""
     distill, optim, run = with_background(config), config["optim"], config["run"]  # + the data's background class
     terms = active_terms(distill, teacher is not None)
     s_paths, t_paths, t_leaf = collect_taps(terms, distill, student, teacher)
@@ -111,6 +125,7 @@ def build_trainer(
         grad_clip=optim["grad_clip"],
         channels_last=channels_last,
         needs_teacher=teacher is not None and any(t.needs_teacher for _, t, _ in terms),
+        cache=make_cache(store, teacher, terms, distill, t_leaf),
     )
 
 
@@ -129,26 +144,21 @@ def compile_off_cam_path(model: nn.Module, paths: dict[str, str]) -> list[str]:
     return ["encoder"]
 
 
-def train_step(tr: Trainer, x: Tensor, y: Tensor) -> StepOut:
-    """One optimizer step on batch (x, y); returns device tensors (no host sync)."""
+def train_step(tr: Trainer, x: Tensor, y: Tensor, items: tuple[int, list[int]] | None = None) -> StepOut:
+    """One optimizer step on batch (x, y); returns device tensors (no host sync). `items`: (epoch,
+    the batch's dataset indices), which the teacher-output cache keys on; None runs the teacher live."""
     x, y = x.to(tr.device, non_blocking=True), y.to(tr.device, non_blocking=True)
     if tr.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with tr.autocast():
         with record_function("step.student_forward"), tap(tr.student, tr.s_paths) as s_feats:
             s_logits = tr.model(x)
-        t_logits, t_feats = None, {}
+        t_logits, t_feats, t_cams = None, {}, None
         if tr.needs_teacher:
-            with (
-                record_function("step.teacher_forward"),
-                torch.set_grad_enabled(bool(tr.t_leaf)),
-                tap(tr.teacher, tr.t_paths) as t_feats,
-                tap(tr.teacher, tr.t_leaf, leaf=True) as t_leaves,
-            ):
-                t_logits = tr.teacher(x)
-            t_feats = {**t_feats, **t_leaves}
+            with record_function("step.teacher_forward"):
+                t_logits, t_feats, t_cams = teacher_outputs(tr, x, y, items)
         with record_function("step.losses"):
-            step = Step(x, y, s_logits, t_logits, s_feats, t_feats, dict(tr.extras.items()))
+            step = Step(x, y, s_logits, t_logits, s_feats, t_feats, dict(tr.extras.items()), t_cams)
             saliency = SpanTimer(tr.device)
             losses = torch.stack([_term_value(term, step, tr.distill, saliency) for _, term, _ in tr.terms])
             loss = (losses * tr.weights.to(losses.dtype)).sum()

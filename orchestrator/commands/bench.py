@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
         default="",
         help="comma-separated subset of: ce, pi, xgd_<CAM method> for each of "
         "the trainer's CAM methods (xgd_gradcam, ...), xgd_gradcam_exact_bn (distill.cam_bn_grad: exact), "
-        "and each baseline method (skd, ...); default: all",
+        "each baseline method (skd, ...), and pi@cache, xgd_<CAM method>@cache (the teacher's outputs "
+        "from a warm teacher-output cache); default: all",
     )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument(
@@ -74,7 +75,7 @@ def run(args) -> int:
         batch=args.batch,
         iters=args.iters,
         warmup=args.warmup,
-        variants=[v for v in args.variants.split(",") if v] or list(bench.VARIANTS),
+        variants=[v for v in args.variants.split(",") if v] or list(bench.DEFAULT_VARIANTS),
         threads=args.threads,
         amp=args.amp,
         channels_last=args.channels_last,

@@ -53,6 +53,7 @@ def render(spec: SweepSpec) -> Group:
         ("epochs", f"up to {spec.max_epochs} per trial"),
         ("dataset", _data(spec)),
         ("teacher", _teacher(spec)),
+        ("teacher outputs", _outputs(spec)),
         (
             "students",
             ", ".join(f"{k}={m.arch}/{m.encoder}" for k, m in spec.students.items())
@@ -102,6 +103,12 @@ def _teacher(spec: SweepSpec) -> str:
     m = spec.teacher.recipe.get("model", {})
     where = f"cached at {hit.checkpoint}" if hit else f"trained first, then cached under {spec.results}/teachers/{key}"
     return f"recipe {key} ({m.get('arch', 'deeplabv3plus')}/{m.get('encoder', 'resnet18')}): {where}"
+
+
+def _outputs(spec: SweepSpec) -> str:
+    from orchestrator.run.teacher_plan import describe, teacher_cache
+
+    return describe(spec, teacher_cache(spec))
 
 
 def _first_point(spec: SweepSpec) -> dict:

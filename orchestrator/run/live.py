@@ -18,6 +18,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.tracking.tags import TEACHER_COUNTS
+
 STYLE = {
     "pending": "dim",
     "running": "cyan",
@@ -40,6 +42,7 @@ class Row:
     checkpoint: str | None = None
     result: dict = field(default_factory=dict)
     error: str | None = None
+    teacher: dict = field(default_factory=dict)  # tags.TEACHER_COUNTS summed over the reported epochs
 
 
 def short(key: str) -> str:
@@ -88,6 +91,9 @@ class SweepView:
         r.state = "running" if r.state in ("pending", "running") else r.state
         r.result = {**r.result, **result}
         before = r.epoch
+        for k in TEACHER_COUNTS:
+            if isinstance(result.get(k), (int, float)):
+                r.teacher[k] = r.teacher.get(k, 0) + result[k]
         if isinstance(result.get("epochs_done"), (int, float)):
             r.epoch = int(result["epochs_done"])
         value = result.get(self.metric)

@@ -30,6 +30,12 @@ class SweepOutcome:
     leaks_fixed: int = 0
     status: str = "completed"
     stop_reason: str | None = None  # why it stopped before its last trial (a budget, `stop`)
+    teacher: dict = field(default_factory=dict)  # tags.TEACHER_COUNTS summed over every trial's epochs
+
+
+def teacher_totals(rows: list[Row]) -> dict:
+    """The frozen teacher's forwards and its output cache's hits, misses and bytes over the sweep."""
+    return {k: sum(r.teacher.get(k, 0) for r in rows) for k in T.TEACHER_COUNTS if any(k in r.teacher for r in rows)}
 
 
 def parent_params(spec: SweepSpec) -> dict:
@@ -108,7 +114,7 @@ def finish(spec, view: SweepView, tracker, parent, status, fixed, t0, stop_reaso
         tags = {T.LEAKED_PGS_RELEASED: fixed, T.STOP_REASON: stop_reason}
         if spec.constraints:
             tags[T.CONSTRAINTS] = "; ".join(c.describe() for c in spec.constraints)
-        metrics = {}
+        metrics = {k: float(v) for k, v in teacher_totals(rows).items()}
         if best is not None:
             tags.update(
                 {
@@ -129,7 +135,17 @@ def finish(spec, view: SweepView, tracker, parent, status, fixed, t0, stop_reaso
         except Exception as e:
             view.console.print(f"[yellow]MLflow: could not close the sweep run: {e}[/]")
     return SweepOutcome(
-        spec.name, spec.experiment_dir, parent, rows, best, pareto, time.monotonic() - t0, fixed, status, stop_reason
+        spec.name,
+        spec.experiment_dir,
+        parent,
+        rows,
+        best,
+        pareto,
+        time.monotonic() - t0,
+        fixed,
+        status,
+        stop_reason,
+        teacher_totals(rows),
     )
 
 
@@ -153,6 +169,14 @@ def print_best(console: Console, outcome: SweepOutcome, metric: str) -> None:
     say(f"best checkpoint: {best_checkpoint(b.checkpoint)}", highlight=False)
     if outcome.pareto:
         say(f"Pareto front: {', '.join(outcome.pareto)}")
+    t = outcome.teacher
+    if t.get("teacher_forwards") is not None:
+        say(
+            f"teacher: {t['teacher_forwards']:.0f} item forwards; output cache "
+            f"{t.get('teacher_cache_hits', 0):.0f} hits, {t.get('teacher_cache_misses', 0):.0f} misses, "
+            f"{t.get('teacher_cache_bytes', 0) / 1e6:.1f} MB written",
+            highlight=False,
+        )
     if outcome.status == "interrupted":
         say("[yellow]interrupted[/]: continue with the same command and --resume")
     say(

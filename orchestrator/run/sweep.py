@@ -28,6 +28,7 @@ from orchestrator.run.callback import SESSIONS, DriverCallback, Session
 from orchestrator.run.live import SweepView, print_summary
 from orchestrator.run.outcome import SweepOutcome, finish, parent_params, parent_tags, print_best
 from orchestrator.run.storage import check_object_store, save_spec, saved_objectives, saved_spec
+from orchestrator.run.teacher_plan import teacher_cache
 from orchestrator.run.trial import TrialPlan, make_trainable
 from orchestrator.run.tuner import new_tuner, quiet
 from orchestrator.spec import space as S
@@ -415,7 +416,7 @@ def _default_worker() -> Callable:
 
 def _base_spec(spec: SweepSpec, teacher: str | None) -> TrainSpec:
     base = spec.train.model_dump()
-    base["teacher"] = {"checkpoint": teacher} if teacher else None
+    base["teacher"] = {"checkpoint": teacher, "cache": teacher_cache(spec)} if teacher else None
     return TrainSpec.model_validate(base)
 
 

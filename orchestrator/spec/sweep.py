@@ -21,7 +21,7 @@ from orchestrator.spec.compare import CompareSpec
 from orchestrator.spec.load import Strict, apply_overrides, canonical, read_yaml, validate
 from orchestrator.spec.paths import absolute, join
 from orchestrator.spec.search import HELD_OUT_PREFIX, METRIC_PREFIXES, METRICS, Constraint, SearchSpec, check_metric
-from orchestrator.spec.train import ModelSpec, TrainSpec
+from orchestrator.spec.train import ModelSpec, TeacherCacheSpec, TrainSpec
 from orchestrator.tracking import tags as T
 from orchestrator.tracking.store import absolute_uri, results_store
 
@@ -35,6 +35,7 @@ class TeacherSource(Strict):
     recipe: dict[str, Any] | None = None
     cpus: float | None = Field(None, gt=0)  # recipe training; default: a trial's CPUs
     gpus: float | None = Field(None, ge=0)  # default: 1 if trials use GPUs, else 0
+    cache: TeacherCacheSpec = Field(default_factory=TeacherCacheSpec)  # its outputs, shared by the trials
 
     @model_validator(mode="after")
     def _one(self):

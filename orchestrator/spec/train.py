@@ -88,8 +88,26 @@ class ModelSpec(Strict):
         return self
 
 
+class TeacherCacheSpec(Strict):
+    """The frozen teacher's outputs cached per augmented item and reused by every run of the same
+    items (trainables.teacher_outputs; docs/teacher-outputs.md)."""
+
+    enabled: bool | None = None  # null: on in sweeps, ablations and confirmations; off for `train`
+    path: str | None = None  # a local folder; null: <results>/teacher_outputs (sweeps), results/teacher_outputs
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # float32 keeps the live values exactly
+    max_gb: float = Field(20.0, gt=0)  # oldest entries are deleted past this
+
+    @field_validator("path")
+    @classmethod
+    def _local(cls, v: str | None) -> str | None:
+        if v is not None and "://" in v:
+            raise ValueError(f"teacher.cache.path {v!r} is a URI; it must be a local (or mounted) folder")
+        return v
+
+
 class TeacherSpec(Strict):
     checkpoint: str  # a checkpoint written by `orchestrator train` (holds its own model spec)
+    cache: TeacherCacheSpec = Field(default_factory=TeacherCacheSpec)
 
 
 class DistillSpec(Strict):

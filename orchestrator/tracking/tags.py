@@ -67,6 +67,9 @@ COMPARE_COSTS = "xgd.compare.costs"  # JSON {method: measured seconds per step} 
 COMPARE_CONFIRMATION = "xgd.compare.confirmation"  # the confirmation's name
 
 RANK, SELECTION = "xgd.rank", "xgd.selection"  # on an exported model version
+# per-epoch trial metrics of the frozen teacher (trainables.step.COUNTS): items it ran on, items the
+# teacher-output cache served, lacked, bytes written; the parent run gets each summed over the sweep
+TEACHER_COUNTS = ("teacher_forwards", "teacher_cache_hits", "teacher_cache_misses", "teacher_cache_bytes")
 
 
 def quote(value: str) -> str:

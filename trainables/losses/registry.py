@@ -30,6 +30,7 @@ class Step:
     s_feats: dict[str, torch.Tensor] = field(default_factory=dict)
     t_feats: dict[str, torch.Tensor] = field(default_factory=dict)  # leaves when teacher_grad
     extras: dict[str, nn.Module] = field(default_factory=dict)  # trainable modules by term name
+    t_cams: torch.Tensor | None = None  # the teacher's CAMs from the output cache (trainables.teacher_step)
 
 
 Taps = Callable[[dict, nn.Module], dict[str, str]]  # (distill cfg, model) -> {name: dotted path}
