@@ -36,13 +36,16 @@ def test_each_kind_declares_its_background(tmp_path):
         "ttpla": data_cfg("ttpla", tmp_path),
         "voc": data_cfg("voc", tmp_path),
         "folder": data_cfg("folder", tmp_path, classes=STREET, background="road"),
+        "voc_aug": data_cfg("voc_aug", tmp_path),
     }
-    assert set(cfgs) == set(KINDS)  # a new kind gets a row here
+    none = {k: data_cfg(k, tmp_path) for k in ("cityscapes", "ade20k", "camvid")}  # street and indoor scenes
+    assert set(cfgs) | set(none) == set(KINDS)  # a new kind gets a row here
     for kind, cfg in cfgs.items():
         name = KINDS[kind].background(cfg)
         assert name in class_names(cfg), kind
         assert background_index(cfg) == class_names(cfg).index(name), kind
-    assert [background_index(cfgs[k]) for k in ("synthetic", "ttpla", "voc")] == [0, 0, 0]
+    assert [background_index(cfgs[k]) for k in ("synthetic", "ttpla", "voc", "voc_aug")] == [0, 0, 0, 0]
+    assert all(KINDS[k].background(cfg) is None and background_index(cfg) is None for k, cfg in none.items())
     assert background_index(data_cfg("folder", tmp_path, classes=STREET)) is None  # a folder may have none
     with pytest.raises(DataError, match=r"data.background 'tree' is not one of the classes \(sky, road, car\)"):
         background_index({"kind": "folder", "classes": STREET, "background": "tree"})
