@@ -148,7 +148,7 @@ def test_killed_twice_and_rerun_with_resume_auto_finishes_every_trial_once(tmp_p
     assert f"--resume auto: continuing sweep {spec.name!r}" in out
 
     client, parents, children = mlflow_runs(spec)
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED", out[-3000:]
     children = [c for c in children if c.data.tags.get(T.STATUS) != "orphaned"]
     assert sorted(float(c.data.params["optim.lr"]) for c in children) == [0.01, 0.02, 0.05]  # each trial once
     for c in children:
