@@ -7,3 +7,6 @@ IGNORE_INDEX = 255  # mask value of unlabelled pixels: skipped by losses, metric
 # ImageNet statistics: the pretrained encoders were trained on inputs normalised with these.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Reported per epoch by every trial with a teacher: items the teacher ran on, items its output
+# cache served, items it lacked, bytes written to it (trainables.teacher_step)
+TEACHER_COUNTS = ("teacher_forwards", "teacher_cache_hits", "teacher_cache_misses", "teacher_cache_bytes")

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from trainables.cam_path import prepare_cam_path
+from trainables.constants import TEACHER_COUNTS
 from trainables.losses import Step, Term, active_terms
 from trainables.saliency import with_background
 from trainables.setup import amp_setup, build_extras, collect_taps, make_optimizer
@@ -36,8 +37,7 @@ from trainables.teacher_outputs import OutputStore
 from trainables.teacher_step import TeacherCache, make_cache, teacher_outputs
 from trainables.timing import SpanTimer
 
-# per epoch: items the teacher ran on, items the cache served, items it lacked, bytes it got written
-COUNTS = ("teacher_forwards", "teacher_cache_hits", "teacher_cache_misses", "teacher_cache_bytes")
+COUNTS = TEACHER_COUNTS  # per epoch (trainables.constants)
 
 
 @dataclass

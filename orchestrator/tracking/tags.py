@@ -69,7 +69,7 @@ COMPARE_CONFIRMATION = "xgd.compare.confirmation"  # the confirmation's name
 RANK, SELECTION = "xgd.rank", "xgd.selection"  # on an exported model version
 # per-epoch trial metrics of the frozen teacher (trainables.step.COUNTS): items it ran on, items the
 # teacher-output cache served, lacked, bytes written; the parent run gets each summed over the sweep
-TEACHER_COUNTS = ("teacher_forwards", "teacher_cache_hits", "teacher_cache_misses", "teacher_cache_bytes")
+from trainables.constants import TEACHER_COUNTS  # noqa: E402, F401 (one home: the trainer reports them)
 
 
 def quote(value: str) -> str:

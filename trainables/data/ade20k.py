@@ -57,9 +57,7 @@ class ADE20KSource(PairedFiles):
         if not self.images:
             raise DataError(f"ADE20K folder {str(img_dir)!r} holds no ADE_*.jpg images")
         self.masks = [mask_dir / f"{p.stem}.png" for p in self.images]
-        for img, mask in zip(self.images, self.masks):
-            if not mask.is_file():
-                raise DataError(f"image {str(img)!r} has no mask {str(mask)!r}; expected {LAYOUT}")
+        self.check_masks(LAYOUT)
 
 
 def build(cfg: dict, split: str) -> ADE20KSource:

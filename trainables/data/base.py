@@ -184,6 +184,14 @@ class PairedFiles:
     def files(self, i: int) -> tuple[Path, ...]:
         return self.images[i], self.masks[i]
 
+    def check_masks(self, layout: str = "") -> None:
+        """Every image has its mask file, or a DataError naming the first that lacks it."""
+        for img, mask in zip(self.images, self.masks):
+            if not mask.is_file():
+                raise DataError(
+                    f"image {str(img)!r} has no mask {str(mask)!r}" + (f"; expected {layout}" if layout else "")
+                )
+
 
 def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)

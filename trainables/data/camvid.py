@@ -40,9 +40,7 @@ class CamVidSource(PairedFiles):
         if not self.images:
             raise DataError(f"CamVid split folder {str(img_dir)!r} holds no images")
         self.masks = [mask_dir / f"{p.stem}.png" for p in self.images]
-        for img, mask in zip(self.images, self.masks):
-            if not mask.is_file():
-                raise DataError(f"image {str(img)!r} has no mask {str(mask)!r}; expected {LAYOUT}")
+        self.check_masks(LAYOUT)
 
 
 def build(cfg: dict, split: str) -> CamVidSource:

@@ -54,9 +54,7 @@ class CityscapesSource(PairedFiles):
         if not self.images:
             raise DataError(f"{str(img_dir)!r} holds no <city>/*{IMAGE_SUFFIX} images; expected {LAYOUT}")
         self.masks = [mask_dir / p.parent.name / (p.name[: -len(IMAGE_SUFFIX)] + MASK_SUFFIX) for p in self.images]
-        for img, mask in zip(self.images, self.masks):
-            if not mask.is_file():
-                raise DataError(f"image {str(img)!r} has no mask {str(mask)!r}")
+        self.check_masks()
 
 
 def build(cfg: dict, split: str) -> CityscapesSource:
