@@ -108,7 +108,6 @@ class Session:
         self.seen: set[str] = set()
         self.orphans_checked = not resumed
         self.budgets: Budgets = budgets or Budgets(spec.search)
-        self.stop_by: str | None = None  # who asked this driver to stop (tag STOP_REQUESTED)
         self.stop_reason: str | None = None  # why this driver stopped the sweep early, if it did
         self.stop_polled = time.monotonic()
         if tracker is not None:  # writes a dead store refused wait on disk; an earlier driver's are delivered
@@ -128,8 +127,7 @@ class Session:
             asked = self.tracker.stop_requested()
         except Exception:  # the store is down: the outbox says so; look again later
             return
-        if asked:
-            self.stop_by = asked
+        if asked:  # tag STOP_REQUESTED: who asked, when
             self.halt(f"stop requested ({asked})")
 
     def halt(self, reason: str | None) -> None:
