@@ -4,6 +4,7 @@ killed, twice; a second driver while one runs is refused, naming the first."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -11,18 +12,24 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import ray  # noqa: F401 (puts its bundled psutil on sys.path: kill_its_ray uses it)
 import yaml
+from rich.console import Console
+
+import sweep_stubs
 
 from orchestrator.cli import main
-from orchestrator.run import lock
-from orchestrator.run.sweep import driver_lock
-from orchestrator.spec.sweep import parse_sweep_spec
+from orchestrator.run import lock, study
+from orchestrator.run.sweep import driver_lock, run_sweep
+from orchestrator.spec.sweep import parse_sweep_spec, sampler
 from orchestrator.tracking import tags as T
 from test_sweep import mlflow_runs, poll_trials, resumable_in_snapshot
 from test_teacher_cache import held_elsewhere
 
+ray.cloudpickle.register_pickle_by_value(sweep_stubs)  # Ray workers cannot import tests/
+stub_worker = sweep_stubs.stub_worker
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 400
 AUTO = ("--resume", "auto")
@@ -182,3 +189,54 @@ def test_resume_takes_no_value_but_auto(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["sweep", "search_spaces/quickstart.yaml", "--resume", "always"])
     assert e.value.code == 2 and "--resume takes no value, or 'auto'" in capsys.readouterr().err
+
+
+def lose_last_trial(spec) -> float:
+    """What a driver killed while Tune wrote its snapshot leaves (seen in CI): a searcher state that
+    counts a trial the experiment state lacks, and the study holding that trial RUNNING. The last
+    trial is cut from Tune's newest experiment state and made RUNNING again in a rebuilt study.
+    Returns the lost trial's lr."""
+    import json
+
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+
+    state_file = Path(_find_newest_experiment_checkpoint(spec.experiment_dir))
+    state = json.loads(state_file.read_text())
+    state["trial_data"] = state["trial_data"][:-1]
+    state_file.write_text(json.dumps(state))
+
+    path = study.study_path(spec.results, spec.name)
+    old = optuna.load_study(study_name=spec.name, storage=study.open_storage(path))
+    done = sorted(old.trials, key=lambda t: t.number)
+    path.rename(path.with_suffix(".old"))
+    new = optuna.create_study(study_name=spec.name, storage=study.open_storage(path), direction="maximize")
+    for t in done[:-1]:
+        new.add_trial(t)
+    new.enqueue_trial(done[-1].params)
+    sampler(spec)[1](new.ask())  # asked and its point set: RUNNING, as the killed driver left it
+    return done[-1].params
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_trial_the_restored_snapshot_lost_runs_again_on_resume(ray_cluster, tmp_path):
+    raw = {
+        **raw_spec(tmp_path),
+        "name": "lost-trial",
+        "train": {**raw_spec(tmp_path)["train"], "run": {"out_dir": str(tmp_path / "runs"), "max_steps_per_epoch": 1}},
+    }
+    spec = parse_sweep_spec(raw)
+    assert run_sweep(spec, worker=stub_worker).status == "completed"
+    lost = lose_last_trial(spec)
+
+    out = io.StringIO()
+    again = run_sweep(spec, resume=True, worker=stub_worker, console=Console(file=out, width=200))
+    assert "1 trial(s) a killed driver asked for never ran: running them now" in out.getvalue(), out.getvalue()
+    assert again.status == "completed", out.getvalue()
+    assert sorted(r.point["optim.lr"] for r in again.rows if r.state == "completed") == [0.01, 0.02, 0.05]
+    trials = optuna.load_study(
+        study_name=spec.name, storage=study.open_storage(study.study_path(spec.results, spec.name))
+    ).trials
+    states = {(t.state.name, t.params["grid_index"]) for t in trials}
+    assert ("FAIL", lost["grid_index"]) in states and ("COMPLETE", lost["grid_index"]) in states, states
+    assert sum(s == "COMPLETE" for s, _ in states) == 3

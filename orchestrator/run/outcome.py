@@ -17,6 +17,8 @@ from orchestrator.spec import space as S
 from orchestrator.spec.sweep import SweepSpec
 from orchestrator.tracking import tags as T
 
+ENDED = ("completed", "stopped", "failed")  # trial states that count toward the planned num_samples
+
 
 @dataclass
 class SweepOutcome:
@@ -100,7 +102,7 @@ def finish(spec, view: SweepView, tracker, parent, status, fixed, t0, stop_reaso
                 except Exception:
                     pass
     rows = list(view.rows.values())
-    ended = [r for r in rows if r.state in ("completed", "stopped", "failed")]
+    ended = [r for r in rows if r.state in ENDED]
     if status == "completed" and len(ended) < spec.num_samples:
         status = "interrupted"
     best = view.best_row()

@@ -26,7 +26,7 @@ from orchestrator.run import lock, study
 from orchestrator.run.budgets import Budgets
 from orchestrator.run.callback import SESSIONS, DriverCallback, Session
 from orchestrator.run.live import SweepView, print_summary
-from orchestrator.run.outcome import SweepOutcome, finish, parent_params, parent_tags, print_best
+from orchestrator.run.outcome import ENDED, SweepOutcome, finish, parent_params, parent_tags, print_best
 from orchestrator.run.storage import check_object_store, save_spec, saved_objectives, saved_spec
 from orchestrator.run.teacher_plan import teacher_cache
 from orchestrator.run.trial import TrialPlan, make_trainable
@@ -365,7 +365,15 @@ def _run(spec, resume, worker, verbose, console, t0) -> SweepOutcome:
                     status = "interrupted"
                     break
             else:
-                study.fail_stale(spec)
+                rerun = study.rerun_stage(spec, spec.num_samples - sum(r.state in ENDED for r in view.rows.values()))
+                if rerun is not None:
+                    console.print(f"{rerun.num_samples} trial(s) a killed driver asked for never ran: running them now")
+                    keys.append(f"{spec.name}@{rerun.experiment_dir}")
+                    SESSIONS[keys[-1]] = Session(spec, plan, view, tracker, budgets=budgets)
+                    new_tuner(spec, rerun, trainable, concurrent, DriverCallback(keys[-1]), verbose).fit()
+                    stop_reason = SESSIONS[keys[-1]].stop_reason
+                    status = "interrupted" if stop_reason else status
+                    study.fail_stale(spec)
     except KeyboardInterrupt:
         status = "interrupted"
         raise
