@@ -19,7 +19,6 @@ import yaml
 from rich.console import Console
 
 import sweep_stubs
-
 from orchestrator.cli import main
 from orchestrator.run import lock, study
 from orchestrator.run.sweep import driver_lock, run_sweep
