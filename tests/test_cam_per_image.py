@@ -147,13 +147,15 @@ def test_under_bf16_autocast_the_map_is_still_the_images_own(arch):
     """AMP: bf16 keeps 8 mantissa bits, so even the oracle's own map moves under autocast (measured on
     DeepLabV3+: HiResCAM per-image Spearman 0.90-0.95 between its bf16 and float32 maps, GradCAM 0.99).
     The bound: the student's bf16 map is as close to the float32 oracle as the oracle's bf16 map is
-    (within 0.02 in median), and far from the batch artefact (median 0.5, see the next test)."""
+    (within 0.02 in median), and far from the batch artefact (median 0.5, see the next test).
+    Every method with the default cam_reduce (sum); per_class with Grad-CAM and HiResCAM, the two
+    whose bf16 drift is measured above (bf16 on CPU is slow: all ten pairs cost 55 s here)."""
     student = train_student(arch)
     x, y = make_batch(b=B, seed=3)
     ref_model = batch_stat_copy(student, x)
     masks = class_masks(y, None, K)
     for method in CAMS:
-        for reduce in ("sum", "per_class"):
+        for reduce in ("sum", "per_class") if method in ("gradcam", "hirescam") else ("sum",):
             exact = oracle_maps(student, arch, x, y, method, reduce)
             with torch.autocast("cpu", dtype=torch.bfloat16), tap(ref_model, {"cam": LAYERS[arch]}) as f:
                 logits = ref_model(x)

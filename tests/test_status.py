@@ -20,7 +20,7 @@ from test_sweep import mlflow_runs, poll_trials
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 400
-EPOCHS = 10
+EPOCHS = 6
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """A teacher recipe shared by sweeps is trained once (a file lock in its cache folder), and a
 teacher training that was killed resumes from its last checkpoint. Each sweep is a separate
-process with its own local Ray, as two users' commands would be."""
+process, as two users' commands would be, a driver of the session's shared Ray (a local Ray each
+cost about 10 s of start-up and shut-down per process)."""
 
 from __future__ import annotations
 
@@ -23,21 +24,22 @@ OBTAIN = """
 import json, sys
 from orchestrator.run import cluster, teachers
 from orchestrator.run.ablate import load_ablation
-results, name, epochs = sys.argv[1], sys.argv[2], sys.argv[3]
+results, name, epochs, address = sys.argv[1:5]
 ab = load_ablation("search_spaces/ablations/quickstart_table2.yaml",
                    [f"results={results}", f"name={name}", f"teacher.recipe.optim.epochs={epochs}",
                     "teacher.recipe.run.max_steps_per_epoch=2", "teacher.cpus=1"])
-cluster.connect(None, verbose=False)
+cluster.connect(address, verbose=False)
 t = teachers.obtain(ab.sweep, say=lambda line: print(line, flush=True),
                     progress=lambda e, n, m: print(f"epoch {e}/{n}", flush=True))
 print("RESULT", json.dumps({"checkpoint": t.checkpoint, "cached": t.cached, "metrics": t.metrics}), flush=True)
 """
 
 
-def start(results: Path, name: str, epochs: int = 2) -> subprocess.Popen:
+def start(ray, results: Path, name: str, epochs: int = 2) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    address = ray.get_runtime_context().gcs_address
     return subprocess.Popen(
-        [sys.executable, "-c", OBTAIN, str(results), name, str(epochs)],
+        [sys.executable, "-c", OBTAIN, str(results), name, str(epochs), address],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -86,8 +88,8 @@ def test_lock_names_its_holder_and_dies_with_it(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_two_sweeps_with_one_recipe_train_the_teacher_once(tmp_path):
-    procs = {name: start(tmp_path, name, epochs=12) for name in ("sweep-a", "sweep-b")}  # started together
+def test_two_sweeps_with_one_recipe_train_the_teacher_once(ray_cluster, tmp_path):
+    procs = {name: start(ray_cluster, tmp_path, name, epochs=12) for name in ("sweep-a", "sweep-b")}  # started together
     outs = {name: p.communicate(timeout=500)[0] for name, p in procs.items()}
     assert all(p.returncode == 0 for p in procs.values()), "\n".join(o[-2000:] for o in outs.values())
     trained = [n for n, o in outs.items() if "training the teacher recipe" in o]
@@ -102,14 +104,14 @@ def test_two_sweeps_with_one_recipe_train_the_teacher_once(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_killed_teacher_training_resumes_exactly(tmp_path):
+def test_killed_teacher_training_resumes_exactly(ray_cluster, tmp_path):
     epochs = 3
-    whole = start(tmp_path / "whole", "whole", epochs)
+    whole = start(ray_cluster, tmp_path / "whole", "whole", epochs)
     out, _ = whole.communicate(timeout=400)
     assert whole.returncode == 0, out[-2000:]
     expect = result(out)["metrics"]
 
-    killed = start(tmp_path / "killed", "killed", epochs)
+    killed = start(ray_cluster, tmp_path / "killed", "killed", epochs)
     log = None
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # kill once the first epoch's checkpoint is written
@@ -123,16 +125,16 @@ def test_killed_teacher_training_resumes_exactly(tmp_path):
             break
         time.sleep(0.1)
     assert log is not None, "the training never wrote its first checkpoint"
-    from test_resume_auto import kill_its_ray, started_at
-
-    started = started_at(killed.pid)
-    os.killpg(killed.pid, signal.SIGKILL)  # the sweep and the Ray it started
+    os.killpg(killed.pid, signal.SIGKILL)  # the sweep's driver: Ray then kills its job's workers
     killed.wait()
-    kill_its_ray(started)  # and its orphans: none may train on under the resumed run
+    deadline = time.monotonic() + 60
+    while ray_cluster.available_resources().get("CPU", 0) < ray_cluster.cluster_resources()["CPU"]:
+        assert time.monotonic() < deadline, "the killed driver's teacher task kept its CPU"
+        time.sleep(0.2)  # none may train on under the resumed run
     done = len(log.read_text().splitlines())
     assert done < epochs, "killed too late to test a resume"
 
-    again = start(tmp_path / "killed", "killed", epochs)
+    again = start(ray_cluster, tmp_path / "killed", "killed", epochs)
     out, _ = again.communicate(timeout=400)
     assert again.returncode == 0, out[-2000:]
     assert "resuming the teacher" in out

@@ -163,12 +163,15 @@ def seed_study(spec: SweepSpec, rows, define) -> int:
     return told
 
 
-def fail_stale(spec: SweepSpec, requeue: int = 0) -> list[int]:
+def fail_stale(spec: SweepSpec) -> list[int]:
     """After every stage ended: trials still RUNNING in the study were asked by a driver killed
     before Tune's next snapshot, and no restored searcher will tell them; mark them FAIL (as
     Optuna's own stale-trial check does), so the dashboard and the next stage's sampler see them
-    as ended. The first `requeue` of them are enqueued again with their points (see rerun_stage).
-    Returns the numbers of those whose point was set."""
+    as ended. Returns their numbers."""
+    return [t.number for t in _fail_stale(spec)]
+
+
+def _fail_stale(spec: SweepSpec) -> list:
     import optuna
 
     path = study_path(spec.results, spec.name)
@@ -178,24 +181,23 @@ def fail_stale(spec: SweepSpec, requeue: int = 0) -> list[int]:
     stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for t in stale:
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-    asked = [t for t in stale if t.params]  # one killed before its point was set has none to run
-    for t in asked[:requeue]:
-        study.enqueue_trial(dict(t.params))
-    return [t.number for t in asked]
+    return stale
 
 
 def rerun_stage(spec: SweepSpec, missing: int) -> Stage | None:
     """The sweep's stages ended with `missing` planned trials never run: a driver killed while
     Tune wrote its snapshot left a searcher state that counts trials the restored experiment does
-    not hold (seen in CI: a grid point asked, then lost). Their points, still RUNNING in the study,
-    are enqueued again and one more Tune experiment runs them. None when nothing is missing or the
-    study holds no such trial (stale trials are marked FAIL either way)."""
-    stale = fail_stale(spec, requeue=max(missing, 0))
+    not hold (seen in CI: a grid point asked, then lost). Stale trials are failed (fail_stale); the
+    points of up to `missing` of them are enqueued again, and the Stage returned runs them as one
+    more Tune experiment. None when nothing is missing or no stale trial had its point set."""
+    stale = [t for t in _fail_stale(spec) if t.params]  # killed before its point was set: nothing to run
     if missing <= 0 or not stale:
         return None
+    study = _load(study_path(spec.results, spec.name), spec)
+    for t in stale[:missing]:
+        study.enqueue_trial(dict(t.params))
     name = f"{spec.name}{STAGE_MARK}rerun-{time.strftime('%Y%m%d-%H%M%S')}"
-    total = planned_totals(spec)[-1]
-    return Stage(name, join(spec.storage_path or "", name), min(missing, len(stale)), total)
+    return Stage(name, join(spec.storage_path or "", name), min(missing, len(stale)), planned_totals(spec)[-1])
 
 
 WARM_SOURCE = "xgd.warm_start_from"  # user attribute of a trial added from an earlier sweep: its name
