@@ -25,7 +25,7 @@ EPOCHS = 6
 
 @pytest.mark.slow
 @pytest.mark.timeout(3 * TIMEOUT_S)
-def test_ls_status_and_stop_a_running_sweep_then_resume_it(tmp_path, capsys):
+def test_ls_status_and_stop_a_running_sweep_then_resume_it(ray_cluster, tmp_path, capsys):
     raw = raw_spec(tmp_path)
     raw["train"]["optim"]["epochs"] = EPOCHS  # long enough that the stop lands mid-sweep
     spec = parse_sweep_spec(raw)
@@ -33,7 +33,8 @@ def test_ls_status_and_stop_a_running_sweep_then_resume_it(tmp_path, capsys):
     spec_file.write_text(yaml.safe_dump(raw))
     db = Path(spec.results) / "mlflow.db"
     uri = ["--tracking-uri", spec.mlflow.tracking_uri]
-    proc = start(spec_file)
+    on_shared_ray = ("--address", ray_cluster.get_runtime_context().gcs_address)  # no Ray start per driver
+    proc = start(spec_file, *on_shared_ray)
     try:
         deadline = time.monotonic() + TIMEOUT_S
         while time.monotonic() < deadline and proc.poll() is None:
@@ -72,7 +73,7 @@ def test_ls_status_and_stop_a_running_sweep_then_resume_it(tmp_path, capsys):
     assert {c.data.tags.get(T.STATUS) for c in children} <= {"completed", "interrupted"}
     assert "interrupted" in {c.data.tags.get(T.STATUS) for c in children}  # stopped mid-trial, not failed
 
-    again = start(spec_file, "--resume")
+    again = start(spec_file, "--resume", *on_shared_ray)
     out, _ = again.communicate(timeout=TIMEOUT_S)
     assert again.returncode == 0, out[-3000:]
     shown = " ".join(out.split())
