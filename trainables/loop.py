@@ -21,7 +21,7 @@ import torch
 
 from trainables import metrics as M
 from trainables.checkpoint import rng_state, set_rng_state
-from trainables.constants import IMAGENET_MEAN, IMAGENET_STD
+from trainables.constants import IMAGENET_MEAN, IMAGENET_STD, TEACHER_COUNTS
 from trainables.device_stats import DeviceStats
 from trainables.explain import explanation_metrics
 from trainables.models import count_flops, count_params, measure_latency, model_from_config
@@ -35,7 +35,7 @@ from trainables.setup import (
     seed_everything,
     teacher_store,
 )
-from trainables.step import COUNTS, build_trainer, train_step
+from trainables.step import build_trainer, train_step
 from trainables.timing import SpanTimer
 
 
@@ -79,7 +79,7 @@ def train_loop(config: dict) -> dict:
         saliency, t0, taken = SpanTimer(device), time.perf_counter(), 0
         stats.start()  # peak memory from here; GPU utilisation sampled until stop()
         order, bs = [i for i, _ in train_dl.sampler], train_dl.batch_size  # batch b: order[b*bs:(b+1)*bs]
-        tr.counts = dict.fromkeys(COUNTS, 0)
+        tr.counts = dict.fromkeys(TEACHER_COUNTS, 0)
         for b, (x, y) in enumerate(itertools.islice(train_dl, steps)):
             out_step = train_step(tr, x, y, (epoch, order[b * bs : (b + 1) * bs]))
             sums += torch.cat([out_step.loss[None], out_step.losses]).float()

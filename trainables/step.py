@@ -37,8 +37,6 @@ from trainables.teacher_outputs import OutputStore
 from trainables.teacher_step import TeacherCache, make_cache, teacher_outputs
 from trainables.timing import SpanTimer
 
-COUNTS = TEACHER_COUNTS  # per epoch (trainables.constants)
-
 
 @dataclass
 class Trainer:
@@ -64,7 +62,7 @@ class Trainer:
     model: nn.Module | None = None  # the student or its DDP wrapper (forward goes through this)
     sync_extras: Callable[[], None] = field(default=lambda: None)
     cache: TeacherCache | None = None  # the teacher-output cache (trainables.teacher_step), None: live
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TEACHER_COUNTS, 0))
 
     def __post_init__(self) -> None:
         if self.model is None:

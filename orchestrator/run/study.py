@@ -168,20 +168,21 @@ def fail_stale(spec: SweepSpec) -> list[int]:
     before Tune's next snapshot, and no restored searcher will tell them; mark them FAIL (as
     Optuna's own stale-trial check does), so the dashboard and the next stage's sampler see them
     as ended. Returns their numbers."""
-    return [t.number for t in _fail_stale(spec)]
+    return [t.number for t in _fail_stale(spec)[1]]
 
 
-def _fail_stale(spec: SweepSpec) -> list:
+def _fail_stale(spec: SweepSpec) -> tuple:
+    """(the study or None when it has no file, its stale trials, now FAIL)."""
     import optuna
 
     path = study_path(spec.results, spec.name)
     if not path.exists():
-        return []
+        return None, []
     study = _load(path, spec)
     stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for t in stale:
         study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-    return stale
+    return study, stale
 
 
 def rerun_stage(spec: SweepSpec, missing: int) -> Stage | None:
@@ -190,10 +191,10 @@ def rerun_stage(spec: SweepSpec, missing: int) -> Stage | None:
     not hold (seen in CI: a grid point asked, then lost). Stale trials are failed (fail_stale); the
     points of up to `missing` of them are enqueued again, and the Stage returned runs them as one
     more Tune experiment. None when nothing is missing or no stale trial had its point set."""
-    stale = [t for t in _fail_stale(spec) if t.params]  # killed before its point was set: nothing to run
+    study, stale = _fail_stale(spec)
+    stale = [t for t in stale if t.params]  # killed before its point was set: nothing to run
     if missing <= 0 or not stale:
         return None
-    study = _load(study_path(spec.results, spec.name), spec)
     for t in stale[:missing]:
         study.enqueue_trial(dict(t.params))
     name = f"{spec.name}{STAGE_MARK}rerun-{time.strftime('%Y%m%d-%H%M%S')}"

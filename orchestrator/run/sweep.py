@@ -343,12 +343,18 @@ def _run(spec, resume, worker, verbose, console, t0) -> SweepOutcome:
     for line in budgets.lines():
         console.print(f"budget: {line}", highlight=False)
     status, keys, stop_reason = "completed", [], None
+
+    def session(stage: study.Stage, resumed: bool = False) -> str:
+        """The driver state the stage's callback finds under the returned key (see callback.SESSIONS)."""
+        keys.append(f"{spec.name}@{stage.experiment_dir}")
+        SESSIONS[keys[-1]] = Session(spec, plan, view, tracker, resumed=resumed, budgets=budgets)
+        return keys[-1]
+
     try:
         with view:
             for i, (stage, restored) in enumerate(runs):
-                keys.append(f"{spec.name}@{stage.experiment_dir}")
                 # orphaned MLflow runs are looked for once, against the stage the killed driver ran last
-                SESSIONS[keys[-1]] = Session(spec, plan, view, tracker, resumed=i == last_restored, budgets=budgets)
+                key = session(stage, resumed=i == last_restored)
                 if restored:
                     tuner = tune.Tuner.restore(
                         stage.experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=True
@@ -356,11 +362,11 @@ def _run(spec, resume, worker, verbose, console, t0) -> SweepOutcome:
                 else:
                     if i > 0:
                         _seed_study(spec, view, console)
-                    tuner = new_tuner(spec, stage, trainable, concurrent, DriverCallback(keys[-1]), verbose)
+                    tuner = new_tuner(spec, stage, trainable, concurrent, DriverCallback(key), verbose)
                     save_spec(spec)
                     study.record_totals(spec, totals)
                 tuner.fit()
-                stop_reason = SESSIONS[keys[-1]].stop_reason
+                stop_reason = SESSIONS[key].stop_reason
                 if stop_reason:  # a budget or `stop SWEEP`: no next stage; running trials stay resumable
                     status = "interrupted"
                     break
@@ -368,10 +374,9 @@ def _run(spec, resume, worker, verbose, console, t0) -> SweepOutcome:
                 rerun = study.rerun_stage(spec, spec.num_samples - sum(r.state in ENDED for r in view.rows.values()))
                 if rerun is not None:
                     console.print(f"{rerun.num_samples} trial(s) a killed driver asked for never ran: running them now")
-                    keys.append(f"{spec.name}@{rerun.experiment_dir}")
-                    SESSIONS[keys[-1]] = Session(spec, plan, view, tracker, budgets=budgets)
-                    new_tuner(spec, rerun, trainable, concurrent, DriverCallback(keys[-1]), verbose).fit()
-                    stop_reason = SESSIONS[keys[-1]].stop_reason
+                    key = session(rerun)
+                    new_tuner(spec, rerun, trainable, concurrent, DriverCallback(key), verbose).fit()
+                    stop_reason = SESSIONS[key].stop_reason
                     status = "interrupted" if stop_reason else status
                     study.fail_stale(spec)
     except KeyboardInterrupt:

@@ -13,6 +13,10 @@ a second run or logs an epoch twice, and `report`/`export` need nothing but the 
 
 from __future__ import annotations
 
+# per-epoch trial metrics of the frozen teacher, named where the trainer reports them; the parent
+# run gets each summed over the sweep
+from trainables.constants import TEACHER_COUNTS  # noqa: F401
+
 PARENT = "mlflow.parentRunId"  # MLflow's own: the UI nests a child under its parent
 MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's own: the UI shows it as the source version
 
@@ -67,9 +71,6 @@ COMPARE_COSTS = "xgd.compare.costs"  # JSON {method: measured seconds per step} 
 COMPARE_CONFIRMATION = "xgd.compare.confirmation"  # the confirmation's name
 
 RANK, SELECTION = "xgd.rank", "xgd.selection"  # on an exported model version
-# per-epoch trial metrics of the frozen teacher (trainables.step.COUNTS): items it ran on, items the
-# teacher-output cache served, lacked, bytes written; the parent run gets each summed over the sweep
-from trainables.constants import TEACHER_COUNTS  # noqa: E402, F401 (one home: the trainer reports them)
 
 
 def quote(value: str) -> str:
