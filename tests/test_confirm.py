@@ -313,8 +313,8 @@ def _sweep(client, exp, spec, tags) -> None:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("confirm")
+def store(module_tmp):
+    root = module_tmp
     return root, fake_sources(root)
 
 

@@ -69,12 +69,12 @@ def source_raw(root) -> dict:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(module_tmp):
     """A store holding sweep `tuned` as sweeps write it: its sweep.yaml and one run per trial."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
-    root = tmp_path_factory.mktemp("confirm_baselines")
+    root = module_tmp
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.create_experiment("xgd", artifact_location=(root / "artifacts").as_uri())

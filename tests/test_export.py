@@ -20,8 +20,8 @@ from test_report import CLASSES, build_store, final_miou
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return build_store(tmp_path_factory.mktemp("export_store"))
+def store(module_tmp):
+    return build_store(module_tmp)
 
 
 def _table(store, sweep="demo"):

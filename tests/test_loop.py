@@ -34,8 +34,8 @@ def spec(tmp, name, **kw) -> dict:
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("teacher")
+def teacher(module_tmp):
+    tmp = module_tmp
     cfg = spec(tmp, "teacher", optim__epochs=1)
     train_loop(cfg)
     return str(tmp / "teacher" / "best.pt")

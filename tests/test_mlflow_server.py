@@ -56,9 +56,9 @@ def steps(client, run_id: str, key: str = "val_miou") -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
+def store(module_tmp) -> str:
     """One sqlite store for the fast tests (MLflow sets up a new one in seconds); a sweep each."""
-    return sqlite_uri(tmp_path_factory.mktemp("outbox") / "mlflow.db")
+    return sqlite_uri(module_tmp / "mlflow.db")
 
 
 def _result(epoch: int) -> dict:

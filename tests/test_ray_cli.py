@@ -181,10 +181,10 @@ def head():
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory) -> Path:
+def shared(module_tmp) -> Path:
     """results (teacher cache, MLflow store) and storage_path of both sweeps: absolute paths, since a
     job runs in a copy of the working directory."""
-    return tmp_path_factory.mktemp("raycli")
+    return module_tmp
 
 
 def check_mlflow(results: Path, name: str) -> None:

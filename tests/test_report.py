@@ -151,8 +151,8 @@ def build_store(root: Path, sweep: str = "demo", checkpoints: bool = True) -> di
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return build_store(tmp_path_factory.mktemp("store"))
+def store(module_tmp):
+    return build_store(module_tmp)
 
 
 # ------------------------------------------------------------------ the trials table

@@ -26,8 +26,8 @@ TOL = 1e-5  # float32 round-off: the teacher runs on the missing items only, a d
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("teacher")
+def teacher(module_tmp):
+    tmp = module_tmp
     train_loop(spec(tmp, "teacher", data=DATA, optim__epochs=1, run__explain=False))
     return str(tmp / "teacher" / "best.pt")
 
