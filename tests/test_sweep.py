@@ -279,11 +279,15 @@ run_sweep(parse_sweep_spec(json.loads(sys.argv[1])), address=sys.argv[2], worker
 @pytest.mark.timeout(480)
 @pytest.mark.parametrize("executor", ["tune", "train"])
 def test_resume_after_the_driver_is_killed_continues_without_duplicates(ray_cluster, tmp_path, executor):
+    """Killed with a trial finished and one midway, the resumed sweep reruns neither from scratch.
+    Under Ray Train (each trial starts a worker group: ~15 s here) one trial, killed midway, is what
+    that executor adds: its checkpoint restored into a new worker group."""
     ray = ray_cluster
+    n = 3 if executor == "tune" else 1
     raw = stub_raw(
         tmp_path,
         "resume",
-        search={"num_samples": 3},
+        search={"num_samples": n},
         early_stopping={"kind": "none"},
         train={"optim": {"epochs": 3}, "run": {"max_steps_per_epoch": 10}},
         resources={"executor": executor},
@@ -304,7 +308,7 @@ def test_resume_after_the_driver_is_killed_continues_without_duplicates(ray_clus
             trials = poll_trials(Path(spec.results, "mlflow.db"))
             done = [t for t in trials.values() if t["status"] == "FINISHED"]
             midway = [t for t in trials.values() if t["status"] == "RUNNING" and t["epochs"] >= 1]
-            if done and midway and resumable_in_snapshot(spec.experiment_dir):
+            if (done or n == 1) and midway and resumable_in_snapshot(spec.experiment_dir):
                 before = {tid: t["run_id"] for tid, t in poll_trials(Path(spec.results, "mlflow.db")).items()}
                 break
             time.sleep(0.3)
@@ -324,13 +328,13 @@ def test_resume_after_the_driver_is_killed_continues_without_duplicates(ray_clus
     orphans = [c for c in children if c.data.tags.get(T.STATUS) == "orphaned"]
     assert all(c.info.status == "KILLED" for c in orphans)
     children = [c for c in children if c not in orphans]
-    assert len(children) == 3 and {c.data.tags[T.TRIAL_ID] for c in children} == {r.trial_id for r in out.rows}
+    assert len(children) == n and {c.data.tags[T.TRIAL_ID] for c in children} == {r.trial_id for r in out.rows}
     assert all(before[t] == r for t, r in ((c.data.tags[T.TRIAL_ID], c.info.run_id) for c in children) if t in before)
     for c in children:
         assert c.info.status == "FINISHED", c.data.tags
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_miou")]
         assert steps == [0, 1, 2], steps  # every epoch once: nothing lost, nothing logged twice
-    assert sorted(r.state for r in out.rows) == ["completed"] * 3
+    assert sorted(r.state for r in out.rows) == ["completed"] * n
     marks = list((tmp_path / "runs" / "markers").glob("*-resumed-*"))
     assert marks, "the interrupted trial restarted from scratch instead of its checkpoint"
     avail, total = wait_all_resources_free(ray)
