@@ -84,7 +84,7 @@ def raw_spec(tmp_path: Path, name: str, storage: str, **resources) -> dict:
             "optim": {"epochs": 3, "momentum": 0.0},
             "run": {"out_dir": str(tmp_path / "runs"), "max_steps_per_epoch": 2, "explain": False},
         },
-        "space": {"optim.lr": {"type": "choice", "values": [0.01, 0.02, 0.05]}},
+        "space": {"optim.lr": {"type": "choice", "values": [0.01, 0.02]}},
         "search": {"algorithm": "grid"},
         "early_stopping": {"kind": "none"},
         "resources": {"num_workers": 1, "cpus_per_worker": 1, "max_concurrent": 1, **resources},
@@ -232,7 +232,7 @@ def kill_resume_report_export(s3, tmp_path: Path, **resources) -> None:
     client, parents, children = mlflow_runs(spec)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = [c for c in children if c.data.tags.get(T.STATUS) != "orphaned"]  # started after the last snapshot
-    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children), [c.data.tags for c in children]
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children), [c.data.tags for c in children]
     for c in children:
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_miou")]
         assert steps == [0, 1, 2], steps  # every epoch once

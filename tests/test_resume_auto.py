@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -52,18 +53,24 @@ def raw_spec(tmp_path: Path) -> dict:
     }
 
 
+MARK = "XGD_TEST_DRIVER"  # set in a driver's environment, which every process of its Ray inherits
+
+
 def start(spec_file: Path, *args: str) -> subprocess.Popen:
     """`python -m orchestrator sweep SPEC ARGS`, in its own session: a kill takes the driver and
     the local Ray it started, as a node loss would."""
-    return subprocess.Popen(
+    mark = secrets.token_hex(8)
+    proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "sweep", str(spec_file), *args],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), MARK: mark},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
     )
+    proc.mark = mark
+    return proc
 
 
 def epochs_logged(db: Path) -> int:
@@ -71,7 +78,6 @@ def epochs_logged(db: Path) -> int:
 
 
 def kill_when(proc: subprocess.Popen, ready) -> None:
-    started = started_at(proc.pid)  # every process of its Ray is younger
     deadline = time.monotonic() + TIMEOUT_S
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -83,51 +89,42 @@ def kill_when(proc: subprocess.Popen, ready) -> None:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        kill_its_ray(started)
+        kill_its_ray(proc.mark)
 
 
-def started_at(pid: int) -> float:
-    import psutil  # Ray's bundled copy
-
-    return psutil.Process(pid).create_time()
-
-
-def kill_its_ray(since: float, settle_s: float = 1.0) -> None:
+def kill_its_ray(mark: str, settle_s: float = 1.0) -> None:
     """A lost node takes every process with it; a killed driver's local Ray does not all die at once
-    with its process group: its services and trial processes, orphaned (parent 1), live until they
-    notice. Kill every orphaned Ray process started since the driver, and wait until none is left,
-    so no orphan trial writes a checkpoint under the next driver."""
+    with its process group: its services and trial processes, orphaned, live until they notice.
+    Kill every process that carries the driver's mark in its environment (what it started, and
+    what those started: nothing else on the machine, such as another test's Ray) and wait until
+    none is left, so no orphan trial writes a checkpoint under the next driver."""
     import psutil  # Ray's bundled copy
 
-    def orphans() -> list:
+    def left() -> list:
         found = []
-        for p in psutil.process_iter(["ppid", "create_time", "status", "name", "cmdline"]):
-            info = p.info
-            text = f"{info['name']} {' '.join(info['cmdline'] or [])}"
-            if (
-                info["ppid"] == 1
-                and (info["create_time"] or 0) >= since - 1
-                and info["status"] != psutil.STATUS_ZOMBIE
-                and ("ray" in text or "gcs_server" in text)
-            ):
-                found.append(p)
+        for p in psutil.process_iter(["status"]):
+            try:
+                if p.info["status"] != psutil.STATUS_ZOMBIE and p.environ().get(MARK) == mark:
+                    found.append(p)
+            except psutil.Error:  # gone, or not ours to read
+                pass
         return found
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        left = orphans()
-        if not left:
+        procs = left()
+        if not procs:
             time.sleep(settle_s)
-            if not orphans():
+            if not left():
                 return
             continue
-        for p in left:
+        for p in procs:
             try:
                 p.kill()
             except psutil.Error:
                 pass
         time.sleep(0.5)
-    raise AssertionError(f"the killed driver's Ray processes did not go: {[p.pid for p in orphans()]}")
+    raise AssertionError(f"the killed driver's Ray processes did not go: {[p.pid for p in left()]}")
 
 
 @pytest.mark.slow
